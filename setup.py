@@ -1,0 +1,36 @@
+"""Build the optional Cython kernels (everything under src/gameguard/_fast/*.pyx).
+
+cythonize() returns fresh Extension objects and drops `optional`, so it is set again:
+a machine without a C compiler (or with GAMEGUARD_NO_EXTENSIONS=1) installs pure Python.
+"""
+import os
+from glob import glob
+
+from setuptools import setup
+
+ext_modules = []
+if not os.environ.get("GAMEGUARD_NO_EXTENSIONS"):
+    try:
+        from Cython.Build import cythonize
+    except ImportError:  # no Cython: pure-Python install
+        cythonize = None
+    if cythonize is not None:
+        sources = sorted(glob(os.path.join("src", "gameguard", "_fast", "*.pyx")))
+        ext_modules = cythonize(
+            sources,
+            compiler_directives={
+                "language_level": "3",
+                "boundscheck": False,
+                "wraparound": False,
+                "cdivision": True,
+                "initializedcheck": False,
+                "embedsignature": True,
+            },
+            include_path=["src"],
+            quiet=True,
+        )
+        for ext in ext_modules:
+            ext.optional = True
+            ext.extra_compile_args = ["-O2"]
+
+setup(ext_modules=ext_modules)

@@ -1,0 +1,1 @@
+"""Compiled Cython kernels, twins of ``gameguard._pure`` (same names and signatures)."""

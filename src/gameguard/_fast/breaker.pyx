@@ -1,0 +1,260 @@
+# cython: language_level=3
+"""Circuit-breaker and adaptive-throttle kernels (compiled twin of ``gameguard._pure.breaker``).
+
+No Python-level call happens inside ``enter``/``exit`` (except a user-injected throttle
+``rng``), so each is atomic under the GIL without a lock.
+"""
+from libc.math cimport isinf, INFINITY
+from libc.stdlib cimport calloc, free
+from cpython.exc cimport PyErr_NoMemory
+
+from gameguard._fast.kernel cimport (GuardKernel, SplitMix64, FAILURE_, IGNORED_, REJECT_,
+                                     PENDING_EVENTS_)
+from gameguard._fast.window cimport RollingWindow
+
+__all__ = ["CLOSED", "OPEN", "HALF_OPEN", "FORCED_OPEN", "DISABLED", "STATE_NAMES",
+           "BreakerKernel", "ThrottleKernel"]
+
+cdef enum:
+    CLOSED_ = 0
+    OPEN_ = 1
+    HALF_OPEN_ = 2
+    FORCED_OPEN_ = 3
+    DISABLED_ = 4
+    FREE_ = 0
+    DONE_ = -1
+    LOG_SIZE_ = 8
+
+CLOSED, OPEN, HALF_OPEN, FORCED_OPEN, DISABLED = CLOSED_, OPEN_, HALF_OPEN_, FORCED_OPEN_, DISABLED_
+STATE_NAMES = ("closed", "open", "half_open", "forced_open", "disabled")
+LOG_SIZE = LOG_SIZE_
+
+
+cdef class BreakerKernel(GuardKernel):
+    """The breaker state machine over a :class:`RollingWindow` (see the pure twin)."""
+
+    cdef public double failure_rate, slow_call_rate, slow_call_duration, open_duration
+    cdef public double opened_at
+    cdef public bint slow_trips
+    cdef public long long minimum_calls, consecutive_failures, failure_count
+    cdef public long long generation, consecutive, transitions, tickets
+    cdef public int half_open_calls, state, probes_done
+    cdef public RollingWindow stats
+    cdef long long *_owner
+    cdef double *_start
+    cdef int _log[LOG_SIZE_]
+
+    def __cinit__(self, *args, **kwargs):
+        self._owner = NULL
+        self._start = NULL
+
+    def __init__(self, double failure_rate, double slow_call_rate, double slow_call_duration,
+                 long long minimum_calls, double window, int buckets,
+                 long long consecutive_failures, long long failure_count,
+                 double open_duration, int half_open_calls):
+        self.failure_rate = failure_rate
+        self.slow_call_rate = slow_call_rate
+        self.slow_call_duration = slow_call_duration
+        self.slow_trips = not isinf(slow_call_duration)
+        self.minimum_calls = minimum_calls
+        self.consecutive_failures = consecutive_failures
+        self.failure_count = failure_count
+        self.open_duration = open_duration
+        self.half_open_calls = half_open_calls
+        self.stats = RollingWindow(window, buckets)
+        self.state = CLOSED_
+        self._owner = <long long *>calloc(half_open_calls, sizeof(long long))
+        self._start = <double *>calloc(half_open_calls, sizeof(double))
+        if self._owner == NULL or self._start == NULL:
+            PyErr_NoMemory()
+
+    def __dealloc__(self):
+        free(self._owner)
+        free(self._start)
+
+    @property
+    def log(self):
+        return [self._log[i] for i in range(LOG_SIZE_)]
+
+    @property
+    def probe_owner(self):
+        return [self._owner[i] for i in range(self.half_open_calls)]
+
+    # -- the guard protocol -------------------------------------------------------------
+    cpdef long long enter(self, double now):
+        cdef int i, free_slot
+        cdef long long owner
+        cdef int state = self.state
+        if state == CLOSED_ or state == DISABLED_:
+            return self.generation * 2
+        if state == OPEN_:
+            if now - self.opened_at < self.open_duration:
+                return REJECT_
+            self._transition(HALF_OPEN_)
+        elif state == FORCED_OPEN_:
+            return REJECT_
+        free_slot = -1
+        for i in range(self.half_open_calls):
+            owner = self._owner[i]
+            if owner > 0 and now - self._start[i] >= self.open_duration:
+                self._owner[i] = FREE_
+                owner = FREE_
+            if owner == FREE_ and free_slot < 0:
+                free_slot = i
+        if free_slot < 0:
+            return REJECT_
+        self.tickets += 1
+        self._owner[free_slot] = self.tickets
+        self._start[free_slot] = now
+        return self.tickets * 2 + 1
+
+    cpdef void exit(self, long long token, double now, double duration, int outcome):
+        cdef bint failure
+        cdef long long ticket
+        cdef int i, slot
+        if token < 0:
+            return
+        if token & 1 == 0:
+            if self.state != CLOSED_ or token >> 1 != self.generation or outcome == IGNORED_:
+                return
+            failure = outcome == FAILURE_
+            self.stats.record_c(now, failure, duration >= self.slow_call_duration, duration)
+            if failure:
+                self.consecutive += 1
+            else:
+                self.consecutive = 0
+            if self._should_trip():
+                self._open(now)
+            return
+        if self.state != HALF_OPEN_:
+            return
+        ticket = token >> 1
+        slot = -1
+        for i in range(self.half_open_calls):
+            if self._owner[i] == ticket:
+                slot = i
+                break
+        if slot < 0:
+            return
+        if outcome == IGNORED_:
+            self._owner[slot] = FREE_
+        elif outcome == FAILURE_ or (self.slow_trips and duration >= self.slow_call_duration):
+            self._open(now)
+        else:
+            self._owner[slot] = DONE_
+            self.probes_done += 1
+            if self.probes_done >= self.half_open_calls:
+                self._transition(CLOSED_)
+
+    cpdef double retry_after(self, double now):
+        cdef double first = INFINITY
+        cdef int i
+        if self.state == OPEN_:
+            return max(self.opened_at + self.open_duration - now, 0.0)
+        if self.state == HALF_OPEN_:
+            for i in range(self.half_open_calls):
+                if self._owner[i] > 0:
+                    first = min(first, self._start[i] + self.open_duration)
+            return max(first - now, 0.0) if not isinf(first) else 0.0
+        return -1.0
+
+    # -- state ----------------------------------------------------------------------------
+    def poll(self, double now):
+        """The state at ``now`` (makes the due open → half-open move)."""
+        if self.state == OPEN_ and now - self.opened_at >= self.open_duration:
+            self._transition(HALF_OPEN_)
+        return self.state
+
+    def force(self, int state, double now):
+        """Move to ``state`` by hand (forced_open, disabled, or closed as a reset)."""
+        if state == OPEN_:
+            self._open(now)
+        else:
+            self._transition(state)
+
+    def totals(self, double now):
+        self.stats.advance_c(now)
+        return (self.stats.calls, self.stats.failures, self.stats.slow, self.stats.duration)
+
+    cdef bint _should_trip(self) noexcept:
+        cdef RollingWindow stats = self.stats
+        cdef long long calls = stats.calls
+        if self.consecutive_failures and self.consecutive >= self.consecutive_failures:
+            return True
+        if self.failure_count and stats.failures >= self.failure_count:
+            return True
+        if calls >= self.minimum_calls:
+            if <double>stats.failures / <double>calls >= self.failure_rate:
+                return True
+            if self.slow_trips and <double>stats.slow / <double>calls >= self.slow_call_rate:
+                return True
+        return False
+
+    cdef void _open(self, double now) noexcept:
+        self._transition(OPEN_)
+        self.opened_at = now
+
+    cdef void _transition(self, int new) noexcept:
+        cdef int i
+        cdef int old = self.state
+        self.state = new
+        self.generation += 1
+        for i in range(self.half_open_calls):
+            self._owner[i] = FREE_
+        self.probes_done = 0
+        if new == CLOSED_:
+            self.stats.reset_c()
+            self.consecutive = 0
+        self._log[self.transitions % LOG_SIZE_] = old * 8 + new
+        self.transitions += 1
+        self.pending |= PENDING_EVENTS_
+
+
+cdef class ThrottleKernel(GuardKernel):
+    """Google SRE client-side throttling (go-zero's ``googleBreaker``); see the pure twin."""
+
+    cdef public double k, protection
+    cdef public RollingWindow stats
+    cdef public SplitMix64 random
+    cdef public object rng
+
+    def __init__(self, double k, double protection, double window, int buckets, seed, rng=None):
+        self.k = k
+        self.protection = protection
+        self.stats = RollingWindow(window, buckets)
+        self.random = SplitMix64(seed)
+        self.rng = rng
+
+    cdef double _p(self, double now) noexcept:
+        cdef RollingWindow stats = self.stats
+        stats.advance_c(now)
+        cdef double requests = <double>stats.calls
+        cdef double accepts = <double>(stats.calls - stats.failures)
+        cdef double p = (requests - self.protection - self.k * accepts) / (requests + 1.0)
+        return p if p > 0.0 else 0.0
+
+    def drop_probability(self, double now):
+        return self._p(now)
+
+    cpdef long long enter(self, double now):
+        cdef double p = self._p(now)
+        cdef double draw
+        if p <= 0.0:
+            return 0
+        if self.rng is not None:
+            draw = self.rng()
+        else:
+            draw = self.random.next_c()
+        if draw < p:
+            self.stats.record_c(now, True, False, 0.0)
+            return REJECT_
+        return 0
+
+    cpdef void exit(self, long long token, double now, double duration, int outcome):
+        if token < 0 or outcome == IGNORED_:
+            return
+        self.stats.record_c(now, outcome == FAILURE_, False, duration)
+
+    def totals(self, double now):
+        self.stats.advance_c(now)
+        return (self.stats.calls, self.stats.failures, self.stats.slow, self.stats.duration)

@@ -1,0 +1,59 @@
+"""The guard-kernel protocol shared by every primitive (pure twin of ``_fast/kernel.pyx``).
+
+A kernel is bookkeeping only: ``enter(now)`` admits (a token >= 0) or rejects (``REJECT``);
+``exit(token, now, duration, outcome)`` records how an admitted call ended. Kernels never
+read a clock, sleep, raise for a rejection or call user code. ``pending`` tells the public
+layer there is something for it to do after a call (state-change events, waiters to wake).
+"""
+from __future__ import annotations
+
+import threading
+
+SUCCESS = 0  #: the dependency answered (including with an exception not in ``record``)
+FAILURE = 1  #: an exception matching ``record``
+IGNORED = 2  #: counts as nothing: ignored exception, cancellation, a rejection from inside
+REJECT = -1  #: ``enter`` result for a refused call
+
+PENDING_EVENTS = 1  #: state transitions wait to be reported to listeners
+PENDING_WAKE = 2    #: a slot was freed while callers wait for one
+
+__all__ = ["SUCCESS", "FAILURE", "IGNORED", "REJECT", "PENDING_EVENTS", "PENDING_WAKE",
+           "GuardKernel", "SplitMix64"]
+
+_MASK = (1 << 64) - 1
+
+
+class GuardKernel:
+    """Base of every kernel. Subclasses keep ``self._lock`` around multi-step updates: unlike
+    the compiled twin, pure Python may switch threads between bytecodes."""
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self._lock = threading.Lock()
+
+    def enter(self, now: float) -> int:
+        raise NotImplementedError
+
+    def exit(self, token: int, now: float, duration: float, outcome: int) -> None:
+        """Default: nothing to record (limiters)."""
+
+    def retry_after(self, now: float) -> float:
+        """Seconds until a call could be admitted; negative when unknown."""
+        return -1.0
+
+
+class SplitMix64:
+    """splitmix64 (Steele, Lea, Flood 2014): a tiny PRNG both twins compute bit for bit."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, seed: int) -> None:
+        self.state = seed & _MASK
+
+    def next_float(self) -> float:
+        """Uniform in [0, 1) with 53 random bits."""
+        self.state = z = (self.state + 0x9E3779B97F4A7C15) & _MASK
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+        z ^= z >> 31
+        return (z >> 11) * (1.0 / 9007199254740992.0)
