@@ -20,16 +20,18 @@ KERNEL_MODULES = tuple(sorted(
     if p.endswith(".py") and not p.startswith("__")))
 
 
-def _load_fast() -> bool:
+def _fast_importable(name: str) -> bool:
     try:
-        for name in KERNEL_MODULES:
-            importlib.import_module(f"gameguard._fast.{name}")
+        importlib.import_module(f"gameguard._fast.{name}")
     except ImportError:
         return False
     return True
 
 
-FAST_AVAILABLE: bool = _load_fast()
+#: which kernel modules have an importable compiled twin
+FAST_MODULES = {name: _fast_importable(name) for name in KERNEL_MODULES}
+#: every kernel is compiled (what a build with a C compiler gives)
+FAST_AVAILABLE: bool = all(FAST_MODULES.values())
 USE_EXTENSIONS: bool = FAST_AVAILABLE and not os.environ.get("GAMEGUARD_NO_EXTENSIONS")
 _active = "fast" if USE_EXTENSIONS else "pure"
 
@@ -41,7 +43,10 @@ def active() -> str:
 
 def kernel(name: str) -> ModuleType:
     """The kernel module ``name`` from the active twin."""
-    return importlib.import_module(f"gameguard._{_active}.{name}")
+    try:
+        return importlib.import_module(f"gameguard._{_active}.{name}")
+    except ImportError as exc:
+        raise ImportError(f"kernel {name!r} has no {_active} twin: {exc}") from exc
 
 
 @contextlib.contextmanager
@@ -50,7 +55,7 @@ def use(which: str) -> Iterator[None]:
     global _active
     if which not in ("fast", "pure"):
         raise ValueError(f"which must be 'fast' or 'pure', got {which!r}")
-    if which == "fast" and not FAST_AVAILABLE:
+    if which == "fast" and not any(FAST_MODULES.values()):
         raise ImportError("the compiled kernels are not built (pip install with a C compiler)")
     previous, _active = _active, which
     try:

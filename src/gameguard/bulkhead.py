@@ -34,7 +34,7 @@ class Bulkhead(Guard):
         self._cond = threading.Condition(threading.Lock())
         self._sync_waiters = 0
         # async waiters: (loop, future), woken in order
-        self._async_waiters: Deque[Tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]] = \
+        self._async_waiters: Deque[Tuple[asyncio.AbstractEventLoop, "asyncio.Future[bool]"]] = \
             collections.deque()
 
     @property
@@ -81,30 +81,30 @@ class Bulkhead(Guard):
         deadline = loop.time() + self.max_wait
         while True:
             with self._cond:
+                kernel.waiters += 1  # before retrying: an exit from now on flags a wake-up
                 token = kernel.enter(now)
                 if token >= 0:
+                    kernel.waiters -= 1
                     return int(token)
-                fut: asyncio.Future[None] = loop.create_future()
+                fut: asyncio.Future[bool] = loop.create_future()
                 entry = (loop, fut)
                 self._async_waiters.append(entry)
-                kernel.waiters += 1
+            # The future's result says why it finished: True woken, False timed out.
+            # Awaiting it directly (not through wait_for) never swallows a cancellation
+            # that arrives together with the wake-up (3.11's wait_for can).
             woken = False
+            timer = loop.call_later(max(deadline - loop.time(), 0.0), _set_if_pending, fut, False)
             try:
-                remaining = deadline - loop.time()
-                if remaining > 0:
-                    try:
-                        await asyncio.wait_for(asyncio.shield(fut), remaining)
-                    except asyncio.TimeoutError:
-                        pass
-                woken = fut.done() and not fut.cancelled()
+                woken = await fut
             finally:
+                timer.cancel()
                 with self._cond:
                     try:
                         self._async_waiters.remove(entry)
                     except ValueError:
                         pass
                     kernel.waiters -= 1
-                if not woken and fut.done() and not fut.cancelled():
+                if not woken and fut.done() and not fut.cancelled() and fut.result():
                     self._wake()  # cancelled right after a wake-up: hand it on
                 elif not fut.done():
                     fut.cancel()
@@ -117,29 +117,40 @@ class Bulkhead(Guard):
         self._wake()
 
     def _wake(self) -> None:
-        """A slot was freed: wake one thread, or the first async waiter not yet woken."""
+        """Slots were freed: wake as many waiters as there are free slots, threads first,
+        then async waiters not yet woken in FIFO order.
+
+        Waking one per call would lose wake-ups: two exits can both flag ``pending`` before
+        either services it, and the second then sees nothing to do. A waiter woken for a
+        slot someone else took simply waits again.
+        """
+        woken = []
         with self._cond:
-            if self._kernel.in_flight >= self.max_concurrent:
+            free = self.max_concurrent - self._kernel.in_flight
+            if free <= 0:
                 return
             if self._sync_waiters:
-                self._cond.notify()
-                return
-            for loop, fut in self._async_waiters:
-                if not fut.done():
-                    self._async_waiters.remove((loop, fut))
-                    break
-            else:
-                return
-        if loop.is_closed():
+                n = min(free, self._sync_waiters)
+                self._cond.notify(n)
+                free -= n
+            while free > 0 and self._async_waiters:
+                entry = self._async_waiters.popleft()
+                if not entry[1].done():
+                    woken.append(entry)
+                    free -= 1
+        if not woken:
             return
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        if running is loop:
-            fut.set_result(None)
-        else:
-            loop.call_soon_threadsafe(_set_if_pending, fut)
+        for loop, fut in woken:
+            if loop.is_closed():
+                continue
+            if running is loop:
+                fut.set_result(True)
+            else:
+                loop.call_soon_threadsafe(_set_if_pending, fut, True)
 
     def _rejection(self, now: float) -> BulkheadFullError:
         return BulkheadFullError(
@@ -147,6 +158,6 @@ class Bulkhead(Guard):
             retry_after=None, name=self.name)
 
 
-def _set_if_pending(fut: "asyncio.Future[None]") -> None:
+def _set_if_pending(fut: "asyncio.Future[bool]", value: bool) -> None:
     if not fut.done():
-        fut.set_result(None)
+        fut.set_result(value)

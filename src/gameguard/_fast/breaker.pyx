@@ -34,19 +34,19 @@ cdef class BreakerKernel(GuardKernel):
     """The breaker state machine over a :class:`RollingWindow` (see the pure twin)."""
 
     cdef public double failure_rate, slow_call_rate, slow_call_duration, open_duration
-    cdef public double opened_at
+    cdef public double opened_at, open_until
     cdef public bint slow_trips
     cdef public long long minimum_calls, consecutive_failures, failure_count
     cdef public long long generation, consecutive, transitions, tickets
     cdef public int half_open_calls, state, probes_done
     cdef public RollingWindow stats
     cdef long long *_owner
-    cdef double *_start
+    cdef double *_until
     cdef int _log[LOG_SIZE_]
 
     def __cinit__(self, *args, **kwargs):
         self._owner = NULL
-        self._start = NULL
+        self._until = NULL
 
     def __init__(self, double failure_rate, double slow_call_rate, double slow_call_duration,
                  long long minimum_calls, double window, int buckets,
@@ -56,6 +56,7 @@ cdef class BreakerKernel(GuardKernel):
         self.slow_call_rate = slow_call_rate
         self.slow_call_duration = slow_call_duration
         self.slow_trips = not isinf(slow_call_duration)
+        self.precise = self.slow_trips
         self.minimum_calls = minimum_calls
         self.consecutive_failures = consecutive_failures
         self.failure_count = failure_count
@@ -64,13 +65,13 @@ cdef class BreakerKernel(GuardKernel):
         self.stats = RollingWindow(window, buckets)
         self.state = CLOSED_
         self._owner = <long long *>calloc(half_open_calls, sizeof(long long))
-        self._start = <double *>calloc(half_open_calls, sizeof(double))
-        if self._owner == NULL or self._start == NULL:
+        self._until = <double *>calloc(half_open_calls, sizeof(double))
+        if self._owner == NULL or self._until == NULL:
             PyErr_NoMemory()
 
     def __dealloc__(self):
         free(self._owner)
-        free(self._start)
+        free(self._until)
 
     @property
     def log(self):
@@ -80,6 +81,10 @@ cdef class BreakerKernel(GuardKernel):
     def probe_owner(self):
         return [self._owner[i] for i in range(self.half_open_calls)]
 
+    @property
+    def probe_until(self):
+        return [self._until[i] for i in range(self.half_open_calls)]
+
     # -- the guard protocol -------------------------------------------------------------
     cpdef long long enter(self, double now):
         cdef int i, free_slot
@@ -88,7 +93,7 @@ cdef class BreakerKernel(GuardKernel):
         if state == CLOSED_ or state == DISABLED_:
             return self.generation * 2
         if state == OPEN_:
-            if now - self.opened_at < self.open_duration:
+            if now < self.open_until:
                 return REJECT_
             self._transition(HALF_OPEN_)
         elif state == FORCED_OPEN_:
@@ -96,7 +101,7 @@ cdef class BreakerKernel(GuardKernel):
         free_slot = -1
         for i in range(self.half_open_calls):
             owner = self._owner[i]
-            if owner > 0 and now - self._start[i] >= self.open_duration:
+            if owner > 0 and now >= self._until[i]:
                 self._owner[i] = FREE_
                 owner = FREE_
             if owner == FREE_ and free_slot < 0:
@@ -105,7 +110,7 @@ cdef class BreakerKernel(GuardKernel):
             return REJECT_
         self.tickets += 1
         self._owner[free_slot] = self.tickets
-        self._start[free_slot] = now
+        self._until[free_slot] = now + self.open_duration
         return self.tickets * 2 + 1
 
     cpdef void exit(self, long long token, double now, double duration, int outcome):
@@ -136,7 +141,8 @@ cdef class BreakerKernel(GuardKernel):
                 break
         if slot < 0:
             return
-        if outcome == IGNORED_:
+        if outcome == IGNORED_ or now >= self._until[slot]:
+            # no outcome, or one too late to count (the slot was due to be lost anyway)
             self._owner[slot] = FREE_
         elif outcome == FAILURE_ or (self.slow_trips and duration >= self.slow_call_duration):
             self._open(now)
@@ -150,23 +156,25 @@ cdef class BreakerKernel(GuardKernel):
         cdef double first = INFINITY
         cdef int i
         if self.state == OPEN_:
-            return max(self.opened_at + self.open_duration - now, 0.0)
+            return max(self.open_until - now, 0.0)
         if self.state == HALF_OPEN_:
             for i in range(self.half_open_calls):
                 if self._owner[i] > 0:
-                    first = min(first, self._start[i] + self.open_duration)
+                    first = min(first, self._until[i])
             return max(first - now, 0.0) if not isinf(first) else 0.0
         return -1.0
 
     # -- state ----------------------------------------------------------------------------
     def poll(self, double now):
         """The state at ``now`` (makes the due open → half-open move)."""
-        if self.state == OPEN_ and now - self.opened_at >= self.open_duration:
+        if self.state == OPEN_ and now >= self.open_until:
             self._transition(HALF_OPEN_)
         return self.state
 
     def force(self, int state, double now):
         """Move to ``state`` by hand (forced_open, disabled, or closed as a reset)."""
+        if self.state == OPEN_ and now >= self.open_until:
+            self._transition(HALF_OPEN_)  # listeners see the due move first
         if state == OPEN_:
             self._open(now)
         else:
@@ -193,6 +201,7 @@ cdef class BreakerKernel(GuardKernel):
     cdef void _open(self, double now) noexcept:
         self._transition(OPEN_)
         self.opened_at = now
+        self.open_until = now + self.open_duration
 
     cdef void _transition(self, int new) noexcept:
         cdef int i
@@ -205,6 +214,8 @@ cdef class BreakerKernel(GuardKernel):
         if new == CLOSED_:
             self.stats.reset_c()
             self.consecutive = 0
+        if old == new:  # a reset of a closed breaker: a fresh epoch, but no state change
+            return
         self._log[self.transitions % LOG_SIZE_] = old * 8 + new
         self.transitions += 1
         self.pending |= PENDING_EVENTS_

@@ -4,6 +4,11 @@ Tokens: an even token ``2 * generation`` admits a call in the closed (or disable
 its outcome counts only if the breaker is still in that same state epoch. An odd token
 ``2 * ticket + 1`` is a half-open probe; its outcome counts only while the probe still
 holds its slot (a probe older than ``open_duration`` loses the slot, as in Polly).
+
+Deadlines (``open_until``, a probe's ``probe_until``) are stored as ``start + open_duration``
+and compared with ``now >= deadline``: a rejection then always has ``retry_after > 0``, and
+a clock advanced by exactly ``open_duration`` reaches the deadline (``now - start`` may round
+below ``open_duration``).
 """
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ class BreakerKernel(GuardKernel):
         self.slow_call_rate = slow_call_rate
         self.slow_call_duration = slow_call_duration
         self.slow_trips = not math.isinf(slow_call_duration)
+        self.precise = self.slow_trips
         self.minimum_calls = minimum_calls
         self.consecutive_failures = consecutive_failures
         self.failure_count = failure_count
@@ -47,11 +53,12 @@ class BreakerKernel(GuardKernel):
         self.state = CLOSED
         self.generation = 0
         self.opened_at = 0.0
+        self.open_until = 0.0
         self.consecutive = 0
         self.transitions = 0
         self.log = [0] * LOG_SIZE  # old * 8 + new, ring indexed by transition number
         self.probe_owner = [_FREE] * half_open_calls
-        self.probe_start = [0.0] * half_open_calls
+        self.probe_until = [0.0] * half_open_calls
         self.probes_done = 0
         self.tickets = 0
 
@@ -62,7 +69,7 @@ class BreakerKernel(GuardKernel):
             if state == CLOSED or state == DISABLED:
                 return self.generation * 2
             if state == OPEN:
-                if now - self.opened_at < self.open_duration:
+                if now < self.open_until:
                     return REJECT
                 self._transition(HALF_OPEN, now)
             elif state == FORCED_OPEN:
@@ -70,7 +77,7 @@ class BreakerKernel(GuardKernel):
             free = -1
             for i in range(self.half_open_calls):
                 owner = self.probe_owner[i]
-                if owner > 0 and now - self.probe_start[i] >= self.open_duration:
+                if owner > 0 and now >= self.probe_until[i]:
                     self.probe_owner[i] = owner = _FREE  # a stuck probe loses its slot
                 if owner == _FREE and free < 0:
                     free = i
@@ -78,7 +85,7 @@ class BreakerKernel(GuardKernel):
                 return REJECT
             self.tickets += 1
             self.probe_owner[free] = self.tickets
-            self.probe_start[free] = now
+            self.probe_until[free] = now + self.open_duration
             return self.tickets * 2 + 1
 
     def exit(self, token: int, now: float, duration: float, outcome: int) -> None:
@@ -102,7 +109,8 @@ class BreakerKernel(GuardKernel):
                     break
             else:
                 return  # the probe timed out of its slot: its outcome counts for nothing
-            if outcome == IGNORED:
+            if outcome == IGNORED or now >= self.probe_until[i]:
+                # no outcome, or one too late to count (the slot was due to be lost anyway)
                 self.probe_owner[i] = _FREE
             elif outcome == FAILURE or (self.slow_trips and duration >= self.slow_call_duration):
                 self._open(now)
@@ -116,12 +124,12 @@ class BreakerKernel(GuardKernel):
         with self._lock:
             state = self.state
             if state == OPEN:
-                return max(self.opened_at + self.open_duration - now, 0.0)
+                return max(self.open_until - now, 0.0)
             if state == HALF_OPEN:  # all probe slots busy: the first one that can expire
                 first = math.inf
                 for i in range(self.half_open_calls):
                     if self.probe_owner[i] > 0:
-                        first = min(first, self.probe_start[i] + self.open_duration)
+                        first = min(first, self.probe_until[i])
                 return max(first - now, 0.0) if first != math.inf else 0.0
             return -1.0
 
@@ -129,13 +137,15 @@ class BreakerKernel(GuardKernel):
     def poll(self, now: float) -> int:
         """The state at ``now`` (makes the due open → half-open move)."""
         with self._lock:
-            if self.state == OPEN and now - self.opened_at >= self.open_duration:
+            if self.state == OPEN and now >= self.open_until:
                 self._transition(HALF_OPEN, now)
             return self.state
 
     def force(self, state: int, now: float) -> None:
         """Move to ``state`` by hand (forced_open, disabled, or closed as a reset)."""
         with self._lock:
+            if self.state == OPEN and now >= self.open_until:
+                self._transition(HALF_OPEN, now)  # listeners see the due move first
             if state == OPEN:
                 self._open(now)
             else:
@@ -162,6 +172,7 @@ class BreakerKernel(GuardKernel):
     def _open(self, now: float) -> None:
         self._transition(OPEN, now)
         self.opened_at = now
+        self.open_until = now + self.open_duration
 
     def _transition(self, new: int, now: float) -> None:
         old = self.state
@@ -173,6 +184,8 @@ class BreakerKernel(GuardKernel):
         if new == CLOSED:
             self.stats.reset()
             self.consecutive = 0
+        if old == new:  # a reset of a closed breaker: a fresh epoch, but no state change
+            return
         self.log[self.transitions % LOG_SIZE] = old * 8 + new
         self.transitions += 1
         self.pending |= PENDING_EVENTS

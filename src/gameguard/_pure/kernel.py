@@ -29,6 +29,7 @@ class GuardKernel:
 
     def __init__(self) -> None:
         self.pending = 0
+        self.precise = False  # True: durations matter (the compiled wrapper's clock choice)
         self._lock = threading.Lock()
 
     def enter(self, now: float) -> int:

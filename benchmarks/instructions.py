@@ -1,0 +1,78 @@
+"""Instruction counts per call, for decisions on a noisy shared machine.
+
+Run each case under callgrind for two loop lengths; the difference divided by the extra
+calls is the exact per-call instruction count (interpreter start-up cancels out):
+
+    PYTHONHASHSEED=0 valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+        .venv/bin/python benchmarks/instructions.py CASE N
+
+`python benchmarks/instructions.py --report` does this for every case and prints a table.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+
+def handler(x: int) -> int:
+    return x
+
+
+def build(case: str):  # -> a zero-argument callable doing one call
+    import gameguard as gg
+    from gameguard import _impl
+
+    twin = "pure" if case.endswith("_pure") else "fast"
+    base = case[:-5] if case.endswith("_pure") else case
+    with _impl.use(twin):
+        if base == "bare":
+            f = handler
+        elif base == "breaker":
+            f = gg.CircuitBreaker("b")(handler)
+        elif base == "breaker_slowcalls":
+            f = gg.CircuitBreaker("b", slow_call_duration=1.0)(handler)
+        elif base == "throttle":
+            f = gg.AdaptiveThrottle("t")(handler)
+        elif base == "bulkhead":
+            f = gg.Bulkhead(8)(handler)
+        elif base == "pipeline":
+            f = gg.pipeline(gg.CircuitBreaker("b"), gg.Bulkhead(8))(handler)
+        else:
+            raise SystemExit(f"unknown case {case!r}")
+    return f
+
+
+CASES = ["bare", "breaker", "breaker_slowcalls", "throttle", "bulkhead", "pipeline",
+         "breaker_pure"]
+
+
+def run(case: str, n: int) -> None:
+    f = build(case)
+    for _ in range(n):
+        f(1)
+
+
+def measure(case: str, n1: int = 20_000, n2: int = 120_000) -> float:
+    counts = []
+    for n in (n1, n2):
+        out = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+             __file__, case, str(n)],
+            env={**os.environ, "PYTHONHASHSEED": "0"}, capture_output=True, text=True, check=True)
+        m = re.search(r"Collected : (\d+)", out.stderr)
+        assert m, out.stderr
+        counts.append(int(m.group(1)))
+    return (counts[1] - counts[0]) / (n2 - n1)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--report"]:
+        bare = None
+        for case in CASES:
+            per_call = measure(case)
+            bare = bare or per_call
+            print(f"{case:20s} {per_call:10.1f} instructions/call  {per_call / bare:5.2f}x bare")
+    else:
+        run(sys.argv[1], int(sys.argv[2]))
