@@ -84,6 +84,9 @@ class CircuitBreaker(Guard):
             buckets=buckets, consecutive_failures=consecutive_failures,
             failure_count=failure_count, open_duration=open_duration,
             half_open_calls=half_open_calls)
+        self._forced_open = self._module.FORCED_OPEN
+        self._messages = tuple(f"circuit {self.name!r} is {state}"
+                               for state in self._module.STATE_NAMES)
         self._listeners: List[BreakerListener] = []
         self._events_lock = threading.Lock()
         self._seen = 0
@@ -200,12 +203,10 @@ class CircuitBreaker(Guard):
 
     # -- the guard protocol -------------------------------------------------------------
     def _rejection(self, now: float) -> CircuitOpenError:
-        retry = self._kernel.retry_after(now)
-        state = self._module.STATE_NAMES[self._kernel.state]
-        return CircuitOpenError(
-            f"circuit {self.name!r} is {state}",
-            retry_after=retry if retry >= 0 and state != "forced_open" else None,
-            name=self.name)
+        kernel = self._kernel
+        state = kernel.state
+        retry = None if state == self._forced_open else kernel.retry_after(now)
+        return self._call.new_rejection(CircuitOpenError, self._messages[state], retry, self.name)
 
 
 class AdaptiveThrottle(Guard):

@@ -29,6 +29,7 @@ class Bulkhead(Guard):
                  clock: Optional[Clock] = None) -> None:
         self.max_concurrent = check_int("max_concurrent", max_concurrent, 1)
         self.max_wait = check_non_negative("max_wait", max_wait)
+        self._waits = self.max_wait > 0.0
         self._init_guard(check_name(name, f"bulkhead-{id(self):x}"), clock, fallback)
         self._kernel = _impl.kernel("bulkhead").BulkheadKernel(self.max_concurrent)
         self._cond = threading.Condition(threading.Lock())

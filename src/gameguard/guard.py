@@ -196,18 +196,7 @@ def _wrap_async(func: Callable[..., Awaitable[Any]], guards: Sequence["Guard"],
         g = guards[0]
         kernel = g._kernel
 
-        @functools.wraps(func)
-        async def guarded(*args: Any, **kwargs: Any) -> Any:
-            t0 = read()
-            token = kernel.enter(t0)
-            if token < 0:
-                token = await g._admit_slow_async(t0)
-                if token < 0:
-                    if kernel.pending:
-                        g._service()
-                    return await rejected(g, t0, args, kwargs)
-            if kernel.pending:
-                g._service()
+        async def admitted(token: int, t0: float, args: tuple, kwargs: dict) -> Any:
             try:
                 result = await func(*args, **kwargs)
             except BaseException as exc:
@@ -221,6 +210,25 @@ def _wrap_async(func: Callable[..., Awaitable[Any]], guards: Sequence["Guard"],
             if kernel.pending:
                 g._service()
             return result
+
+        async def slow(t0: Optional[float], args: tuple, kwargs: dict) -> Any:
+            """The path off the compiled fast path: ``t0`` is when the kernel refused
+            (None: not entered yet). Waits if the guard waits, else fallback or raise."""
+            if t0 is None:
+                t0 = read()
+                token = kernel.enter(t0)
+                if kernel.pending:
+                    g._service()
+                if token >= 0:
+                    return await admitted(token, t0, args, kwargs)
+            token = await g._admit_slow_async(t0) if g._waits else REJECT
+            if kernel.pending:
+                g._service()
+            if token < 0:
+                return await rejected(g, t0, args, kwargs)
+            return await admitted(token, t0, args, kwargs)
+
+        return g._call.wrap_async(func, g, clock, slow)
     else:
         @functools.wraps(func)
         async def guarded(*args: Any, **kwargs: Any) -> Any:
@@ -362,6 +370,8 @@ class Guard(_GuardMixin):
     _kernel: Any
     _clock: Optional[Clock]
     _fallback: Optional[Callable[..., Any]]
+    #: whether ``_admit_slow`` may admit after the kernel refused (guards that wait)
+    _waits = False
 
     def _init_guard(self, name: str, clock: Optional[Clock],
                     fallback: Optional[Callable[..., Any]] = None) -> None:

@@ -10,6 +10,7 @@ import types
 
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_DECREF
+from cpython.exc cimport PyErr_SetObject
 
 cdef extern from *:
     """
@@ -34,10 +35,20 @@ cdef extern from "Python.h":
     void PyErr_Fetch(PyObject **, PyObject **, PyObject **)
     void PyErr_Restore(PyObject *, PyObject *, PyObject *)
     void PyErr_NormalizeException(PyObject **, PyObject **, PyObject **)
+    ctypedef enum PySendResult:
+        PYGEN_RETURN
+        PYGEN_ERROR
+        PYGEN_NEXT
+    ctypedef PySendResult (*sendfunc)(PyObject *, PyObject *, PyObject **)
+    ctypedef struct AsyncSlots "PyAsyncMethods":
+        sendfunc am_send
+    ctypedef struct AwaitTypeSlots "PyTypeObject":
+        AsyncSlots *tp_as_async
+    PySendResult PyIter_Send(PyObject *, PyObject *, PyObject **)
     Py_ssize_t PyTuple_GET_SIZE(PyObject *)
     PyObject *PyTuple_GET_ITEM(PyObject *, Py_ssize_t)
 
-__all__ = ["wrap_sync", "monotonic"]
+__all__ = ["wrap_sync", "wrap_async", "new_rejection", "monotonic"]
 
 cdef enum:
     MAX_GUARDS = 16
@@ -73,6 +84,9 @@ cdef class GuardedCall:
     cdef object g0
     cdef int n
     cdef tuple kernels
+    cdef object fallback0        # what answers a rejection by guards[0] (None: raise)
+    cdef object rejection0       # guards[0]._rejection, bound once
+    cdef bint waits0             # guards[0] may wait for admission (_admit_slow)
     cdef vectorcallfunc vectorcall   # found by CPython through tp_vectorcall_offset
     cdef dict __dict__
 
@@ -90,6 +104,9 @@ cdef class GuardedCall:
             raise ValueError(f"between 1 and {MAX_GUARDS} guards, got {self.n}")
         self.kernels = tuple([<GuardKernel?>g._kernel for g in guards])
         self.k0 = <GuardKernel>self.kernels[0]
+        self.fallback0 = guards[0]._fallback if guards[0]._fallback is not None else fallback
+        self.rejection0 = guards[0]._rejection
+        self.waits0 = guards[0]._waits
         if clock is not None:
             self.clock_kind = 0
         elif any([(<GuardKernel>k).precise for k in self.kernels]):
@@ -213,17 +230,26 @@ cdef object _guarded_vectorcall(GuardedCall self, PyObject **args, size_t nargsf
     t0 = self._now()
     token = k.enter(t0)
     if token < 0:
-        positional, kwargs = _pack(args, nargsf, kwnames)
-        return self._call1(positional, kwargs, True, t0, token)
+        if self.waits0:
+            token = self.g0._admit_slow(t0)
+        if token < 0:
+            # rejected: raised from this frame only (each Cython frame an exception passes
+            # through adds a traceback entry, which costs more than the rest of the path)
+            if k.pending:
+                self.g0._service()
+            if self.fallback0 is not None:
+                positional, kwargs = _pack(args, nargsf, kwnames)
+                return self.fallback0(*positional, **kwargs)
+            raise self.rejection0(t0)
     if k.pending:
         self.g0._service()
     # No try/except: its exception-state bookkeeping would run on every call. The raw call
     # returns NULL on error and only then is the pending exception looked at.
     cdef PyObject *res = vectorcall_raw(<PyObject *>self.func, args, nargsf, kwnames)
-    t1 = self._now()
     if res == NULL:
-        _exit_with_pending_error(self.g0, k, token, t1, t1 - t0)
+        _exit_with_pending_error(self.g0, k, token, t0, self.clock_kind, self.clock)
         return gg_propagate()
+    t1 = self._now()
     k.exit(token, t1, t1 - t0, SUCCESS_)
     if k.pending:
         self.g0._service()
@@ -232,21 +258,37 @@ cdef object _guarded_vectorcall(GuardedCall self, PyObject **args, size_t nargsf
     return result
 
 
-cdef void _exit_with_pending_error(guard, GuardKernel k, long long token, double now,
-                                   double duration) noexcept:
-    """Classify the exception the user's function raised, release the permit, and leave
-    that same exception (object and traceback) set for the caller."""
+cdef double _read_clock(int kind, clock) noexcept:
+    """The clock for exit paths that must not raise (a broken custom clock falls back to
+    the monotonic clock rather than lose a permit)."""
+    if kind == 2:
+        return monotonic_coarse()
+    if kind == 1:
+        return monotonic_precise()
+    try:
+        return clock()
+    except BaseException:
+        return monotonic_precise()
+
+
+cdef void _exit_with_pending_error(guard, GuardKernel k, long long token, double t0,
+                                   int clock_kind, clock) noexcept:
+    """The user's function raised (the exception is set): classify it, release the permit,
+    and leave that same exception (object and traceback) set for the caller. The exception
+    is fetched before any Python code runs: none may run with an exception set."""
     cdef PyObject *etype
     cdef PyObject *evalue
     cdef PyObject *etb
     cdef int outcome
+    cdef double t1
     PyErr_Fetch(&etype, &evalue, &etb)
     PyErr_NormalizeException(&etype, &evalue, &etb)
+    t1 = _read_clock(clock_kind, clock)
     try:
         outcome = guard._classify(<object>evalue)
     except BaseException:
         outcome = IGNORED_  # a broken classifier never loses the permit or the exception
-    k.exit(token, now, duration, outcome)
+    k.exit(token, t1, t1 - t0, outcome)
     if k.pending:
         try:
             guard._service()
@@ -272,10 +314,249 @@ cdef tuple _pack(PyObject **args, size_t nargsf, PyObject *kwnames):
     return (positional, kwargs)
 
 
+
+
+cdef class GuardedAsync:
+    """A guarded coroutine function (one guard). Calling it enters the guard in C and
+    returns a :class:`GuardedAwaitable` over the user's coroutine; rejected or waiting calls
+    go to the Python coroutine ``slow`` instead."""
+
+    cdef readonly object func
+    cdef object g0, clock, slow
+    cdef GuardKernel k0
+    cdef int clock_kind
+    cdef vectorcallfunc vectorcall
+    cdef dict __dict__
+
+    def __cinit__(self):
+        self.vectorcall = <vectorcallfunc>_async_vectorcall
+
+    def __init__(self, func, guard, clock, slow):
+        self.func = func
+        self.g0 = guard
+        self.k0 = <GuardKernel?>guard._kernel
+        self.clock = clock
+        self.slow = slow
+        self.clock_kind = 0 if clock is not None else (1 if self.k0.precise else 2)
+
+    cdef inline double _now(self) except? -1.0:
+        if self.clock_kind == 2:
+            return monotonic_coarse()
+        if self.clock_kind == 1:
+            return monotonic_precise()
+        return self.clock()
+
+    def __call__(self, *args, **kwargs):  # the tuple-calling path (PyObject_Call)
+        return self.slow(None, args, kwargs)
+
+    def __get__(self, obj, objtype):
+        if obj is None:
+            return self
+        return types.MethodType(self, obj)
+
+    def __repr__(self):
+        return f"<guarded {self.func!r}>"
+
+
+cdef object _async_vectorcall(GuardedAsync self, PyObject **args, size_t nargsf,
+                              PyObject *kwnames):
+    cdef GuardKernel k = self.k0
+    cdef double t0 = self._now()
+    cdef long long token = k.enter(t0)
+    cdef GuardedAwaitable aw
+    if token < 0:  # rejected, or may wait: the Python path (fallback, waiting, raising)
+        if k.pending:
+            self.g0._service()
+        positional, kwargs = _pack(args, nargsf, kwnames)
+        return self.slow(t0, positional, kwargs)
+    if k.pending:
+        self.g0._service()
+    cdef PyObject *res = vectorcall_raw(<PyObject *>self.func, args, nargsf, kwnames)
+    if res == NULL:  # raised before making a coroutine (e.g. bad arguments)
+        _exit_with_pending_error(self.g0, k, token, t0, self.clock_kind, self.clock)
+        return gg_propagate()
+    aw = GuardedAwaitable.__new__(GuardedAwaitable)
+    aw.owner = self
+    aw.token = token
+    aw.t0 = t0
+    coro = <object>res
+    Py_DECREF(coro)
+    aw.coro = coro
+    return aw
+
+
+cdef class GuardedAwaitable:
+    """Awaits the user's coroutine and records its outcome: a Coroutine (``send``,
+    ``throw``, ``close``, ``__await__``) so ``asyncio.create_task`` takes it too. The
+    permit is released exactly once: on return, exception, cancellation (``throw``),
+    ``close()``, or when dropped without being awaited."""
+
+    cdef GuardedAsync owner
+    cdef object coro
+    cdef long long token
+    cdef double t0
+    cdef bint done
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self._resume(None)
+
+    def send(self, value):
+        return self._resume(value)
+
+    cdef object _resume(self, value):
+        cdef PyObject *res = NULL
+        cdef PySendResult r
+        if self.done:
+            raise RuntimeError("cannot reuse already awaited coroutine")
+        r = PyIter_Send(<PyObject *>self.coro, <PyObject *>value, &res)
+        if r == PYGEN_NEXT:
+            out = <object>res
+            Py_DECREF(out)
+            return out
+        if r == PYGEN_RETURN:
+            self._finish(SUCCESS_)
+            out = <object>res
+            Py_DECREF(out)
+            raise StopIteration(out)
+        self._fail_pending()
+        return gg_propagate()
+
+    def throw(self, typ, val=None, tb=None):
+        try:
+            if val is None and tb is None:
+                return self.coro.throw(typ)
+            return self.coro.throw(typ, val, tb)
+        except StopIteration:
+            self._finish(SUCCESS_)
+            raise
+        except BaseException as exc:
+            self._finish(_classify_safe(self.owner.g0, exc))
+            raise
+
+    def close(self):
+        try:
+            self.coro.close()
+        finally:
+            self._finish(IGNORED_)
+
+    @property
+    def cr_await(self):
+        return getattr(self.coro, "cr_await", None)
+
+    def __repr__(self):
+        return f"<guarded awaitable {self.coro!r}>"
+
+    cdef void _finish(self, int outcome) noexcept:
+        cdef double t1
+        cdef GuardKernel k
+        if self.done:
+            return
+        self.done = True
+        k = self.owner.k0
+        t1 = _read_clock(self.owner.clock_kind, self.owner.clock)
+        k.exit(self.token, t1, t1 - self.t0, outcome)
+        if k.pending:
+            _service_safe(self.owner.g0)
+
+    cdef void _fail_pending(self) noexcept:
+        if self.done:
+            return
+        self.done = True
+        _exit_with_pending_error(self.owner.g0, self.owner.k0, self.token, self.t0,
+                                 self.owner.clock_kind, self.owner.clock)
+
+    def __dealloc__(self):
+        if not self.done and self.owner is not None:  # never awaited: give the permit back
+            self.done = True
+            self.owner.k0.exit(self.token, self.t0, 0.0, IGNORED_)
+
+
+cdef PySendResult _awaitable_am_send(PyObject *obj, PyObject *value, PyObject **result) noexcept:
+    """am_send: what ``await`` and the C Task call. Completion is reported as PYGEN_RETURN
+    with the value, so the common path raises no StopIteration at all."""
+    cdef GuardedAwaitable self = <GuardedAwaitable>obj
+    cdef PySendResult r
+    if self.done:
+        return _reused(result)
+    r = PyIter_Send(<PyObject *>self.coro, value, result)
+    if r == PYGEN_RETURN:
+        self._finish(SUCCESS_)
+    elif r == PYGEN_ERROR:
+        self._fail_pending()
+    return r
+
+
+cdef PySendResult _reused(PyObject **result) noexcept:
+    try:
+        raise RuntimeError("cannot reuse already awaited coroutine")
+    except RuntimeError as exc:
+        _set_error(exc)
+    result[0] = NULL
+    return PYGEN_ERROR
+
+
+cdef void _set_error(exc) noexcept:
+    PyErr_SetObject(type(exc), exc)
+
+
+cdef int _classify_safe(guard, exc) noexcept:
+    try:
+        return guard._classify(exc)
+    except BaseException:
+        return IGNORED_
+
+
+cdef void _service_safe(guard) noexcept:
+    try:
+        guard._service()
+    except BaseException:
+        pass
+
+
+cdef _install_am_send():
+    cdef AwaitTypeSlots *tp = <AwaitTypeSlots *>GuardedAwaitable
+    tp.tp_as_async.am_send = <sendfunc>_awaitable_am_send
+
+_install_am_send()
+
+
+def wrap_async(func, guard, clock, slow):
+    """The compiled guarded coroutine function for ``func`` under one ``guard``."""
+    cdef GuardedAsync wrapper = GuardedAsync(func, guard, clock, slow)
+    functools.update_wrapper(wrapper, func)
+    # look like a coroutine function to inspect.iscoroutinefunction (function-like object
+    # with a CO_COROUTINE code) and asyncio.iscoroutinefunction
+    code = getattr(func, "__code__", None)
+    if code is not None:
+        wrapper.__code__ = code
+        wrapper.__defaults__ = getattr(func, "__defaults__", None)
+        wrapper.__kwdefaults__ = getattr(func, "__kwdefaults__", None)
+    return wrapper
+
+
+def new_rejection(type cls, message, retry_after, name):
+    """``cls(message, retry_after=..., name=...)`` without running a Python ``__init__``
+    (a rejection is the hot path when shedding load)."""
+    exc = cls.__new__(cls, message)
+    exc.retry_after = retry_after
+    exc.name = name
+    return exc
+
+
 cdef _install_vectorcall():
     cdef GuardedCall probe = GuardedCall.__new__(GuardedCall)
     cdef TypeSlots *tp = <TypeSlots *>GuardedCall
     tp.tp_vectorcall_offset = <Py_ssize_t>(<char *>&probe.vectorcall - <char *><PyObject *>probe)
+    tp.tp_flags |= Py_TPFLAGS_HAVE_VECTORCALL
+    cdef GuardedAsync aprobe = GuardedAsync.__new__(GuardedAsync)
+    tp = <TypeSlots *>GuardedAsync
+    tp.tp_vectorcall_offset = <Py_ssize_t>(<char *>&aprobe.vectorcall - <char *><PyObject *>aprobe)
     tp.tp_flags |= Py_TPFLAGS_HAVE_VECTORCALL
 
 _install_vectorcall()

@@ -13,7 +13,13 @@ from typing import Any, Callable, Optional, Sequence
 from ..clock import monotonic
 from .kernel import IGNORED, SUCCESS
 
-__all__ = ["wrap_sync", "reject"]
+__all__ = ["wrap_sync", "wrap_async", "reject", "new_rejection"]
+
+
+def new_rejection(cls: type, message: str, retry_after: Optional[float],
+                  name: Optional[str]) -> Any:
+    """``cls(message, retry_after=..., name=...)``; the compiled twin skips ``__init__``."""
+    return cls(message, retry_after=retry_after, name=name)
 
 
 def reject(guard: Any, now: float, fallback: Optional[Callable[..., Any]],
@@ -106,3 +112,39 @@ class _RejectedInside(BaseException):
 
 
 _REJECTED_INSIDE = _RejectedInside()
+
+
+def wrap_async(func: Callable[..., Any], guard: Any, clock: Optional[Callable[[], float]],
+               slow: Callable[..., Any]) -> Callable[..., Any]:
+    """The guarded coroutine function for ``func`` under one ``guard``: the kernel call on
+    each side of the ``await``; refused (or waiting) calls go to ``slow(t0, args, kwargs)``."""
+    read = clock if clock is not None else monotonic
+    kernel = guard._kernel
+    enter, exit_ = kernel.enter, kernel.exit
+    classify, service = guard._classify, guard._service
+
+    async def guarded(*args: Any, **kwargs: Any) -> Any:
+        t0 = read()
+        token = enter(t0)
+        if token < 0:
+            if kernel.pending:
+                service()
+            return await slow(t0, args, kwargs)
+        if kernel.pending:
+            service()
+        try:
+            result = await func(*args, **kwargs)
+        except BaseException as exc:
+            t1 = read()
+            exit_(token, t1, t1 - t0, classify(exc))
+            if kernel.pending:
+                service()
+            raise
+        t1 = read()
+        exit_(token, t1, t1 - t0, SUCCESS)
+        if kernel.pending:
+            service()
+        return result
+
+    functools.update_wrapper(guarded, func)
+    return guarded
