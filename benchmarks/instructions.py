@@ -39,13 +39,23 @@ def build(case: str):  # -> a zero-argument callable doing one call
             f = gg.Bulkhead(8)(handler)
         elif base == "pipeline":
             f = gg.pipeline(gg.CircuitBreaker("b"), gg.Bulkhead(8))(handler)
+        elif base == "pybreaker":
+            import pybreaker
+            f = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60)(handler)
+        elif base == "circuitbreaker":
+            import circuitbreaker
+            f = circuitbreaker.circuit(failure_threshold=5, recovery_timeout=30)(handler)
+        elif base == "purgatory":
+            import purgatory
+            f = purgatory.SyncCircuitBreakerFactory(default_threshold=5)("b")(handler)
         else:
             raise SystemExit(f"unknown case {case!r}")
     return f
 
 
 CASES = ["bare", "breaker", "breaker_slowcalls", "throttle", "bulkhead", "pipeline",
-         "breaker_pure"]
+         "breaker_pure", "throttle_pure", "bulkhead_pure", "circuitbreaker", "pybreaker",
+         "purgatory"]
 
 
 def run(case: str, n: int) -> None:
@@ -71,7 +81,11 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--report"]:
         bare = None
         for case in CASES:
-            per_call = measure(case)
+            try:
+                per_call = measure(case)
+            except subprocess.CalledProcessError:
+                print(f"{case:20s} (not installed)")
+                continue
             bare = bare or per_call
             print(f"{case:20s} {per_call:10.1f} instructions/call  {per_call / bare:5.2f}x bare")
     else:

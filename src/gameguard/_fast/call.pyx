@@ -224,8 +224,7 @@ cdef object _guarded_vectorcall(GuardedCall self, PyObject **args, size_t nargsf
     cdef double t0, t1
     cdef long long token
     if self.n != 1:
-        positional, kwargs = _pack(args, nargsf, kwnames)
-        return self._calln(positional, kwargs)
+        return _guarded_vectorcall_n(self, args, nargsf, kwnames)
     k = self.k0
     t0 = self._now()
     token = k.enter(t0)
@@ -256,6 +255,66 @@ cdef object _guarded_vectorcall(GuardedCall self, PyObject **args, size_t nargsf
     result = <object>res
     Py_DECREF(result)  # `result` holds its own reference now; drop the one the call gave us
     return result
+
+
+cdef object _guarded_vectorcall_n(GuardedCall self, PyObject **args, size_t nargsf,
+                                  PyObject *kwnames):
+    """A pipeline: enter every guard outermost first, exit innermost first."""
+    cdef long long tokens[MAX_GUARDS]
+    cdef int i, j
+    cdef double t0 = self._now()
+    cdef double t1
+    cdef long long token
+    cdef GuardKernel k
+    for i in range(self.n):
+        k = <GuardKernel>self.kernels[i]
+        token = k.enter(t0)
+        if token < 0:
+            g = self.guards[i]
+            if g._waits:
+                try:
+                    token = g._admit_slow(t0)
+                except BaseException:  # interrupted while waiting: release the outer ones
+                    _release_n(self, tokens, i, t0)
+                    raise
+        if k.pending:
+            self.guards[i]._service()
+        if token < 0:  # rejected: the guards already entered count it as nothing
+            _release_n(self, tokens, i, t0)
+            g = self.guards[i]
+            fb = g._fallback if g._fallback is not None else self.fallback
+            if fb is not None:
+                positional, kwargs = _pack(args, nargsf, kwnames)
+                return fb(*positional, **kwargs)
+            raise g._rejection(t0)
+        tokens[i] = token
+    cdef PyObject *res = vectorcall_raw(<PyObject *>self.func, args, nargsf, kwnames)
+    if res == NULL:
+        for j in range(self.n - 1, -1, -1):
+            _exit_with_pending_error(self.guards[j], <GuardKernel>self.kernels[j], tokens[j],
+                                     t0, self.clock_kind, self.clock)
+        return gg_propagate()
+    t1 = self._now()
+    for j in range(self.n - 1, -1, -1):
+        k = <GuardKernel>self.kernels[j]
+        k.exit(tokens[j], t1, t1 - t0, SUCCESS_)
+        if k.pending:
+            self.guards[j]._service()
+    result = <object>res
+    Py_DECREF(result)
+    return result
+
+
+cdef int _release_n(GuardedCall self, long long *tokens, int entered, double now) except -1:
+    """Give back the permits of the first ``entered`` guards, as no outcome."""
+    cdef int j
+    cdef GuardKernel k
+    for j in range(entered - 1, -1, -1):
+        k = <GuardKernel>self.kernels[j]
+        k.exit(tokens[j], now, 0.0, IGNORED_)
+        if k.pending:
+            self.guards[j]._service()
+    return 0
 
 
 cdef double _read_clock(int kind, clock) noexcept:

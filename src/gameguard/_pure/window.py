@@ -13,6 +13,7 @@ import math
 __all__ = ["RollingWindow"]
 
 _FAR_PAST = -(1 << 62)
+_floor = math.floor
 
 
 class RollingWindow:
@@ -57,7 +58,8 @@ class RollingWindow:
 
     def record(self, now: float, failure: bool, slow: bool, duration: float) -> None:
         """Count one call that ended at ``now``."""
-        self.advance(now)
+        if _floor(now / self.bucket_len) != self.head:
+            self.advance(now)
         i = self.head % self.buckets
         self._calls[i] += 1
         self.calls += 1

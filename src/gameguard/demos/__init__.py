@@ -1,0 +1,1 @@
+"""Runnable demos of gameguard, one module per capability (each exposes ``run(seed, out)``)."""
