@@ -2,11 +2,12 @@
 :class:`AdaptiveThrottle` (Google SRE client-side throttling, as go-zero does it)."""
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import os
 import threading
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from . import _impl
 from .clock import Clock
@@ -72,7 +73,7 @@ class CircuitBreaker(Guard):
         count = 0 if failure_count is None else check_int("failure_count", failure_count, 1)
         open_duration = check_positive("open_duration", open_duration)
         half_open_calls = check_int("half_open_calls", half_open_calls, 1, 1 << 16)
-        self._classify = Classifier(record, ignore)  # type: ignore[assignment]
+        self._classify = Classifier(record, ignore)  # type: ignore[method-assign]
         self._init_guard(check_name(name, f"breaker-{id(self):x}"), clock, fallback)
         self._module = _impl.kernel("breaker")
         self._kernel = self._module.BreakerKernel(
@@ -90,6 +91,8 @@ class CircuitBreaker(Guard):
         self._listeners: List[BreakerListener] = []
         self._events_lock = threading.Lock()
         self._seen = 0
+        self._queue: Deque[Tuple[int, int]] = collections.deque()  # (old, new) to deliver
+        self._delivering = False
 
     # -- state --------------------------------------------------------------------------
     @property
@@ -122,13 +125,26 @@ class CircuitBreaker(Guard):
 
     def _manual_record(self, outcome: int, duration: float) -> None:
         tokens = self._manual_tokens.get(threading.get_ident())
-        # without a permit from allow(), record against the current state epoch
-        token = tokens.pop() if tokens else self._kernel.enter(self._now())
+        token = tokens.pop() if tokens else self._other_threads_permit()
+        if token is None:
+            # without a permit from allow(), record against the current state epoch
+            token = self._kernel.enter(self._now())
         if token < 0:
             return
         self._kernel.exit(token, self._now(), float(duration), outcome)
         if self._kernel.pending:
             self._service()
+
+    def _other_threads_permit(self) -> Optional[int]:
+        """The oldest permit another thread took with :meth:`allow`: outcomes are often
+        reported from a callback or completion thread. Leaving that permit behind would
+        leak it (and, half-open, keep its probe slot busy for ``open_duration``)."""
+        for tokens in list(self._manual_tokens.values()):  # a copy: others may add threads
+            try:
+                return tokens.pop(0)  # atomic under the GIL; another reporter may win
+            except IndexError:
+                continue
+        return None
 
     def record_success(self, duration: float = 0.0) -> None:
         """Report a successful call (taken with :meth:`allow`) that lasted ``duration`` s."""
@@ -180,6 +196,13 @@ class CircuitBreaker(Guard):
         return callback
 
     def _service(self) -> None:
+        """Report new transitions to the listeners, in order.
+
+        One thread delivers at a time; a transition made meanwhile (by another thread, or
+        by a listener itself, e.g. one that calls :meth:`force_open`) is queued and
+        delivered by that same loop after the event in hand, so every listener sees the
+        changes in the order they happened.
+        """
         kernel = self._kernel
         kernel.pending = 0  # clear first, then drain from the transition counter: no loss
         names = self._module.STATE_NAMES
@@ -191,22 +214,37 @@ class CircuitBreaker(Guard):
                 log.warning("gameguard: %s: %d state changes happened too fast to report",
                             self.name, start - self._seen)
             entries = kernel.log
-            events = [divmod(entries[i % size], 8) for i in range(start, end)]
+            self._queue.extend(divmod(entries[i % size], 8) for i in range(start, end))
             self._seen = end
-        for old, new in events:
-            for listener in tuple(self._listeners):
-                try:
-                    listener(self, names[old], names[new])
-                except Exception:
-                    log.exception("gameguard: state listener %r of %s raised", listener,
-                                  self.name)
+            if self._delivering or not self._queue:
+                return
+            self._delivering = True
+        try:
+            while True:
+                with self._events_lock:
+                    if not self._queue:
+                        self._delivering = False
+                        return
+                    old, new = self._queue.popleft()
+                for listener in tuple(self._listeners):
+                    try:
+                        listener(self, names[old], names[new])
+                    except Exception:
+                        log.exception("gameguard: state listener %r of %s raised", listener,
+                                      self.name)
+        except BaseException:
+            with self._events_lock:
+                self._delivering = False
+            raise
 
     # -- the guard protocol -------------------------------------------------------------
     def _rejection(self, now: float) -> CircuitOpenError:
         kernel = self._kernel
         state = kernel.state
         retry = None if state == self._forced_open else kernel.retry_after(now)
-        return self._call.new_rejection(CircuitOpenError, self._messages[state], retry, self.name)
+        err: CircuitOpenError = self._call.new_rejection(
+            CircuitOpenError, self._messages[state], retry, self.name)
+        return err
 
 
 class AdaptiveThrottle(Guard):
@@ -239,7 +277,7 @@ class AdaptiveThrottle(Guard):
             seed = int.from_bytes(os.urandom(8), "little")
         elif isinstance(seed, bool) or not isinstance(seed, int):
             raise ConfigurationError(f"seed must be an int or None, got {seed!r}")
-        self._classify = Classifier(record, ignore)  # type: ignore[assignment]
+        self._classify = Classifier(record, ignore)  # type: ignore[method-assign]
         self._init_guard(check_name(name, f"throttle-{id(self):x}"), clock, fallback)
         self._kernel = _impl.kernel("breaker").ThrottleKernel(
             k, float(protection), window, buckets, seed, rng)

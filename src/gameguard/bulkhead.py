@@ -9,9 +9,12 @@ from typing import Any, Callable, Deque, Dict, Optional, Tuple
 from . import _impl
 from .clock import Clock, monotonic
 from .errors import BulkheadFullError
-from .guard import REJECT, Guard, check_int, check_name, check_non_negative
+from .guard import REJECT as _REJECT
+from .guard import Guard, check_int, check_name, check_non_negative
 
 __all__ = ["Bulkhead"]
+
+REJECT: int = _REJECT
 
 
 class Bulkhead(Guard):

@@ -31,10 +31,11 @@ class ManualClock:
     __slots__ = ("_now", "_lock")
 
     def __init__(self, start: float = 0.0) -> None:
-        start = float(start)
-        if not math.isfinite(start):
+        if isinstance(start, bool) or not isinstance(start, (int, float)) or \
+                not math.isfinite(start):
             from .errors import ConfigurationError
             raise ConfigurationError(f"start must be a finite number, got {start!r}")
+        start = float(start)
         self._now = start
         self._lock = threading.Lock()
 

@@ -234,6 +234,7 @@ def _wrap_async(func: Callable[..., Awaitable[Any]], guards: Sequence["Guard"],
         async def guarded(*args: Any, **kwargs: Any) -> Any:
             t0 = read()
             tokens: list = []
+            refused: Optional[Guard] = None
             try:
                 for g in guards:
                     k = g._kernel
@@ -243,12 +244,15 @@ def _wrap_async(func: Callable[..., Awaitable[Any]], guards: Sequence["Guard"],
                     if k.pending:
                         g._service()
                     if token < 0:
-                        _release(guards, tokens, t0, 0.0, _NOTHING)
-                        return await rejected(g, t0, args, kwargs)
+                        refused = g
+                        break
                     tokens.append(token)
             except BaseException:  # cancelled while waiting for a slot
                 _release(guards, tokens, t0, 0.0, _NOTHING)
                 raise
+            if refused is not None:  # the ones entered count it as nothing, released once
+                _release(guards, tokens, t0, 0.0, _NOTHING)
+                return await rejected(refused, t0, args, kwargs)
             try:
                 result = await func(*args, **kwargs)
             except BaseException as exc:

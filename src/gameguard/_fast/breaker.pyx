@@ -4,6 +4,7 @@
 No Python-level call happens inside ``enter``/``exit`` (except a user-injected throttle
 ``rng``), so each is atomic under the GIL without a lock.
 """
+cimport cython
 from libc.math cimport isinf, INFINITY
 from libc.stdlib cimport calloc, free
 from cpython.exc cimport PyErr_NoMemory
@@ -30,6 +31,7 @@ STATE_NAMES = ("closed", "open", "half_open", "forced_open", "disabled")
 LOG_SIZE = LOG_SIZE_
 
 
+@cython.no_gc_clear  # a pending awaitable may release through us during GC teardown
 cdef class BreakerKernel(GuardKernel):
     """The breaker state machine over a :class:`RollingWindow` (see the pure twin)."""
 
@@ -221,6 +223,7 @@ cdef class BreakerKernel(GuardKernel):
         self.pending |= PENDING_EVENTS_
 
 
+@cython.no_gc_clear
 cdef class ThrottleKernel(GuardKernel):
     """Google SRE client-side throttling (go-zero's ``googleBreaker``); see the pure twin."""
 

@@ -8,6 +8,8 @@ makes no Python-level call besides the user's function.
 import functools
 import types
 
+cimport cython
+
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_DECREF
 from cpython.exc cimport PyErr_SetObject
@@ -163,6 +165,7 @@ cdef class GuardedCall:
         cdef double t1
         cdef long long token
         cdef GuardKernel k
+        cdef int refused = -1
         try:
             for i in range(self.n):
                 k = <GuardKernel>self.kernels[i]
@@ -172,13 +175,16 @@ cdef class GuardedCall:
                 if k.pending:
                     self.guards[i]._service()
                 if token < 0:
-                    self._release(tokens, entered, t0, 0.0, _NOTHING)
-                    return self._reject(self.guards[i], t0, args, kwargs)
+                    refused = i
+                    break
                 tokens[i] = token
                 entered += 1
         except BaseException:
             self._release(tokens, entered, t0, 0.0, _NOTHING)
             raise
+        if refused >= 0:  # the ones entered count it as nothing, released once
+            self._release(tokens, entered, t0, 0.0, _NOTHING)
+            return self._reject(self.guards[refused], t0, args, kwargs)
         try:
             result = self.func(*args, **kwargs)
         except BaseException as exc:
@@ -375,6 +381,7 @@ cdef tuple _pack(PyObject **args, size_t nargsf, PyObject *kwnames):
 
 
 
+@cython.no_gc_clear
 cdef class GuardedAsync:
     """A guarded coroutine function (one guard). Calling it enters the guard in C and
     returns a :class:`GuardedAwaitable` over the user's coroutine; rejected or waiting calls
@@ -444,6 +451,7 @@ cdef object _async_vectorcall(GuardedAsync self, PyObject **args, size_t nargsf,
     return aw
 
 
+@cython.no_gc_clear  # __dealloc__ releases the permit through owner.k0: keep them alive
 cdef class GuardedAwaitable:
     """Awaits the user's coroutine and records its outcome: a Coroutine (``send``,
     ``throw``, ``close``, ``__await__``) so ``asyncio.create_task`` takes it too. The

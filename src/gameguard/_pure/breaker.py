@@ -13,6 +13,7 @@ below ``open_duration``).
 from __future__ import annotations
 
 import math
+from typing import Callable, Optional
 
 from .kernel import FAILURE, IGNORED, PENDING_EVENTS, REJECT, GuardKernel, SplitMix64
 from .window import RollingWindow
@@ -64,6 +65,13 @@ class BreakerKernel(GuardKernel):
 
     # -- the guard protocol -------------------------------------------------------------
     def enter(self, now: float) -> int:
+        # Closed fast path without the lock: read the generation *before* the state, so a
+        # transition racing in between either shows in the state check (locked path below)
+        # or leaves this token stale, and a stale token's outcome counts for nothing.
+        generation = self.generation
+        state = self.state
+        if state == CLOSED or state == DISABLED:
+            return generation * 2
         with self._lock:
             state = self.state
             if state == CLOSED or state == DISABLED:
@@ -96,9 +104,10 @@ class BreakerKernel(GuardKernel):
                 if self.state != CLOSED or token >> 1 != self.generation or outcome == IGNORED:
                     return
                 failure = outcome == FAILURE
-                self.stats.record(now, failure, duration >= self.slow_call_duration, duration)
+                stats = self.stats
+                stats.record(now, failure, duration >= self.slow_call_duration, duration)
                 self.consecutive = self.consecutive + 1 if failure else 0
-                if self._should_trip():
+                if self._should_trip():  # after every outcome: a window advance can trip too
                     self._open(now)
                 return
             if self.state != HALF_OPEN:
@@ -201,7 +210,7 @@ class ThrottleKernel(GuardKernel):
     """
 
     def __init__(self, k: float, protection: float, window: float, buckets: int,
-                 seed: int, rng: object = None) -> None:
+                 seed: int, rng: Optional[Callable[[], float]] = None) -> None:
         super().__init__()
         self.k = k
         self.protection = protection
@@ -210,6 +219,11 @@ class ThrottleKernel(GuardKernel):
         self.rng = rng
 
     def drop_probability(self, now: float) -> float:
+        """The drop probability at ``now`` (advances the window: takes the lock)."""
+        with self._lock:
+            return self._p(now)
+
+    def _p(self, now: float) -> float:
         stats = self.stats
         stats.advance(now)
         requests = stats.calls
@@ -219,7 +233,7 @@ class ThrottleKernel(GuardKernel):
 
     def enter(self, now: float) -> int:
         with self._lock:
-            p = self.drop_probability(now)
+            p = self._p(now)
             if p <= 0.0:
                 return 0
             draw = self.rng() if self.rng is not None else self.random.next_float()

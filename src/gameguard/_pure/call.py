@@ -79,6 +79,7 @@ def wrap_sync(func: Callable[..., Any], guards: Sequence[Any],
         def guarded(*args: Any, **kwargs: Any) -> Any:
             t0 = clock()
             tokens: list = []
+            rejected_by = -1
             try:
                 for i, kernel in enumerate(kernels):
                     token = kernel.enter(t0)
@@ -87,12 +88,15 @@ def wrap_sync(func: Callable[..., Any], guards: Sequence[Any],
                     if kernel.pending:
                         guards[i]._service()
                     if token < 0:
-                        _release(guards, kernels, tokens, t0, 0.0, _REJECTED_INSIDE)
-                        return reject(guards[i], t0, fallback, args, kwargs)
+                        rejected_by = i
+                        break
                     tokens.append(token)
             except BaseException:  # a wait interrupted: give back what was taken
                 _release(guards, kernels, tokens, t0, 0.0, _REJECTED_INSIDE)
                 raise
+            if rejected_by >= 0:  # the ones entered count it as nothing, released once
+                _release(guards, kernels, tokens, t0, 0.0, _REJECTED_INSIDE)
+                return reject(guards[rejected_by], t0, fallback, args, kwargs)
             try:
                 result = func(*args, **kwargs)
             except BaseException as exc:
