@@ -275,3 +275,53 @@ def test_async_cashews(benchmark):
     cache.setup("mem://?size=100000")
     f = cache(ttl="1h")(ahandler)
     _bench_async(benchmark, f)
+
+
+# -- instruction counts (callgrind) -------------------------------------------------------------
+def _instr_case(case: str):
+    """A one-argument callable doing one call of ``case``."""
+    kind = "pure" if case.endswith("_pure") else "fast"
+    base = case[:-5] if case.endswith("_pure") else case
+    if base == "bare":
+        return handler
+    if base == "get":
+        cache = _cache(kind)
+        cache.set(KEY, 1)
+        return cache.get
+    if base == "cached":
+        f = _cache(kind).cached(handler)
+        f(KEY)
+        return f
+    if base == "miss":
+        cache = _cache(kind, maxsize=10_000)
+        counter = itertools.count()
+        return lambda _k: cache.get_or_load(next(counter), handler)
+    if base == "lru_cache":
+        f = functools.lru_cache(maxsize=100_000)(handler)
+        f(KEY)
+        return f
+    import cachetools
+    if base == "ttlcache_get":
+        c = cachetools.TTLCache(maxsize=100_000, ttl=3600)
+        c[KEY] = 1
+        return c.get
+    if base == "cachetools_cached":
+        f = cachetools.cached(cachetools.TTLCache(maxsize=100_000, ttl=3600))(handler)
+        f(KEY)
+        return f
+    raise SystemExit(f"unknown case {case!r}")
+
+
+INSTR_CASES = ["bare", "get", "get_pure", "cached", "lru_cache", "ttlcache_get",
+               "cachetools_cached", "miss"]
+
+
+if __name__ == "__main__":
+    # PYTHONHASHSEED=0 valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+    #     .venv/bin/python benchmarks/bench_hotcache.py CASE N
+    # for two N; (instructions(N2) - instructions(N1)) / (N2 - N1) is the per-call count.
+    import sys
+    case, n = sys.argv[1], int(sys.argv[2])
+    f = _instr_case(case)
+    for _ in range(n):
+        f(KEY)

@@ -13,10 +13,12 @@ from .errors import (BulkheadFullError, CircuitOpenError, CompensationFailed,
                      ConfigurationError, GameGuardError, RateLimitExceeded, RejectedError,
                      SagaError)
 from .guard import Guard, Pipeline, pipeline
+from .hotcache import ABSENT, HotKeyCache
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ABSENT", "HotKeyCache",
     "AdaptiveThrottle", "Bulkhead", "BulkheadFullError", "CircuitBreaker", "CircuitOpenError",
     "CompensationFailed", "ConfigurationError", "GameGuardError", "Guard", "ManualClock",
     "Pipeline", "RateLimitExceeded", "RejectedError", "SagaError", "USE_EXTENSIONS",

@@ -1,0 +1,369 @@
+# cython: language_level=3
+"""Frequency sketches for the hot-key cache (compiled twin of ``gameguard._pure.sketch``).
+
+See the pure twin for the algorithms (Caffeine's 4-bit Count-Min ``FrequencySketch`` and
+HeavyKeeper with a top-k table). Here the tables are C arrays and the per-read updates
+(``increment_c``, ``add_c``) make no Python-level call, so they are atomic under the GIL.
+"""
+from libc.math cimport pow
+from libc.stdlib cimport calloc, free
+from libc.stdint cimport uint64_t, int64_t
+from cpython.exc cimport PyErr_NoMemory
+from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
+
+from gameguard._fast.kernel cimport SplitMix64
+
+__all__ = ["mix64", "key_hash", "FrequencySketch", "HeavyHitters", "DECAY_BASE", "DECAY_LIMIT"]
+
+cdef extern from *:
+    int __builtin_popcountll(unsigned long long) nogil
+
+cdef enum:
+    DECAY_LIMIT_ = 256
+
+DECAY_BASE = 1.08
+DECAY_LIMIT = DECAY_LIMIT_
+cdef double DECAY_BASE_ = 1.08
+cdef uint64_t RESET_MASK = 0x7777777777777777ULL
+cdef uint64_t ONE_MASK = 0x1111111111111111ULL
+cdef uint64_t GOLDEN = 0x9E3779B97F4A7C15ULL
+cdef int64_t COUNT_MAX = (1LL << 31) - 1
+
+
+def py_mix64(x):
+    """splitmix64's finaliser (see the pure twin)."""
+    return mix64(<uint64_t>x)
+
+globals()["mix64"] = py_mix64  # Python-visible under the pure twin's name
+
+
+def key_hash(key, seed):
+    """Seeded 64-bit hash of a hashable key: ``mix64(hash(key) ^ seed)`` (see the pure twin)."""
+    return mix64((<uint64_t>hash(key)) ^ (<uint64_t>seed))
+
+
+cdef long long ceil_pow2(long long n) noexcept:
+    cdef long long p = 1
+    while p < n:
+        p <<= 1
+    return p
+
+
+cdef class FrequencySketch:
+    """4-bit Count-Min sketch, depth 4, with periodic halving (Caffeine's FrequencySketch)."""
+
+    def __cinit__(self, long long maxsize):
+        if maxsize < 1:
+            maxsize = 1
+        self.length = max(ceil_pow2(maxsize), 8)
+        self.table = <uint64_t *>calloc(self.length, sizeof(uint64_t))
+        if self.table == NULL:
+            PyErr_NoMemory()
+        self.block_mask = (self.length >> 3) - 1
+        self.sample_size = 10 * maxsize
+        self.size = 0
+
+    def __dealloc__(self):
+        free(self.table)
+
+    cdef void increment_c(self, uint64_t h) noexcept:
+        cdef long long block = <long long>((h & 0xFFFFFFFFULL) & <uint64_t>self.block_mask) << 3
+        cdef uint64_t counter_hash = h >> 32
+        cdef uint64_t c, word
+        cdef long long slot
+        cdef int i, shift
+        cdef bint added = False
+        for i in range(4):
+            c = counter_hash >> (i << 3)
+            slot = block + <long long>(c & 1) + (i << 1)
+            shift = <int>((c >> 1) & 15) << 2
+            word = self.table[slot]
+            if (word >> shift) & 15 != 15:
+                self.table[slot] = word + (1ULL << shift)
+                added = True
+        if added:
+            self.size += 1
+            if self.size == self.sample_size:
+                self.reset_c()
+
+    cdef int frequency_c(self, uint64_t h) noexcept:
+        cdef long long block = <long long>((h & 0xFFFFFFFFULL) & <uint64_t>self.block_mask) << 3
+        cdef uint64_t counter_hash = h >> 32
+        cdef uint64_t c
+        cdef int i, v, best = 15
+        for i in range(4):
+            c = counter_hash >> (i << 3)
+            v = <int>((self.table[block + <long long>(c & 1) + (i << 1)]
+                       >> (((c >> 1) & 15) << 2)) & 15)
+            if v < best:
+                best = v
+        return best
+
+    cdef void reset_c(self) noexcept:
+        cdef long long i, odd = 0
+        cdef uint64_t w
+        for i in range(self.length):
+            w = self.table[i]
+            odd += __builtin_popcountll(w & ONE_MASK)
+            self.table[i] = (w >> 1) & RESET_MASK
+        self.size = (self.size - (odd >> 2)) >> 1
+
+    def increment(self, uint64_t h):
+        """Count one occurrence of the key with hash ``h`` (saturating at 15)."""
+        self.increment_c(h)
+
+    def frequency(self, uint64_t h):
+        """Estimated occurrences of ``h`` since the sketch last aged (0..15)."""
+        return self.frequency_c(h)
+
+    def reset(self):
+        """Halve every counter now (normally done every ``sample_size`` increments)."""
+        self.reset_c()
+
+    def state(self):
+        return self.size, [self.table[i] for i in range(self.length)]
+
+
+cdef class HeavyHitters:
+    """HeavyKeeper with a top-``k`` table and time-decayed counts (see the pure twin)."""
+
+    def __cinit__(self, long long k, long long width, double half_life, seed):
+        cdef long long i, n
+        self.k = k
+        self.width = ceil_pow2(max(width, 2))
+        self.half_life = half_life
+        n = 2 * self.width
+        self.fp = <uint64_t *>calloc(n, sizeof(uint64_t))
+        self.cnt = <int64_t *>calloc(n, sizeof(int64_t))
+        self.ptr = <int64_t *>calloc(n, sizeof(int64_t))
+        self.hashes = <uint64_t *>calloc(k, sizeof(uint64_t))
+        self.counts = <int64_t *>calloc(k, sizeof(int64_t))
+        self.keys = <PyObject **>calloc(k, sizeof(PyObject *))
+        self.decay = <double *>calloc(DECAY_LIMIT_, sizeof(double))
+        if not (self.fp and self.cnt and self.ptr and self.hashes and self.counts and self.keys
+                and self.decay):
+            PyErr_NoMemory()
+        for i in range(n):
+            self.ptr[i] = -1
+        for i in range(DECAY_LIMIT_):
+            self.decay[i] = pow(DECAY_BASE_, -<double>i)
+        self.used = 0
+        self.min_bound = 0
+        self.decay_at = 0.0
+        self.started = False
+        self.rng = SplitMix64(seed)
+
+    def __dealloc__(self):
+        cdef long long s
+        if self.keys != NULL:
+            for s in range(self.k):
+                Py_XDECREF(self.keys[s])
+        free(self.fp)
+        free(self.cnt)
+        free(self.ptr)
+        free(self.hashes)
+        free(self.counts)
+        free(self.keys)
+        free(self.decay)
+
+    # -- time ---------------------------------------------------------------------------
+    cdef void tick_c(self, double now) noexcept:
+        cdef long long periods, i
+        cdef int shift
+        if not self.started:
+            self.started = True
+            self.decay_at = now
+            return
+        if now - self.decay_at >= self.half_life:
+            periods = <long long>((now - self.decay_at) / self.half_life)
+            shift = <int>periods if periods < 63 else 63
+            for i in range(2 * self.width):
+                self.cnt[i] >>= shift
+            for i in range(self.used):
+                self.counts[i] >>= shift
+            self.min_bound >>= shift
+            self.decay_at += <double>periods * self.half_life
+
+    # -- the stream ---------------------------------------------------------------------
+    cdef long long add_c(self, uint64_t h, object key, double now) noexcept:
+        cdef uint64_t g, mask
+        cdef long long i, j, c, s, est = 0, hint = -1, found = -1, mslot = -1, mval = 0, v
+        cdef PyObject *old
+        self.tick_c(now)
+        g = mix64(h + GOLDEN)
+        mask = <uint64_t>(self.width - 1)
+        for j in range(2):
+            i = j * self.width + <long long>((g >> (32 * j)) & mask)
+            c = self.cnt[i]
+            if c == 0:
+                self.fp[i] = h
+                self.cnt[i] = 1
+                self.ptr[i] = -1
+                if est < 1:
+                    est = 1
+            elif self.fp[i] == h:
+                if c < COUNT_MAX:
+                    c += 1
+                    self.cnt[i] = c
+                if c > est:
+                    est = c
+                if self.ptr[i] >= 0:
+                    hint = self.ptr[i]
+            elif c < DECAY_LIMIT_ and self.rng.next_c() < self.decay[c]:
+                c -= 1
+                if c == 0:
+                    self.fp[i] = h
+                    self.cnt[i] = 1
+                    self.ptr[i] = -1
+                    if est < 1:
+                        est = 1
+                else:
+                    self.cnt[i] = c
+        if hint >= 0 and self.hashes[hint] == h:
+            if est > self.counts[hint]:
+                self.counts[hint] = est
+            return est
+        if self.used == self.k and est <= self.min_bound:
+            return est
+        for s in range(self.used):
+            if self.hashes[s] == h:
+                found = s
+            v = self.counts[s]
+            if mslot < 0 or v < mval:
+                mslot = s
+                mval = v
+        if found >= 0:
+            if est > self.counts[found]:
+                self.counts[found] = est
+            self._point(h, g, found)
+            self.min_bound = self._table_min()
+            return est
+        if self.used < self.k:
+            s = self.used
+            self.used += 1
+        elif est > mval:
+            s = mslot
+        else:
+            self.min_bound = mval
+            return est
+        self.hashes[s] = h
+        self.counts[s] = est
+        old = self.keys[s]
+        Py_INCREF(key)
+        self.keys[s] = <PyObject *>key
+        self._point(h, g, s)
+        self.min_bound = self._table_min()
+        Py_XDECREF(old)  # last: freeing a key may run arbitrary code
+        return est
+
+    cdef long long _table_min(self) noexcept:
+        cdef long long s, m
+        if self.used < self.k:
+            return 0
+        m = self.counts[0]
+        for s in range(1, self.k):
+            if self.counts[s] < m:
+                m = self.counts[s]
+        return m
+
+    cdef void _point(self, uint64_t h, uint64_t g, long long slot) noexcept:
+        cdef uint64_t mask = <uint64_t>(self.width - 1)
+        cdef long long i, j
+        for j in range(2):
+            i = j * self.width + <long long>((g >> (32 * j)) & mask)
+            if self.cnt[i] > 0 and self.fp[i] == h:
+                self.ptr[i] = slot
+
+    cdef long long slot_of_c(self, uint64_t h) noexcept:
+        cdef uint64_t g = mix64(h + GOLDEN)
+        cdef uint64_t mask = <uint64_t>(self.width - 1)
+        cdef long long i, j, p, s
+        for j in range(2):
+            i = j * self.width + <long long>((g >> (32 * j)) & mask)
+            p = self.ptr[i]
+            if self.cnt[i] > 0 and self.fp[i] == h and p >= 0 and self.hashes[p] == h:
+                return p
+        for s in range(self.used):
+            if self.hashes[s] == h:
+                return s
+        return -1
+
+    cdef bint is_hot_c(self, uint64_t h, double now, double min_rate) noexcept:
+        cdef long long s
+        self.tick_c(now)
+        s = self.slot_of_c(h)
+        return s >= 0 and self.counts[s] > 0 and \
+            <double>self.counts[s] / self._window(now) >= min_rate
+
+    cdef inline double _window(self, double now) noexcept:
+        cdef double w = self.half_life
+        if now > self.decay_at:
+            w += now - self.decay_at
+        return w
+
+    # -- Python-visible API (same names as the pure twin) -------------------------------
+    def add(self, uint64_t h, key, double now):
+        """Count one read of ``key`` (hash ``h``) at ``now``; returns its estimated count."""
+        return self.add_c(h, key, now)
+
+    def estimate(self, uint64_t h):
+        """HeavyKeeper's count estimate for ``h`` (no update)."""
+        cdef uint64_t g = mix64(h + GOLDEN)
+        cdef uint64_t mask = <uint64_t>(self.width - 1)
+        cdef long long i, j, est = 0
+        for j in range(2):
+            i = j * self.width + <long long>((g >> (32 * j)) & mask)
+            if self.cnt[i] > 0 and self.fp[i] == h and self.cnt[i] > est:
+                est = self.cnt[i]
+        return est
+
+    def rate(self, uint64_t h, double now):
+        """Estimated reads per second of ``h`` if it is in the top-k table, else 0.0."""
+        cdef long long s
+        self.tick_c(now)
+        s = self.slot_of_c(h)
+        if s < 0:
+            return 0.0
+        return <double>self.counts[s] / self._window(now)
+
+    def is_hot(self, uint64_t h, double now, double min_rate):
+        """``h`` is in the top-k table with an estimated rate of at least ``min_rate``."""
+        return self.is_hot_c(h, now, min_rate)
+
+    def top(self, long long n, double now):
+        """Up to ``n`` (key, reads per second) pairs, hottest first. O(k log k)."""
+        cdef double window
+        cdef long long s
+        self.tick_c(now)
+        window = self._window(now)
+        order = sorted([s for s in range(self.used) if self.counts[s] > 0],
+                       key=lambda s: (-self.counts[s], s))
+        return [(<object>self.keys[s], <double>self.counts[s] / window)
+                for s in order[:max(n, 0)]]
+
+    def clear(self):
+        cdef long long i, s
+        cdef PyObject *old
+        for i in range(2 * self.width):
+            self.fp[i] = 0
+            self.cnt[i] = 0
+            self.ptr[i] = -1
+        for s in range(self.k):
+            self.hashes[s] = 0
+            self.counts[s] = 0
+            old = self.keys[s]
+            self.keys[s] = NULL
+            Py_XDECREF(old)
+        self.used = 0
+        self.min_bound = 0
+        self.started = False
+        self.decay_at = 0.0
+
+    def state(self):
+        """Everything that decides future answers (for the twins' equivalence tests)."""
+        cdef long long i, n = 2 * self.width
+        return ([self.fp[i] for i in range(n)], [self.cnt[i] for i in range(n)],
+                [self.ptr[i] for i in range(n)], [self.hashes[i] for i in range(self.used)],
+                [self.counts[i] for i in range(self.used)],
+                [<object>self.keys[i] for i in range(self.used)], self.used,
+                self.min_bound, self.decay_at, self.started, self.rng.state)

@@ -1,0 +1,553 @@
+"""Hot-key caching: :class:`HotKeyCache`, sharded, stampede-proof, hot keys kept warm.
+
+The three classic cache failures and what answers each here:
+
+* **breakdown** (one hot key expires, thousands of readers hit the database at once):
+  per-key *singleflight* (``get_or_load``: one loader call, everyone shares its result or
+  exception) and *refresh-ahead* of hot keys (a heavy-hitter sketch spots them; one reader
+  reloads before expiry while the rest keep reading the still-valid value);
+* **avalanche** (many keys set together expire together): each TTL is jittered by
+  ``±ttl_jitter``;
+* **penetration** (reads of keys that do not exist go to the database every time):
+  *negative caching*: a loader result meaning "absent" is cached for ``negative_ttl``.
+
+Bounded at ``maxsize`` with TinyLFU admission (see :mod:`gameguard._pure.cachetable`).
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import random
+import secrets
+import threading
+from typing import (Any, Awaitable, Callable, Dict, Hashable, List, Optional, Set, Tuple,
+                    TypeVar, Union)
+
+from . import _impl
+from .clock import Clock, monotonic
+from .errors import ConfigurationError
+from .guard import check_clock, check_int, check_name, check_non_negative, check_positive
+
+__all__ = ["HotKeyCache", "ABSENT"]
+
+log = logging.getLogger("gameguard")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Absent:
+    """The loader result meaning "no such record" (see ``negative_ttl``)."""
+
+    __slots__ = ()
+    _instance: Optional["_Absent"] = None
+
+    def __new__(cls) -> "_Absent":
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __reduce__(self) -> str:
+        return "ABSENT"
+
+
+#: Return this from a loader to say "this key has no value"; with ``negative_ttl`` the
+#: answer is cached, so repeated reads of a missing key stop reaching the database.
+ABSENT: Any = _Absent()
+
+
+class _Flight:
+    """One in-flight load of one key, shared by the threads and tasks that wait for it.
+    Waiters register under the shard's lock; the thread Event is made only when a thread
+    actually waits (creating one costs more than the rest of a miss)."""
+
+    __slots__ = ("value", "exc", "abandoned", "event", "futures", "store")
+
+    def __init__(self) -> None:
+        self.value: Any = None
+        self.exc: Optional[BaseException] = None
+        self.abandoned = False   # the leader was cancelled/interrupted: a waiter takes over
+        self.event: Optional[threading.Event] = None
+        self.futures: List[Tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]] = []
+        self.store = True        # False once the key was deleted/set meanwhile
+
+    def wake(self, futures: List[Tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]]) -> None:
+        if self.event is not None:
+            self.event.set()
+        for loop, fut in futures:
+            try:
+                loop.call_soon_threadsafe(_resolve, fut)
+            except RuntimeError:  # that loop is closed: its waiter is gone
+                pass
+
+
+def _resolve(fut: "asyncio.Future[None]") -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _make_key(args: tuple, kwargs: dict) -> Hashable:
+    """Default ``cached`` key: the single str/int argument itself (as ``functools.lru_cache``
+    does), else the arguments as a tuple (keyword arguments sorted after a marker)."""
+    if not kwargs:
+        if len(args) == 1 and (type(args[0]) is str or type(args[0]) is int):
+            return args[0]
+        return args
+    return args + (_KWMARK,) + tuple(sorted(kwargs.items()))
+
+
+_KWMARK = object()
+
+
+class HotKeyCache:
+    """A bounded, sharded TTL cache for values read by many players at once.
+
+    ``get`` of a present, fresh entry takes no lock: a dict lookup in the key's shard, an
+    expiry check and two sketch updates, all in C in the compiled build. Writes and loads
+    take the shard's lock. ``get_or_load`` runs one loader per key at a time (threads and
+    asyncio tasks alike) and refreshes hot keys ahead of expiry. An entry is gone when
+    ``now >= expires_at`` with ``expires_at = set time + ttl * (1 + ttl_jitter * u)``, ``u``
+    uniform in [-1, 1] (DESIGN §4.1).
+
+    Parameters beyond DESIGN §4: ``refresh_ahead`` (fraction of an entry's lifetime after
+    which a hot key is reloaded: 0.8), ``hot_rate`` (reads per second from which a key
+    counts as hot: 1.0), ``hot_capacity`` (keys tracked by the heavy-hitter sketch: 64),
+    ``hot_half_life`` (seconds; counts are halved this often: 2.0), ``none_is_absent``
+    (a loader returning ``None`` means absent, like :data:`ABSENT`), ``seed`` (hash and
+    jitter seed; default random per cache) and ``rng`` (a zero-argument callable returning
+    uniform floats in [0, 1) for the jitter).
+
+    Keys must be hashable (``TypeError`` otherwise). Memory: at most ``maxsize`` entries,
+    plus ~8 bytes per entry of sketch and a fixed ~40 KB heavy-hitter table.
+    """
+
+    def __init__(self, maxsize: int = 100_000, ttl: float = 60.0, *, shards: int = 64,
+                 ttl_jitter: float = 0.1, negative_ttl: Optional[float] = None,
+                 clock: Optional[Clock] = None, name: Optional[str] = None,
+                 refresh_ahead: float = 0.8, hot_rate: float = 1.0, hot_capacity: int = 64,
+                 hot_half_life: float = 2.0, none_is_absent: bool = False,
+                 seed: Optional[int] = None,
+                 rng: Optional[Callable[[], float]] = None) -> None:
+        self.maxsize = check_int("maxsize", maxsize, 1)
+        self.ttl = check_positive("ttl", ttl, allow_inf=True)
+        self.shards = check_int("shards", shards, 1, 1 << 16)
+        if isinstance(ttl_jitter, bool) or not isinstance(ttl_jitter, (int, float)) \
+                or not 0.0 <= ttl_jitter < 1.0:
+            raise ConfigurationError(f"ttl_jitter must be a number in [0, 1), got {ttl_jitter!r}")
+        self.ttl_jitter = float(ttl_jitter)
+        self.negative_ttl = None if negative_ttl is None else \
+            check_positive("negative_ttl", negative_ttl, allow_inf=True)
+        if isinstance(refresh_ahead, bool) or not isinstance(refresh_ahead, (int, float)) \
+                or not 0.0 < refresh_ahead <= 1.0:
+            raise ConfigurationError(
+                f"refresh_ahead must be a fraction in (0, 1], got {refresh_ahead!r}")
+        self.refresh_ahead = float(refresh_ahead)
+        self.hot_rate = check_non_negative("hot_rate", hot_rate)
+        hot_capacity = check_int("hot_capacity", hot_capacity, 1, 1 << 16)
+        hot_half_life = check_positive("hot_half_life", hot_half_life)
+        if not isinstance(none_is_absent, bool):
+            raise ConfigurationError(f"none_is_absent must be a bool, got {none_is_absent!r}")
+        self.none_is_absent = none_is_absent
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ConfigurationError(f"seed must be an int or None, got {seed!r}")
+        if rng is not None and not callable(rng):
+            raise ConfigurationError(f"rng must be a zero-argument callable, got {rng!r}")
+        clock = check_clock(clock)
+        self.name = check_name(name, f"hotcache-{id(self):x}")
+        self._clock: Clock = clock if clock is not None else monotonic
+        if seed is None:
+            seed = secrets.randbits(64)
+        self.seed = seed & ((1 << 64) - 1)
+        self._rng: Callable[[], float] = rng if rng is not None else random.Random(seed).random
+        mod = _impl.kernel("cachetable")
+        self._kmod = mod
+        self._MISS, self._REFRESH = mod.MISS, mod.REFRESH
+        self._core = mod.CacheTable(
+            self.maxsize, self.shards, self.seed, clock, hot_capacity=hot_capacity,
+            hot_width=max(256, min(1 << 14, 16 * hot_capacity)), hot_half_life=hot_half_life,
+            hot_rate=self.hot_rate, absent=ABSENT)
+        n = self._core.nshards
+        self._locks = [threading.Lock() for _ in range(n)]
+        self._flights: List[Dict[Any, _Flight]] = [{} for _ in range(n)]
+        self._tasks: Set["asyncio.Task[Any]"] = set()
+        self._loads = 0
+        self._coalesced = 0
+        self._refreshes = 0
+        self._refresh_failures = 0
+        # the hit path: straight into the kernel, no Python frame of ours in between
+        self.get = self._core.get  # type: ignore[method-assign]
+
+    # -- reading ------------------------------------------------------------------------
+    def get(self, key: Hashable, default: Any = None) -> Any:  # replaced per instance
+        """The fresh value cached for ``key``, else ``default``. Lock-free; O(1)."""
+        return self._core.get(key, default)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return bool(self._core.contains(key, self._clock()))
+
+    def __len__(self) -> int:
+        """Entries held, including expired ones not yet dropped (see :meth:`expire`)."""
+        return len(self._core)
+
+    def expires_at(self, key: Hashable) -> Optional[float]:
+        """When the entry for ``key`` expires (clock seconds), or None if none is held."""
+        t = self._core.expires_at(key)
+        return None if t is None else float(t)
+
+    # -- writing ------------------------------------------------------------------------
+    def _lifetime(self, ttl: Optional[float]) -> float:
+        if ttl is None:
+            ttl = self.ttl
+        else:
+            ttl = check_positive("ttl", ttl, allow_inf=True)
+        if self.ttl_jitter == 0.0:
+            return ttl
+        return ttl * (1.0 + self.ttl_jitter * (2.0 * self._rng() - 1.0))
+
+    def _put(self, key: Any, value: Any, ttl: Optional[float], now: float) -> None:
+        """Store under the shard lock (held by the caller)."""
+        life = self._lifetime(ttl)
+        expires = now + life
+        self._core.put(key, value, expires, now + self.refresh_ahead * life, now)
+
+    def set(self, key: Hashable, value: Any, ttl: Optional[float] = None) -> None:
+        """Cache ``value`` for ``ttl`` seconds (default: the cache's), jittered. A load in
+        flight for ``key`` no longer stores its result."""
+        if ttl is not None:
+            check_positive("ttl", ttl, allow_inf=True)
+        s = self._core.shard_of(key)
+        with self._locks[s]:
+            fl = self._flights[s].get(key)
+            if fl is not None:
+                fl.store = False
+            self._put(key, value, ttl, self._clock())
+
+    def delete(self, key: Hashable) -> bool:
+        """Drop ``key``; True if an entry was held. A load in flight no longer stores."""
+        s = self._core.shard_of(key)
+        with self._locks[s]:
+            fl = self._flights[s].get(key)
+            if fl is not None:
+                fl.store = False
+            return bool(self._core.delete(key))
+
+    def clear(self) -> None:
+        for lock in self._locks:
+            lock.acquire()
+        try:
+            for flights in self._flights:
+                for fl in flights.values():
+                    fl.store = False
+            self._core.clear()
+        finally:
+            for lock in self._locks:
+                lock.release()
+
+    def expire(self) -> int:
+        """Drop every expired entry now (O(n)); returns how many. Not needed for
+        correctness: reads treat expired entries as absent and eviction drops them first."""
+        for lock in self._locks:
+            lock.acquire()
+        try:
+            return int(self._core.expire(self._clock()))
+        finally:
+            for lock in self._locks:
+                lock.release()
+
+    # -- negative results ---------------------------------------------------------------
+    def _is_absent(self, value: Any) -> bool:
+        return value is ABSENT or (value is None and self.none_is_absent)
+
+    def _out(self, stored: Any) -> Any:
+        """What callers see: ABSENT reads as None when ``none_is_absent``."""
+        if stored is ABSENT and self.none_is_absent:
+            return None
+        return stored
+
+    def _store_result(self, key: Any, value: Any, ttl: Optional[float], now: float) -> None:
+        if self._is_absent(value):
+            if self.negative_ttl is not None:
+                self._put(key, ABSENT, self.negative_ttl, now)
+            elif self._core.peek(key, now) is not self._MISS:
+                self._core.delete(key)  # a refresh found the record gone
+        else:
+            self._put(key, value, ttl, now)
+
+    # -- singleflight (threads) ---------------------------------------------------------
+    def get_or_load(self, key: Hashable, loader: Callable[[Any], Any],
+                    ttl: Optional[float] = None) -> Any:
+        """The cached value for ``key``, else ``loader(key)``, cached for ``ttl``.
+
+        Concurrent misses on one key (threads or tasks) run ``loader`` once and all get its
+        result or its exception; nothing is cached on an exception. A hot key past its
+        refresh point is reloaded by one caller while the others keep the current value.
+        """
+        if not callable(loader):
+            raise TypeError(f"loader must be callable, got {loader!r}")
+        v = self._core.lookup(key)
+        if v is self._MISS:
+            return self._load(key, loader, ttl)
+        if v is self._REFRESH:
+            return self._refresh(key, loader, ttl)
+        return self._out(v)
+
+    def _load(self, key: Any, loader: Callable[[Any], Any], ttl: Optional[float]) -> Any:
+        s = self._core.shard_of(key)
+        lock, flights = self._locks[s], self._flights[s]
+        while True:
+            with lock:
+                v = self._core.peek(key, self._clock())
+                if v is not self._MISS:
+                    return self._out(v)
+                fl = flights.get(key)
+                leader = fl is None
+                if fl is None:
+                    fl = flights[key] = _Flight()
+                    self._loads += 1
+                else:
+                    self._coalesced += 1
+                    if fl.event is None:
+                        fl.event = threading.Event()
+                    event = fl.event
+            if leader:
+                return self._out(self._lead(s, key, fl, loader, ttl, refresh=False))
+            event.wait()
+            if fl.abandoned:
+                continue
+            if fl.exc is not None:
+                raise fl.exc
+            return self._out(fl.value)
+
+    def _lead(self, s: int, key: Any, fl: _Flight, loader: Callable[[Any], Any],
+              ttl: Optional[float], refresh: bool) -> Any:
+        try:
+            value = loader(key)
+            if hasattr(type(value), "__await__"):
+                close = getattr(value, "close", None)
+                if close is not None:
+                    close()
+                raise TypeError("the loader returned an awaitable: use get_or_load_async")
+        except Exception as exc:
+            self._finish(s, key, fl, exc=exc, refresh=refresh)
+            raise
+        except BaseException:
+            self._finish(s, key, fl, abandoned=True, refresh=refresh)
+            raise
+        self._finish(s, key, fl, value=value, ttl=ttl, refresh=refresh)
+        return value
+
+    def _finish(self, s: int, key: Any, fl: _Flight, *, value: Any = None,
+                exc: Optional[BaseException] = None, abandoned: bool = False,
+                ttl: Optional[float] = None, refresh: bool = False) -> None:
+        with self._locks[s]:
+            now = self._clock()
+            if exc is None and not abandoned:
+                if fl.store:
+                    self._store_result(key, value, ttl, now)
+            elif refresh:
+                self._core.end_refresh(key, now)
+                if exc is not None:
+                    self._refresh_failures += 1
+            if self._flights[s].get(key) is fl:
+                del self._flights[s][key]
+            fl.value, fl.exc, fl.abandoned = value, exc, abandoned
+            futures, fl.futures = fl.futures, []
+        fl.wake(futures)
+
+    def _refresh(self, key: Any, loader: Callable[[Any], Any], ttl: Optional[float]) -> Any:
+        """This caller owns the refresh of a fresh hot key: reload it inline; on failure
+        keep (and return) the current value, logged, as Caffeine's refreshAfterWrite does."""
+        s = self._core.shard_of(key)
+        with self._locks[s]:
+            now = self._clock()
+            old = self._core.peek(key, now)
+            if old is self._MISS or key in self._flights[s]:
+                self._core.end_refresh(key, now)
+                fl = None
+            else:
+                fl = self._flights[s][key] = _Flight()
+                self._loads += 1
+                self._refreshes += 1
+        if fl is None:
+            return self._out(old) if old is not self._MISS else self._load(key, loader, ttl)
+        try:
+            return self._out(self._lead(s, key, fl, loader, ttl, refresh=True))
+        except Exception:
+            log.warning("hot-key refresh of %r failed; keeping the current value", key,
+                        exc_info=True)
+            return self._out(old)
+
+    # -- singleflight (asyncio) ---------------------------------------------------------
+    async def get_or_load_async(self, key: Hashable,
+                                loader: Callable[[Any], Union[Awaitable[Any], Any]],
+                                ttl: Optional[float] = None) -> Any:
+        """``get_or_load`` for coroutines: ``await loader(key)`` (a sync loader works too).
+
+        If the task running the loader is cancelled, a waiting task takes over the load;
+        a cancelled waiter leaves the others waiting. A hot key's refresh runs in a
+        background task while every caller gets the current value at once.
+        """
+        if not callable(loader):
+            raise TypeError(f"loader must be callable, got {loader!r}")
+        v = self._core.lookup(key)
+        if v is self._MISS:
+            return await self._load_async(key, loader, ttl)
+        if v is self._REFRESH:
+            return self._refresh_async(key, loader, ttl)
+        return self._out(v)
+
+    async def _load_async(self, key: Any, loader: Callable[[Any], Any],
+                          ttl: Optional[float]) -> Any:
+        s = self._core.shard_of(key)
+        lock, flights = self._locks[s], self._flights[s]
+        loop = asyncio.get_running_loop()
+        while True:
+            with lock:
+                v = self._core.peek(key, self._clock())
+                if v is not self._MISS:
+                    return self._out(v)
+                fl = flights.get(key)
+                fut: Optional["asyncio.Future[None]"] = None
+                if fl is None:
+                    fl = flights[key] = _Flight()
+                    self._loads += 1
+                else:
+                    fut = loop.create_future()
+                    fl.futures.append((loop, fut))
+                    self._coalesced += 1
+            if fut is None:
+                return self._out(await self._lead_async(s, key, fl, loader, ttl, refresh=False))
+            try:
+                await fut
+            except BaseException:
+                with lock:
+                    try:
+                        fl.futures.remove((loop, fut))
+                    except ValueError:
+                        pass
+                raise
+            if fl.abandoned:
+                continue
+            if fl.exc is not None:
+                raise fl.exc
+            return self._out(fl.value)
+
+    async def _lead_async(self, s: int, key: Any, fl: _Flight, loader: Callable[[Any], Any],
+                          ttl: Optional[float], refresh: bool) -> Any:
+        try:
+            value = loader(key)
+            if hasattr(type(value), "__await__"):
+                value = await value
+        except Exception as exc:
+            self._finish(s, key, fl, exc=exc, refresh=refresh)
+            raise
+        except BaseException:  # cancelled: hand the load over to a waiter
+            self._finish(s, key, fl, abandoned=True, refresh=refresh)
+            raise
+        self._finish(s, key, fl, value=value, ttl=ttl, refresh=refresh)
+        return value
+
+    def _refresh_async(self, key: Any, loader: Callable[[Any], Any],
+                       ttl: Optional[float]) -> Any:
+        s = self._core.shard_of(key)
+        with self._locks[s]:
+            now = self._clock()
+            old = self._core.peek(key, now)
+            if old is self._MISS or key in self._flights[s]:
+                self._core.end_refresh(key, now)
+                return self._out(old) if old is not self._MISS else None
+            fl = self._flights[s][key] = _Flight()
+            self._loads += 1
+            self._refreshes += 1
+        task = asyncio.get_running_loop().create_task(self._refresh_task(s, key, fl, loader, ttl))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return self._out(old)
+
+    async def _refresh_task(self, s: int, key: Any, fl: _Flight, loader: Callable[[Any], Any],
+                            ttl: Optional[float]) -> None:
+        try:
+            await self._lead_async(s, key, fl, loader, ttl, refresh=True)
+        except Exception:
+            log.warning("hot-key refresh of %r failed; keeping the current value", key,
+                        exc_info=True)
+
+    # -- decorator ----------------------------------------------------------------------
+    def cached(self, func: Optional[F] = None, /, *,
+               key: Optional[Callable[..., Hashable]] = None,
+               ttl: Optional[float] = None) -> Any:
+        """Memoise a sync or async function in this cache, with singleflight and
+        refresh-ahead. ``key(*args, **kwargs)`` makes the cache key (default: the single
+        str/int argument, else the arguments as a tuple). Usable bare (``@cache.cached``)
+        or called (``@cache.cached(key=..., ttl=...)``). Share a cache between functions
+        only with keys that cannot collide."""
+        if key is not None and not callable(key):
+            raise ConfigurationError(f"key must be callable or None, got {key!r}")
+        if ttl is not None:
+            check_positive("ttl", ttl, allow_inf=True)
+
+        def decorate(fn: F) -> F:
+            if not callable(fn):
+                raise TypeError(f"cached() decorates a function, got {fn!r}")
+            if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+                    getattr(fn, "__call__", None)):
+                lookup, MISS, REFRESH, out = self._core.lookup, self._MISS, self._REFRESH, self._out
+
+                async def acached(*args: Any, **kwargs: Any) -> Any:
+                    k = _make_key(args, kwargs) if key is None else key(*args, **kwargs)
+                    v = lookup(k)
+                    if v is MISS or v is REFRESH:
+                        loader = lambda _k: fn(*args, **kwargs)  # noqa: E731
+                        if v is MISS:
+                            return await self._load_async(k, loader, ttl)
+                        return self._refresh_async(k, loader, ttl)
+                    return out(v)
+                wrapper: Any = acached
+            else:
+                def slow(k: Any, v: Any, args: tuple, kwargs: dict) -> Any:
+                    loader = lambda _k: fn(*args, **kwargs)  # noqa: E731
+                    if v is self._MISS:
+                        return self._load(k, loader, ttl)
+                    return self._refresh(k, loader, ttl)
+                # the hit path (key, lookup, expiry) runs in the kernel's CachedCall
+                wrapper = self._kmod.CachedCall(
+                    fn, self._core, key, _make_key, slow, self._out(ABSENT))
+            functools.update_wrapper(wrapper, fn)
+            wrapper.cache = self
+            return wrapper  # type: ignore[no-any-return]
+
+        if func is not None:
+            return decorate(func)
+        return decorate
+
+    # -- introspection ------------------------------------------------------------------
+    def hot_keys(self, n: int = 10) -> List[Tuple[Any, float]]:
+        """The ``n`` most read keys lately with estimated reads per second, hottest first
+        (HeavyKeeper sketch; at most ``hot_capacity`` keys are tracked)."""
+        n = check_int("n", n, 0)
+        return [(k, float(r)) for k, r in self._core.hot_keys(n, self._clock())]
+
+    def stats(self) -> Dict[str, Any]:
+        """Counters since creation: ``hits``, ``misses`` (reads), ``loads`` (loader calls,
+        refreshes included), ``coalesced`` (callers that waited for another's load),
+        ``refreshes``, ``refresh_failures``, ``evictions`` (capacity), ``rejected`` (of
+        those, new keys refused by admission), ``expirations``, ``size``, ``maxsize``,
+        ``hot_keys`` (top 10). Read counters are exact in the compiled build; in the pure
+        build they are kept under the kernel's lock too."""
+        hits, misses, evictions, rejected, expirations = self._core.counters()
+        return {"name": self.name, "hits": hits, "misses": misses, "loads": self._loads,
+                "coalesced": self._coalesced, "refreshes": self._refreshes,
+                "refresh_failures": self._refresh_failures, "evictions": evictions,
+                "rejected": rejected, "expirations": expirations, "size": len(self._core),
+                "maxsize": self.maxsize, "hot_keys": self.hot_keys(10)}
+
+    def __repr__(self) -> str:
+        return (f"<HotKeyCache {self.name!r} size={len(self._core)}/{self.maxsize} "
+                f"ttl={self.ttl!r}>")
