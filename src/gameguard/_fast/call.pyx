@@ -67,6 +67,10 @@ def monotonic_coarse_():
     return monotonic_coarse()
 
 
+cdef inline double _c_clock(int kind) noexcept nogil:
+    return monotonic_coarse() if kind == 2 else monotonic_precise()
+
+
 cdef class _Nothing(BaseException):
     pass
 
@@ -118,10 +122,8 @@ cdef class GuardedCall:
         self.g0 = guards[0]
 
     cdef inline double _now(self) except? -1.0:
-        if self.clock_kind == 2:
-            return monotonic_coarse()
-        if self.clock_kind == 1:
-            return monotonic_precise()
+        if self.clock_kind:
+            return _c_clock(self.clock_kind)
         return self.clock()
 
     def __call__(self, *args, **kwargs):
@@ -232,7 +234,7 @@ cdef object _guarded_vectorcall(GuardedCall self, PyObject **args, size_t nargsf
     if self.n != 1:
         return _guarded_vectorcall_n(self, args, nargsf, kwnames)
     k = self.k0
-    t0 = self._now()
+    t0 = _c_clock(self.clock_kind) if self.clock_kind else self.clock()
     token = k.enter(t0)
     if token < 0:
         if self.waits0:
@@ -254,7 +256,7 @@ cdef object _guarded_vectorcall(GuardedCall self, PyObject **args, size_t nargsf
     if res == NULL:
         _exit_with_pending_error(self.g0, k, token, t0, self.clock_kind, self.clock)
         return gg_propagate()
-    t1 = self._now()
+    t1 = _c_clock(self.clock_kind) if self.clock_kind else self.clock()
     k.exit(token, t1, t1 - t0, SUCCESS_)
     if k.pending:
         self.g0._service()
@@ -406,10 +408,8 @@ cdef class GuardedAsync:
         self.clock_kind = 0 if clock is not None else (1 if self.k0.precise else 2)
 
     cdef inline double _now(self) except? -1.0:
-        if self.clock_kind == 2:
-            return monotonic_coarse()
-        if self.clock_kind == 1:
-            return monotonic_precise()
+        if self.clock_kind:
+            return _c_clock(self.clock_kind)
         return self.clock()
 
     def __call__(self, *args, **kwargs):  # the tuple-calling path (PyObject_Call)
