@@ -14,11 +14,15 @@ from .errors import (BulkheadFullError, CircuitOpenError, CompensationFailed,
                      SagaError)
 from .guard import Guard, Pipeline, pipeline
 from .hotcache import ABSENT, HotKeyCache
+from .saga import (DuplicateTransaction, Saga, SagaResult, SagaStore, SQLiteStore, StaleTransaction,
+                   StepContext, StoreError)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ABSENT", "HotKeyCache",
+    "DuplicateTransaction", "Saga", "SagaResult", "SagaStore", "SQLiteStore", "StaleTransaction",
+    "StepContext", "StoreError",
     "AdaptiveThrottle", "Bulkhead", "BulkheadFullError", "CircuitBreaker", "CircuitOpenError",
     "CompensationFailed", "ConfigurationError", "GameGuardError", "Guard", "ManualClock",
     "Pipeline", "RateLimitExceeded", "RejectedError", "SagaError", "USE_EXTENSIONS",
