@@ -14,13 +14,14 @@ from .errors import (BulkheadFullError, CircuitOpenError, CompensationFailed,
                      SagaError)
 from .guard import Guard, Pipeline, pipeline
 from .hotcache import ABSENT, HotKeyCache
+from .ratelimit import HybridLimiter, KeyedLimiter, LeakyBucket, TokenBucket
 from .saga import (DuplicateTransaction, Saga, SagaResult, SagaStore, SQLiteStore, StaleTransaction,
                    StepContext, StoreError)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ABSENT", "HotKeyCache",
+    "ABSENT", "HotKeyCache", "HybridLimiter", "KeyedLimiter", "LeakyBucket", "TokenBucket",
     "DuplicateTransaction", "Saga", "SagaResult", "SagaStore", "SQLiteStore", "StaleTransaction",
     "StepContext", "StoreError",
     "AdaptiveThrottle", "Bulkhead", "BulkheadFullError", "CircuitBreaker", "CircuitOpenError",

@@ -1,0 +1,469 @@
+# cython: language_level=3
+"""Token-bucket, leaky-bucket and hybrid kernels (compiled twin of ``gameguard._pure.bucket``).
+
+Every method does the same float operations in the same order as the pure twin. The
+state updates make no Python-level call (a custom clock is called *before* them), so each
+call is atomic under the GIL without a lock. See the pure twin for the semantics.
+"""
+from libc.math cimport floor, nextafter, fabs, INFINITY
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+from cpython.float cimport PyFloat_CheckExact, PyFloat_AS_DOUBLE, PyFloat_AsDouble
+from cpython.long cimport PyLong_CheckExact, PyLong_AsDouble
+
+from gameguard._fast.kernel cimport GuardKernel, REJECT_
+
+from gameguard.errors import ConfigurationError
+
+__all__ = ["BURST", "STEADY", "MAX_MODES", "TokenBucketKernel", "LeakyBucketKernel",
+           "HybridKernel", "HybridView"]
+
+cdef enum:
+    BURST_ = 0
+    STEADY_ = 1
+    MAX_MODES_ = 16
+
+BURST, STEADY, MAX_MODES = BURST_, STEADY_, MAX_MODES_
+cdef double EPS = 2.220446049250313e-16
+
+
+cdef inline double _as_double(object x) except? -1.0:
+    # an int argument converted by PyFloat_AsDouble allocates a temporary float (~70 ns);
+    # PyLong_AsDouble does not
+    if PyFloat_CheckExact(x):
+        return PyFloat_AS_DOUBLE(x)
+    if PyLong_CheckExact(x):
+        return PyLong_AsDouble(x)
+    if isinstance(x, (str, bytes, bytearray)):
+        raise TypeError(f"cost must be a real number, not {type(x).__name__}")
+    return PyFloat_AsDouble(x)
+
+
+cdef inline double _monotonic() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+
+
+cdef str _BURST_NAME = "burst"
+cdef str _STEADY_NAME = "steady"
+
+
+cdef int _kind_index(object kind) except -1:
+    raise ConfigurationError(f"kind must be 'burst' or 'steady', got {kind!r}")
+
+
+cdef int _bad_cost(double cost, double capacity) except -1:
+    raise ConfigurationError(
+        f"cost must be a number in (0, capacity={capacity!r}], got {cost!r}")
+
+
+# -- token-bucket arithmetic ------------------------------------------------------------------
+cdef inline double _tb_level(double tokens, double last, double now, double rate,
+                             double capacity) noexcept:
+    cdef double t
+    if now > last:
+        t = tokens + (now - last) * rate
+        return capacity if t > capacity else t
+    return tokens
+
+
+cdef inline double _tb_wait(double tokens, double last, double now, double rate,
+                            double capacity, double cost) noexcept:
+    cdef double level = _tb_level(tokens, last, now, rate, capacity)
+    cdef double d
+    cdef int i = 0
+    if level >= cost:
+        return 0.0
+    if rate <= 0.0:
+        return INFINITY
+    d = (cost - level) / rate
+    if last > now:
+        d = d + (last - now)
+    while _tb_level(tokens, last, now + d, rate, capacity) < cost and i < 16:
+        if i < 8:
+            d = nextafter(d, INFINITY)
+        else:
+            d = d + (fabs(now) if fabs(now) > d else d) * EPS
+        i += 1
+    return d
+
+
+# -- drain-level arithmetic (leaky meter, the hybrid's steady meter) ----------------------
+cdef inline double _lv_level(double level, double last, double now, double rate) noexcept:
+    cdef double t
+    if now > last:
+        t = level - (now - last) * rate
+        return 0.0 if t < 0.0 else t
+    return level
+
+
+cdef inline bint _lv_fits(double level, double last, double now, double rate, double capacity,
+                          double cost) noexcept:
+    return _lv_level(level, last, now, rate) + cost <= capacity
+
+
+cdef inline double _lv_wait(double level, double last, double now, double rate,
+                            double capacity, double cost) noexcept:
+    cdef double d
+    cdef int i = 0
+    if _lv_fits(level, last, now, rate, capacity, cost):
+        return 0.0
+    if rate <= 0.0:
+        return INFINITY
+    d = (level + cost - capacity) / rate
+    if last > now:
+        d = d + (last - now)
+    while not _lv_fits(level, last, now + d, rate, capacity, cost) and i < 16:
+        if i < 8:
+            d = nextafter(d, INFINITY)
+        else:
+            d = d + (fabs(now) if fabs(now) > d else d) * EPS
+        i += 1
+    return d
+
+
+cdef class TokenBucketKernel(GuardKernel):
+    """``tokens`` refill at ``rate`` up to ``capacity``; see the pure twin."""
+
+    cdef public double rate, capacity, tokens, last
+    cdef readonly object clock
+
+    def __init__(self, double rate, double capacity, double initial, double now, clock=None):
+        self.rate = rate
+        self.capacity = capacity
+        self.tokens = initial
+        self.last = now
+        self.clock = clock
+
+    cdef inline void _settle(self, double now) noexcept:
+        cdef double t
+        if now > self.last:
+            t = self.tokens + (now - self.last) * self.rate
+            self.tokens = self.capacity if t > self.capacity else t
+            self.last = now
+
+    cdef inline bint _take(self, double now, double cost) noexcept:
+        self._settle(now)
+        if self.tokens >= cost:
+            self.tokens -= cost
+            return True
+        return False
+
+    def try_acquire(self, object cost=1.0):
+        """Take ``cost`` tokens now (clock read in C for the default clock)."""
+        cdef double now
+        cdef double c = _as_double(cost)
+        if not (c > 0.0 and c <= self.capacity):
+            _bad_cost(c, self.capacity)
+        if self.clock is None:
+            now = _monotonic()
+        else:
+            now = self.clock()
+        return self._take(now, c)
+
+    def acquire_at(self, double now, double cost):
+        return self._take(now, cost)
+
+    def delay_at(self, double now, double cost):
+        return _tb_wait(self.tokens, self.last, now, self.rate, self.capacity, cost)
+
+    def level_at(self, double now):
+        return _tb_level(self.tokens, self.last, now, self.rate, self.capacity)
+
+    def reserve(self, double now, double cost, double max_wait):
+        cdef double d
+        self._settle(now)
+        if self.tokens >= cost:
+            self.tokens -= cost
+            return 0.0
+        d = _tb_wait(self.tokens, self.last, now, self.rate, self.capacity, cost)
+        if d > max_wait:
+            return -1.0
+        self.tokens -= cost
+        return d
+
+    def refund(self, double now, double cost):
+        cdef double t
+        self._settle(now)
+        t = self.tokens + cost
+        self.tokens = self.capacity if t > self.capacity else t
+
+    cpdef long long enter(self, double now):
+        return 0 if self._take(now, 1.0) else REJECT_
+
+    cpdef double retry_after(self, double now):
+        return _tb_wait(self.tokens, self.last, now, self.rate, self.capacity, 1.0)
+
+
+cdef class LeakyBucketKernel(GuardKernel):
+    """``level`` drains at ``rate`` (counted at ``last``); see the pure twin."""
+
+    cdef public double rate, capacity, level, last
+    cdef readonly object clock
+
+    def __init__(self, double rate, double capacity, double now, clock=None):
+        self.rate = rate
+        self.capacity = capacity
+        self.level = 0.0
+        self.last = now
+        self.clock = clock
+
+    cdef inline void _settle(self, double now) noexcept:
+        cdef double t
+        if now > self.last:
+            t = self.level - (now - self.last) * self.rate
+            self.level = 0.0 if t < 0.0 else t
+            self.last = now
+
+    cdef inline bint _take(self, double now, double cost) noexcept:
+        self._settle(now)
+        if self.level + cost <= self.capacity:
+            self.level += cost
+            return True
+        return False
+
+    def try_acquire(self, object cost=1.0):
+        """Meter ``cost`` now (clock read in C for the default clock)."""
+        cdef double now
+        cdef double c = _as_double(cost)
+        if not (c > 0.0 and c <= self.capacity):
+            _bad_cost(c, self.capacity)
+        if self.clock is None:
+            now = _monotonic()
+        else:
+            now = self.clock()
+        return self._take(now, c)
+
+    def acquire_at(self, double now, double cost):
+        return self._take(now, cost)
+
+    def delay_at(self, double now, double cost):
+        return _lv_wait(self.level, self.last, now, self.rate, self.capacity, cost)
+
+    def level_at(self, double now):
+        return _lv_level(self.level, self.last, now, self.rate)
+
+    def reserve(self, double now, double cost, double max_wait):
+        cdef double d
+        self._settle(now)
+        d = self.level / self.rate
+        if d > max_wait:
+            return -1.0
+        self.level += cost
+        return d
+
+    def refund(self, double now, double cost):
+        cdef double t
+        self._settle(now)
+        t = self.level - cost
+        self.level = 0.0 if t < 0.0 else t
+
+    cpdef long long enter(self, double now):
+        return 0 if self._take(now, 1.0) else REJECT_
+
+    cpdef double retry_after(self, double now):
+        return _lv_wait(self.level, self.last, now, self.rate, self.capacity, 1.0)
+
+
+cdef class HybridKernel:
+    """Burst token bucket + steady leaky meter over one budget; see the pure twin."""
+
+    cdef public double total_rate, capacity, leak_capacity, frame, threshold
+    cdef public double burst_rate, steady_rate, burst_tokens, steady_level, last
+    cdef public int nmodes, mode, calm_mode, dense_mode, dense_frames, calm_frames
+    cdef public bint pinned
+    cdef public long long frame_index, frame_count, dense_streak, calm_streak, switches
+    cdef public double admitted_burst, admitted_steady, switched_at
+    cdef public long long rejected_burst, rejected_steady
+    cdef readonly object clock
+    cdef double _shares[MAX_MODES_]
+
+    def __init__(self, double token_rate, double leak_rate, double capacity,
+                 double leak_capacity, shares, int calm_mode, int dense_mode,
+                 double dense_rate, int dense_frames, int calm_frames, double frame,
+                 double now, clock=None):
+        cdef int i
+        self.nmodes = len(shares)
+        if not 1 <= self.nmodes <= MAX_MODES_:
+            raise ValueError(f"between 1 and {MAX_MODES_} modes, got {self.nmodes}")
+        for i in range(self.nmodes):
+            self._shares[i] = shares[i]
+        self.total_rate = token_rate + leak_rate
+        self.capacity = capacity
+        self.leak_capacity = leak_capacity
+        self.calm_mode = calm_mode
+        self.dense_mode = dense_mode
+        self.dense_frames = dense_frames
+        self.calm_frames = calm_frames
+        self.frame = frame
+        self.threshold = dense_rate * frame
+        self.mode = calm_mode
+        self.pinned = False
+        self._rates()
+        self.burst_tokens = capacity
+        self.steady_level = 0.0
+        self.last = now
+        self.switched_at = now
+        self.frame_index = <long long>floor(now / frame)
+        self.clock = clock
+
+    @property
+    def shares(self):
+        return [self._shares[i] for i in range(self.nmodes)]
+
+    cdef inline void _rates(self) noexcept:
+        cdef double w = self._shares[self.mode]
+        self.burst_rate = w * self.total_rate
+        self.steady_rate = (1.0 - w) * self.total_rate
+
+    cdef inline void _settle(self, double now) noexcept:
+        cdef double dt, t
+        if now > self.last:
+            dt = now - self.last
+            t = self.burst_tokens + dt * self.burst_rate
+            self.burst_tokens = self.capacity if t > self.capacity else t
+            t = self.steady_level - dt * self.steady_rate
+            self.steady_level = 0.0 if t < 0.0 else t
+            self.last = now
+
+    cdef void _switch(self, int mode, double at) noexcept:
+        # settle at the old rates up to the switch, then change rates only: levels are
+        # never raised, so a switch cannot mint budget
+        self._settle(at)
+        if mode != self.mode:
+            self.mode = mode
+            self.switches += 1
+            self.switched_at = at
+            self._rates()
+
+    cdef void _end_frames(self, long long index) noexcept:
+        cdef long long k, gap
+        cdef double end
+        if index <= self.frame_index:
+            return
+        end = <double>(self.frame_index + 1) * self.frame
+        if <double>self.frame_count > self.threshold:
+            self.dense_streak += 1
+            self.calm_streak = 0
+        else:
+            self.calm_streak += 1
+            self.dense_streak = 0
+        if not self.pinned:
+            if self.dense_streak >= self.dense_frames and self.mode != self.dense_mode:
+                self._switch(self.dense_mode, end)
+            elif self.calm_streak >= self.calm_frames and self.mode != self.calm_mode:
+                self._switch(self.calm_mode, end)
+        gap = index - self.frame_index - 1  # frames that passed with no call: calm
+        if gap > 0:
+            self.dense_streak = 0
+            if not self.pinned and self.mode != self.calm_mode:
+                k = self.calm_frames - self.calm_streak
+                if k < 1:
+                    k = 1
+                if k <= gap:
+                    self._switch(self.calm_mode, <double>(self.frame_index + 1 + k) * self.frame)
+            self.calm_streak += gap
+        self.frame_index = index
+        self.frame_count = 0
+
+    cdef inline void _poll(self, double now) noexcept:
+        self._end_frames(<long long>floor(now / self.frame))
+        self._settle(now)
+
+    cdef bint _take(self, double now, int kind, double cost) noexcept:
+        self._poll(now)
+        if kind == BURST_:
+            self.frame_count += 1
+            if self.burst_tokens >= cost:
+                self.burst_tokens -= cost
+                self.admitted_burst += cost
+                return True
+            self.rejected_burst += 1
+            return False
+        if self.steady_level + cost <= self.leak_capacity:
+            self.steady_level += cost
+            self.admitted_steady += cost
+            return True
+        self.rejected_steady += 1
+        return False
+
+    cdef int _check(self, int kind, double cost) except -1:
+        if kind != BURST_ and kind != STEADY_:
+            raise ConfigurationError(f"kind must be BURST (0) or STEADY (1), got {kind!r}")
+        if kind == BURST_:
+            if not (cost > 0.0 and cost <= self.capacity):
+                _bad_cost(cost, self.capacity)
+        elif not (cost > 0.0 and cost <= self.leak_capacity):
+            _bad_cost(cost, self.leak_capacity)
+        return 0
+
+    cdef double _now(self) except? -1.0:
+        if self.clock is None:
+            return _monotonic()
+        return self.clock()
+
+    def try_acquire(self, object kind="burst", object cost=1.0):
+        """Admit ``cost`` of ``kind`` ("burst" or "steady") traffic now (clock read in C for
+        the default clock)."""
+        cdef double c = _as_double(cost)
+        cdef int k
+        if kind is _BURST_NAME or kind == "burst":
+            k = BURST_
+        elif kind is _STEADY_NAME or kind == "steady":
+            k = STEADY_
+        else:
+            k = _kind_index(kind)
+        self._check(k, c)
+        return self._take(self._now(), k, c)
+
+    def acquire_at(self, double now, int kind, double cost):
+        return self._take(now, kind, cost)
+
+    def delay_at(self, double now, int kind, double cost):
+        self._poll(now)
+        if kind == BURST_:
+            return _tb_wait(self.burst_tokens, self.last, now, self.burst_rate, self.capacity,
+                            cost)
+        return _lv_wait(self.steady_level, self.last, now, self.steady_rate,
+                        self.leak_capacity, cost)
+
+    def poll(self, double now):
+        """Close the frames that ended by ``now``; the mode index in force."""
+        self._poll(now)
+        return self.mode
+
+    def set_mode(self, double now, int mode, bint pinned):
+        if not 0 <= mode < self.nmodes:
+            raise ValueError(f"mode index out of range: {mode}")
+        self._poll(now)
+        self.pinned = pinned
+        self._switch(mode, now)
+
+    def unpin(self, double now):
+        self._poll(now)
+        self.pinned = False
+
+    def view(self, int kind):
+        return HybridView(self, kind)
+
+
+cdef class HybridView(GuardKernel):
+    """One traffic kind of a :class:`HybridKernel`, as a guard kernel (cost 1 per call)."""
+
+    cdef readonly HybridKernel core
+    cdef readonly int kind
+
+    def __init__(self, HybridKernel core, int kind):
+        self.core = core
+        self.kind = kind
+
+    def try_acquire(self, object cost=1.0):
+        cdef double c = _as_double(cost)
+        self.core._check(self.kind, c)
+        return self.core._take(self.core._now(), self.kind, c)
+
+    cpdef long long enter(self, double now):
+        return 0 if self.core._take(now, self.kind, 1.0) else REJECT_
+
+    cpdef double retry_after(self, double now):
+        return self.core.delay_at(now, self.kind, 1.0)
