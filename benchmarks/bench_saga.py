@@ -10,7 +10,7 @@ the store.
 
 Two ways to run it:
 
-    # the throughput table for docs/performance-saga.md (about a minute)
+    # the throughput table for docs/performance.md (about a minute)
     .venv/bin/python benchmarks/bench_saga.py
     # pytest-benchmark timings (time per round; the group name says how many sagas a round runs)
     .venv/bin/python -m pytest benchmarks/bench_saga.py --benchmark-only -p no:randomly \

@@ -33,8 +33,29 @@ SUCCESS, FAILURE, IGNORED, REJECT = _k.SUCCESS, _k.FAILURE, _k.IGNORED, _k.REJEC
 PENDING_EVENTS, PENDING_WAKE = _k.PENDING_EVENTS, _k.PENDING_WAKE
 
 # Permits taken by `with g:` / `async with g:`, per thread and per task (a ContextVar is
-# both): a guard object is shared, so its __exit__ must find *this* block's token.
-_permits: ContextVar[tuple] = ContextVar("gameguard_permits", default=())
+# both): a guard object is shared, so its __exit__ must find *this* block's token. A cons
+# list (owner, tokens, t0, rest): push and the usual in-order pop are O(1).
+_permits: ContextVar[Optional[tuple]] = ContextVar("gameguard_permits", default=None)
+
+
+def _pop_permit(owner: Any) -> Tuple[Any, float]:
+    """Remove ``owner``'s newest open block; return its (tokens, t0)."""
+    top = _permits.get()
+    if top is not None and top[0] is owner:  # blocks close in the order they opened
+        _permits.set(top[3])
+        return top[1], top[2]
+    skipped = []
+    node = top
+    while node is not None and node[0] is not owner:
+        skipped.append(node)
+        node = node[3]
+    if node is None:
+        raise RuntimeError(f"{owner!r}: __exit__ without a matching __enter__")
+    rest = node[3]
+    for entry in reversed(skipped):
+        rest = (entry[0], entry[1], entry[2], rest)
+    _permits.set(rest)
+    return node[1], node[2]
 
 
 # -- argument checking shared by every constructor ------------------------------------------
@@ -316,7 +337,7 @@ class _GuardMixin:
         except BaseException:
             _release(self._guards, tokens, now, 0.0, _NOTHING)
             raise
-        _permits.set(_permits.get() + ((self, tokens, now),))
+        _permits.set((self, tokens, now, _permits.get()))
         return self
 
     async def __aenter__(self) -> Any:
@@ -336,18 +357,11 @@ class _GuardMixin:
         except BaseException:
             _release(self._guards, tokens, now, 0.0, _NOTHING)
             raise
-        _permits.set(_permits.get() + ((self, tokens, now),))
+        _permits.set((self, tokens, now, _permits.get()))
         return self
 
     def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> bool:
-        stack = _permits.get()
-        for i in range(len(stack) - 1, -1, -1):
-            if stack[i][0] is self:
-                break
-        else:
-            raise RuntimeError(f"{self!r}: __exit__ without a matching __enter__")
-        _, tokens, t0 = stack[i]
-        _permits.set(stack[:i] + stack[i + 1:])
+        tokens, t0 = _pop_permit(self)
         now = self._read_clock()
         if exc is None and exc_type is not None:  # exit called with a type only
             exc = exc_type()
@@ -395,6 +409,47 @@ class Guard(_GuardMixin):
 
     def _classify(self, exc: BaseException) -> int:
         return IGNORED
+
+    # -- with / async with: the single-guard fast path (one kernel call on each side) ------
+    def __enter__(self) -> Any:
+        now = self._clock() if self._clock is not None else monotonic()
+        k = self._kernel
+        token = k.enter(now)
+        if token < 0 and self._waits:
+            token = self._admit_slow(now)  # interrupted: raises, nothing was taken
+        if k.pending:
+            self._service()
+        if token < 0:
+            raise self._rejection(now)
+        _permits.set((self, token, now, _permits.get()))
+        return self
+
+    async def __aenter__(self) -> Any:
+        now = self._clock() if self._clock is not None else monotonic()
+        k = self._kernel
+        token = k.enter(now)
+        if token < 0 and self._waits:
+            token = await self._admit_slow_async(now)
+        if k.pending:
+            self._service()
+        if token < 0:
+            raise self._rejection(now)
+        _permits.set((self, token, now, _permits.get()))
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> bool:
+        token, t0 = _pop_permit(self)
+        now = self._clock() if self._clock is not None else monotonic()
+        if exc is None and exc_type is not None:  # exit called with a type only
+            exc = exc_type()
+        k = self._kernel
+        k.exit(token, now, now - t0, SUCCESS if exc is None else self._classify(exc))
+        if k.pending:
+            self._service()
+        return False
+
+    async def __aexit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> bool:
+        return self.__exit__(exc_type, exc, tb)
 
     def _admit_slow(self, now: float) -> int:
         """Called when the kernel refused: wait for admission if this guard waits."""
