@@ -163,3 +163,31 @@ def test_twins_identical(window, buckets, start, ops):
             assert fast.totals(now) == pure.totals(now)
         assert (fast.head, fast.calls, fast.failures, fast.slow, fast.duration) == \
             (pure.head, pure.calls, pure.failures, pure.slow, pure.duration)
+
+
+# -- the compiled twin skips the division while `now` is below its cached bucket edge -------
+_AWKWARD = st.sampled_from([0.1, 0.3, 1 / 3, 0.7, 1e-3, 2.5, 0.123456789])
+
+
+@settings(max_examples=300, deadline=None)
+@given(window_len=_AWKWARD, buckets=st.integers(1, 13),
+       steps=st.lists(st.tuples(st.integers(0, 40), st.sampled_from([-1, 0, 1])),
+                      min_size=1, max_size=60))
+def test_bucket_edges_match_division_exactly(window_len, buckets, steps):
+    """At bucket edges and one ulp either side, both twins put a call in the same bucket."""
+    import math
+
+    fast_mod, pure_mod = both_twins("window")
+    fast = fast_mod.RollingWindow(window_len * buckets, buckets)
+    pure = pure_mod.RollingWindow(window_len * buckets, buckets)
+    bucket_len = pure.bucket_len
+    now = 0.0
+    for k, ulps in steps:
+        t = (math.floor(now / bucket_len) + k) * bucket_len
+        if ulps:
+            t = math.nextafter(t, math.inf if ulps > 0 else -math.inf)
+        now = max(now, t)  # time never goes backwards within one window
+        fast.record(now, False, False, 0.0)
+        pure.record(now, False, False, 0.0)
+        assert fast.head == pure.head
+        assert fast.totals(now) == pure.totals(now)

@@ -193,10 +193,11 @@ cdef class BreakerKernel(GuardKernel):
             return True
         if self.failure_count and stats.failures >= self.failure_count:
             return True
-        if calls >= self.minimum_calls:
-            if <double>stats.failures / <double>calls >= self.failure_rate:
+        if calls >= self.minimum_calls:  # a zero count cannot reach a rate > 0: no division
+            if stats.failures and <double>stats.failures / <double>calls >= self.failure_rate:
                 return True
-            if self.slow_trips and <double>stats.slow / <double>calls >= self.slow_call_rate:
+            if self.slow_trips and stats.slow and \
+                    <double>stats.slow / <double>calls >= self.slow_call_rate:
                 return True
         return False
 
@@ -244,8 +245,10 @@ cdef class ThrottleKernel(GuardKernel):
         stats.advance_c(now)
         cdef double requests = <double>stats.calls
         cdef double accepts = <double>(stats.calls - stats.failures)
-        cdef double p = (requests - self.protection - self.k * accepts) / (requests + 1.0)
-        return p if p > 0.0 else 0.0
+        cdef double excess = requests - self.protection - self.k * accepts
+        if excess <= 0.0:  # healthy: no division (the denominator is positive)
+            return 0.0
+        return excess / (requests + 1.0)
 
     def drop_probability(self, double now):
         return self._p(now)

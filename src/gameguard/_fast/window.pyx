@@ -1,6 +1,6 @@
 # cython: language_level=3
 """Rolling-window counters (compiled twin of ``gameguard._pure.window``)."""
-from libc.math cimport floor
+from libc.math cimport floor, nextafter, INFINITY
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 from cpython.exc cimport PyErr_NoMemory
@@ -23,6 +23,7 @@ cdef class RollingWindow:
         self.buckets = buckets
         self.bucket_len = window / buckets
         self.head = FAR_PAST
+        self.next_edge = -INFINITY
         self._calls = <long long *>calloc(buckets, sizeof(long long))
         self._failures = <long long *>calloc(buckets, sizeof(long long))
         self._slow = <long long *>calloc(buckets, sizeof(long long))
@@ -37,6 +38,11 @@ cdef class RollingWindow:
         free(self._duration)
 
     cdef void advance_c(self, double now) noexcept:
+        # Same decision as the twin's floor(now / bucket_len) <= head, without a division
+        # on every call: division by a positive constant and floor are monotonic, so every
+        # now below the first instant of the next bucket maps to head or earlier.
+        if now < self.next_edge:
+            return
         cdef long long epoch = <long long>floor(now / self.bucket_len)
         cdef long long gap = epoch - self.head
         cdef long long k, i
@@ -58,6 +64,19 @@ cdef class RollingWindow:
             if self.calls == 0:
                 self.duration = 0.0
         self.head = epoch
+        self.next_edge = self._edge(epoch)
+
+    cdef double _edge(self, long long head) noexcept:
+        """The smallest double t with floor(t / bucket_len) > head."""
+        cdef double bl = self.bucket_len
+        cdef double e = <double>(head + 1) * bl
+        cdef double below = nextafter(e, -INFINITY)
+        while floor(below / bl) > head:
+            e = below
+            below = nextafter(e, -INFINITY)
+        while floor(e / bl) <= head:
+            e = nextafter(e, INFINITY)
+        return e
 
     cdef void record_c(self, double now, bint failure, bint slow, double duration) noexcept:
         self.advance_c(now)

@@ -171,10 +171,10 @@ class BreakerKernel(GuardKernel):
         if self.failure_count and stats.failures >= self.failure_count:
             return True
         calls = stats.calls
-        if calls >= self.minimum_calls:
-            if stats.failures / calls >= self.failure_rate:
+        if calls >= self.minimum_calls:  # a zero count cannot reach a rate > 0: no division
+            if stats.failures and stats.failures / calls >= self.failure_rate:
                 return True
-            if self.slow_trips and stats.slow / calls >= self.slow_call_rate:
+            if self.slow_trips and stats.slow and stats.slow / calls >= self.slow_call_rate:
                 return True
         return False
 
@@ -228,8 +228,10 @@ class ThrottleKernel(GuardKernel):
         stats.advance(now)
         requests = stats.calls
         accepts = requests - stats.failures
-        p = (requests - self.protection - self.k * accepts) / (requests + 1)
-        return p if p > 0.0 else 0.0
+        excess = requests - self.protection - self.k * accepts
+        if excess <= 0.0:  # healthy: no division (the denominator is positive)
+            return 0.0
+        return excess / (requests + 1)
 
     def enter(self, now: float) -> int:
         with self._lock:
