@@ -604,3 +604,19 @@ def test_pipeline_async_with_and_cancellation(twin, clock):
         assert br.state == "closed"
 
     asyncio.run(main())
+
+
+def test_only_lag_tolerant_kernels_take_the_coarse_clock(twin):
+    """Compiled wrappers read CLOCK_MONOTONIC_COARSE (up to a tick behind) only for kernels
+    that declare precise=False; limiters must see exact time or they could admit up to
+    rate x tick more than capacity + rate x elapsed."""
+    import gameguard as gg
+
+    exact = [gg.TokenBucket(10), gg.LeakyBucket(10, 2), gg.HybridLimiter().burst,
+             gg.HybridLimiter().steady, gg.KeyedLimiter(5).bind("player-1"),
+             gg.CircuitBreaker(slow_call_duration=0.5)]
+    lag_tolerant = [gg.CircuitBreaker(), gg.AdaptiveThrottle(), gg.Bulkhead(3)]
+    for guard in exact:
+        assert guard._kernel.precise, guard
+    for guard in lag_tolerant:
+        assert not guard._kernel.precise, guard

@@ -58,7 +58,7 @@ cdef class BreakerKernel(GuardKernel):
         self.slow_call_rate = slow_call_rate
         self.slow_call_duration = slow_call_duration
         self.slow_trips = not isinf(slow_call_duration)
-        self.precise = self.slow_trips
+        self.precise = self.slow_trips  # else a tick of lag only moves bucket edges
         self.minimum_calls = minimum_calls
         self.consecutive_failures = consecutive_failures
         self.failure_count = failure_count
@@ -236,6 +236,7 @@ cdef class ThrottleKernel(GuardKernel):
     def __init__(self, double k, double protection, double window, int buckets, seed, rng=None):
         self.k = k
         self.protection = protection
+        self.precise = False  # a probabilistic window of seconds: a 4 ms lag changes nothing
         self.stats = RollingWindow(window, buckets)
         self.random = SplitMix64(seed)
         self.rng = rng

@@ -12,6 +12,7 @@ cdef class BulkheadKernel(GuardKernel):
 
     def __init__(self, long long limit):
         self.limit = limit
+        self.precise = False  # counts calls in flight: time plays no part
 
     cpdef long long enter(self, double now):
         if self.in_flight < self.limit:

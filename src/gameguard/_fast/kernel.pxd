@@ -29,7 +29,7 @@ cdef inline double monotonic_coarse() noexcept nogil:
 
 cdef class GuardKernel:
     cdef public int pending
-    cdef public bint precise   # needs exact durations: wrappers read the precise clock
+    cdef public bint precise   # needs the exact clock (the default); False: the coarse view will do
     cpdef long long enter(self, double now)
     cpdef void exit(self, long long token, double now, double duration, int outcome)
     cpdef double retry_after(self, double now)

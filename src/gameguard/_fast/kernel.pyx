@@ -15,6 +15,11 @@ __all__ = ["SUCCESS", "FAILURE", "IGNORED", "REJECT", "PENDING_EVENTS", "PENDING
 cdef class GuardKernel:
     """Base of every compiled kernel; see the pure twin for the protocol."""
 
+    def __cinit__(self, *args, **kwargs):
+        # Exact by default: a kernel opts into the coarse clock view only when a lag of one
+        # tick cannot change what it admits beyond what its documentation allows.
+        self.precise = True
+
     cpdef long long enter(self, double now):
         raise NotImplementedError
 

@@ -44,7 +44,7 @@ class BreakerKernel(GuardKernel):
         self.slow_call_rate = slow_call_rate
         self.slow_call_duration = slow_call_duration
         self.slow_trips = not math.isinf(slow_call_duration)
-        self.precise = self.slow_trips
+        self.precise = self.slow_trips  # else a tick of lag only moves bucket edges
         self.minimum_calls = minimum_calls
         self.consecutive_failures = consecutive_failures
         self.failure_count = failure_count
@@ -214,6 +214,7 @@ class ThrottleKernel(GuardKernel):
         super().__init__()
         self.k = k
         self.protection = protection
+        self.precise = False  # a probabilistic window of seconds: a 4 ms lag changes nothing
         self.stats = RollingWindow(window, buckets)
         self.random = SplitMix64(seed)
         self.rng = rng

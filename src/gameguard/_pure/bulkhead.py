@@ -13,6 +13,7 @@ class BulkheadKernel(GuardKernel):
     def __init__(self, limit: int) -> None:
         super().__init__()
         self.limit = limit
+        self.precise = False  # counts calls in flight: time plays no part
         self.in_flight = 0
         self.waiters = 0
 

@@ -29,7 +29,9 @@ class GuardKernel:
 
     def __init__(self) -> None:
         self.pending = 0
-        self.precise = False  # True: durations matter (the compiled wrapper's clock choice)
+        # needs the exact clock (the default); False: the compiled wrappers may read the
+        # coarse view (one tick behind) because the kernel tolerates that lag
+        self.precise = True
         self._lock = threading.Lock()
 
     def enter(self, now: float) -> int:
