@@ -20,7 +20,7 @@ from cpython.dict cimport PyDict_GetItemWithError
 from cpython.ref cimport PyObject
 
 from gameguard._fast.kernel cimport SplitMix64
-from gameguard._fast.sketch cimport FrequencySketch, HeavyHitters, mix64
+from gameguard._fast.sketch cimport FrequencySketch, HeavyHitters, mix64, key_fingerprint
 
 __all__ = ["CacheTable", "CachedCall", "Entry", "MISS", "REFRESH", "SAMPLES", "ADMIT_HASHDOS_THRESHOLD",
            "MIN_SHARD"]
@@ -139,7 +139,7 @@ cdef class CacheTable:
 
     # -- hashing ------------------------------------------------------------------------
     cdef inline uint64_t _hash(self, object key) except? 0:
-        return mix64(<uint64_t>PyObject_Hash(key) ^ self.seed)
+        return key_fingerprint(key, self.seed)
 
     def hash(self, key):
         """The seeded 64-bit hash used for the shard and the sketches."""

@@ -9,6 +9,8 @@ cdef inline uint64_t mix64(uint64_t x) noexcept nogil:
     x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL
     return x ^ (x >> 31)
 
+cdef uint64_t key_fingerprint(object key, uint64_t seed) except? 0
+
 cdef class FrequencySketch:
     cdef uint64_t *table
     cdef public long long length, block_mask, sample_size, size

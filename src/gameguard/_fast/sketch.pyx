@@ -11,6 +11,16 @@ from libc.stdint cimport uint64_t, int64_t
 from cpython.exc cimport PyErr_NoMemory
 from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 
+from gameguard._fast.xxh cimport _xxh64, _xxh64_u64
+from libc.math cimport floor, isfinite
+from cpython.long cimport PyLong_Check
+from cpython.float cimport PyFloat_CheckExact, PyFloat_AS_DOUBLE
+from cpython.bytes cimport PyBytes_Check, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.unicode cimport PyUnicode_Check
+from cpython.tuple cimport PyTuple_CheckExact, PyTuple_GET_SIZE
+
+cdef extern from "Python.h":
+    PyObject *PyTuple_GET_ITEM(object, Py_ssize_t)
 from gameguard._fast.kernel cimport SplitMix64
 
 __all__ = ["mix64", "key_hash", "FrequencySketch", "HeavyHitters", "DECAY_BASE", "DECAY_LIMIT"]
@@ -37,9 +47,69 @@ def py_mix64(x):
 globals()["mix64"] = py_mix64  # Python-visible under the pure twin's name
 
 
+# -- the cache's key fingerprint (twin: gameguard._pure.sketch.key_hash) -----------------------
+cdef extern from "Python.h":
+    const char *_gg_utf8 "PyUnicode_AsUTF8AndSize" (object, Py_ssize_t *)  # NULL: error set
+    long long _gg_as_ll "PyLong_AsLongLongAndOverflow" (object, int *) except? -1
+    void PyErr_Clear()
+
+cdef uint64_t SEED_STR = 0x9E3779B97F4A7C15ULL
+cdef uint64_t SEED_BYTES = 0xC2B2AE3D27D4EB4FULL
+cdef uint64_t SEED_BIGINT = 0x165667B19E3779F9ULL
+cdef uint64_t SEED_FLOAT = 0x85EBCA77C2B2AE63ULL
+cdef uint64_t SEED_TUPLE = 0x27D4EB2F165667C5ULL
+cdef double TWO63 = 9223372036854775808.0
+
+
+cdef uint64_t key_fingerprint(object key, uint64_t seed) except? 0:
+    """Seeded 64-bit fingerprint of a cache key: equal keys get equal fingerprints, and a
+    client who does not know the seed cannot make distinct keys share one (see the twin)."""
+    cdef int overflow = 0
+    cdef long long v
+    cdef double d
+    cdef Py_ssize_t n, i
+    cdef const char *s
+    cdef uint64_t h
+    cdef bytes b
+    if PyUnicode_Check(key):
+        s = _gg_utf8(key, &n)  # ASCII strings: their own buffer, no copy
+        if s == NULL:  # lone surrogates (UnicodeEncodeError): through hash(), as in the twin
+            PyErr_Clear()
+            return mix64(<uint64_t>hash(key) ^ seed)
+        return _xxh64(<const unsigned char *>s, <size_t>n, seed ^ SEED_STR)
+    if PyLong_Check(key):
+        v = _gg_as_ll(key, &overflow)
+        if overflow == 0:
+            return _xxh64_u64(<uint64_t>v, seed)
+        return _bigint_fingerprint(int(key), seed)
+    if PyFloat_CheckExact(key):
+        d = PyFloat_AS_DOUBLE(key)
+        if isfinite(d) and d == floor(d):  # equal to an int: fingerprint that int
+            if -TWO63 <= d < TWO63:
+                return _xxh64_u64(<uint64_t><long long>d, seed)
+            return _bigint_fingerprint(int(d), seed)
+        return _xxh64_u64((<uint64_t *>&d)[0], seed ^ SEED_FLOAT)
+    if PyBytes_Check(key):
+        return _xxh64(<const unsigned char *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
+                      seed ^ SEED_BYTES)
+    if PyTuple_CheckExact(key):
+        n = PyTuple_GET_SIZE(key)
+        h = _xxh64_u64(<uint64_t>n, seed ^ SEED_TUPLE)
+        for i in range(n):
+            h = _xxh64_u64(key_fingerprint(<object>PyTuple_GET_ITEM(key, i), seed), h)
+        return h
+    return mix64(<uint64_t>hash(key) ^ seed)
+
+
+cdef uint64_t _bigint_fingerprint(object value, uint64_t seed) except? 0:
+    cdef bytes b = value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
+    return _xxh64(<const unsigned char *>PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b),
+                  seed ^ SEED_BIGINT)
+
+
 def key_hash(key, seed):
-    """Seeded 64-bit hash of a hashable key: ``mix64(hash(key) ^ seed)`` (see the pure twin)."""
-    return mix64((<uint64_t>hash(key)) ^ (<uint64_t>seed))
+    """Seeded 64-bit fingerprint of a cache key (see the pure twin)."""
+    return key_fingerprint(key, <uint64_t>seed)
 
 
 cdef long long ceil_pow2(long long n) noexcept:

@@ -19,9 +19,12 @@ Both are pure functions of their state, the hash and ``now``; random decisions d
 from __future__ import annotations
 
 import math
+import struct
 import threading
 from array import array
 from typing import Any, List, Tuple
+
+import xxhash
 
 from .kernel import SplitMix64
 
@@ -43,13 +46,58 @@ def mix64(x: int) -> int:
     return x ^ (x >> 31)
 
 
-def key_hash(key: Any, seed: int) -> int:
-    """Seeded 64-bit hash of a hashable key: ``mix64(hash(key) ^ seed)``.
+_SEED_STR = 0x9E3779B97F4A7C15
+_SEED_BYTES = 0xC2B2AE3D27D4EB4F
+_SEED_BIGINT = 0x165667B19E3779F9
+_SEED_FLOAT = 0x85EBCA77C2B2AE63
+_SEED_TUPLE = 0x27D4EB2F165667C5
+_I64 = 1 << 63
+_xxh = xxhash.xxh64_intdigest
 
-    ``hash()`` is what dict lookups already pay for (cached for str), and the per-process
-    random ``seed`` stops an attacker who knows ``hash()`` (ints hash to themselves) from
-    aiming keys at one shard or one sketch counter. Raises TypeError for unhashable keys.
+
+def _u64(value: int, seed: int) -> int:
+    """XXH64 of a 64-bit value's 8 little-endian bytes (two's complement)."""
+    return _xxh((value & MASK64).to_bytes(8, "little"), seed & MASK64)
+
+
+def _bigint(value: int, seed: int) -> int:
+    return _xxh(value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True),
+                seed ^ _SEED_BIGINT)
+
+
+def key_hash(key: Any, seed: int) -> int:
+    """Seeded 64-bit fingerprint of a cache key, for its shard and sketch counters.
+
+    Equal keys get equal fingerprints, as dict lookups need; and none comes from
+    ``hash()`` where a client could line keys up on one value (``hash(k)`` is ``k`` modulo
+    2**61 - 1 for ints): integers by value (XXH64 of their bytes; ``bool``, ``int``
+    subclasses and integral floats are the integers they equal), other floats by their
+    bits, ``str`` (UTF-8) and ``bytes`` by their bytes, tuples element by element. Other
+    keys fall back to ``mix64(hash(key) ^ seed)``; an exotic number equal to an int
+    (``Decimal(2)``, ``Fraction(2)``) is then a different key than that int.
+    Raises TypeError for unhashable keys.
     """
+    if isinstance(key, str):
+        try:
+            data = key.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: through hash()
+            return mix64((hash(key) & MASK64) ^ seed)
+        return _xxh(data, seed ^ _SEED_STR)
+    if isinstance(key, int):
+        value = int(key)
+        return _u64(value, seed) if -_I64 <= value < _I64 else _bigint(value, seed)
+    if type(key) is float:
+        if math.isfinite(key) and key == math.floor(key):
+            value = int(key)
+            return _u64(value, seed) if -_I64 <= value < _I64 else _bigint(value, seed)
+        return _xxh(struct.pack("<d", key), seed ^ _SEED_FLOAT)
+    if isinstance(key, bytes):
+        return _xxh(key, seed ^ _SEED_BYTES)
+    if type(key) is tuple:
+        h = _u64(len(key), seed ^ _SEED_TUPLE)
+        for item in key:
+            h = _u64(key_hash(item, seed), h)
+        return h
     return mix64((hash(key) & MASK64) ^ seed)
 
 
