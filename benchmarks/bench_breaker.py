@@ -68,6 +68,14 @@ def test_gameguard_pipeline_breaker_bulkhead(benchmark, loop_calls, kind):
 
 
 @pytest.mark.benchmark(group="breaker-sync")
+def test_gameguard_bulkhead_floor(benchmark, loop_calls):
+    """A near-empty kernel (a counter up and down): the compiled wrapper's own floor."""
+    with _twin("fast"):
+        f = gg.Bulkhead(64)(handler)
+    benchmark(loop_calls(f))
+
+
+@pytest.mark.benchmark(group="breaker-sync")
 def test_pybreaker(benchmark, loop_calls):
     pybreaker = pytest.importorskip("pybreaker")
     f = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60)(handler)
