@@ -6,11 +6,11 @@ state updates make no Python-level call (a custom clock is called *before* them)
 call is atomic under the GIL without a lock. See the pure twin for the semantics.
 """
 from libc.math cimport floor, nextafter, fabs, INFINITY
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
-from cpython.float cimport PyFloat_CheckExact, PyFloat_AS_DOUBLE, PyFloat_AsDouble
-from cpython.long cimport PyLong_CheckExact, PyLong_AsDouble
+from posix.time cimport timespec
 
-from gameguard._fast.kernel cimport GuardKernel, REJECT_, monotonic_coarse, CLOCK_MONOTONIC_COARSE_
+from gameguard._fast.kernel cimport (GuardKernel, REJECT_, CLOCK_MONOTONIC_COARSE_,
+                                     as_double as _as_double, monotonic_coarse,
+                                     monotonic_precise as _monotonic)
 from posix.time cimport clock_getres
 
 from gameguard.errors import ConfigurationError
@@ -43,24 +43,6 @@ COARSE_LAG_S = _coarse_lag()
 cdef double CAPACITY_SHARE = 1.0 / 32.0
 CAPACITY_SHARE_PY = CAPACITY_SHARE
 cdef double COARSE_LAG = COARSE_LAG_S
-
-
-cdef inline double _as_double(object x) except? -1.0:
-    # an int argument converted by PyFloat_AsDouble allocates a temporary float (~70 ns);
-    # PyLong_AsDouble does not
-    if PyFloat_CheckExact(x):
-        return PyFloat_AS_DOUBLE(x)
-    if PyLong_CheckExact(x):
-        return PyLong_AsDouble(x)
-    if isinstance(x, (str, bytes, bytearray)):
-        raise TypeError(f"cost must be a real number, not {type(x).__name__}")
-    return PyFloat_AsDouble(x)
-
-
-cdef inline double _monotonic() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
 
 
 cdef str _BURST_NAME = "burst"

@@ -27,6 +27,21 @@ cdef inline double monotonic_coarse() noexcept nogil:
     clock_gettime(CLOCK_MONOTONIC_COARSE_, &ts)
     return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
 
+from cpython.float cimport PyFloat_CheckExact, PyFloat_AS_DOUBLE, PyFloat_AsDouble
+from cpython.long cimport PyLong_CheckExact, PyLong_AsDouble
+
+cdef inline double as_double(object x) except? -1.0:
+    """A cost or amount as a C double; TypeError for strings (which float() would parse).
+    An int converted by PyFloat_AsDouble allocates a temporary float (~70 ns);
+    PyLong_AsDouble does not."""
+    if PyFloat_CheckExact(x):
+        return PyFloat_AS_DOUBLE(x)
+    if PyLong_CheckExact(x):
+        return PyLong_AsDouble(x)
+    if isinstance(x, (str, bytes, bytearray)):
+        raise TypeError(f"cost must be a real number, not {type(x).__name__}")
+    return PyFloat_AsDouble(x)
+
 cdef class GuardKernel:
     cdef public int pending
     cdef public bint precise   # needs the exact clock (the default); False: the coarse view will do

@@ -16,11 +16,9 @@ from cpython.exc cimport PyErr_NoMemory
 from cpython.long cimport PyLong_Check
 from cpython.unicode cimport PyUnicode_Check
 from cpython.bytes cimport PyBytes_Check, PyBytes_AS_STRING, PyBytes_GET_SIZE
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
-from cpython.float cimport PyFloat_CheckExact, PyFloat_AS_DOUBLE, PyFloat_AsDouble
-from cpython.long cimport PyLong_CheckExact, PyLong_AsDouble
 
-from gameguard._fast.kernel cimport GuardKernel, REJECT_
+from gameguard._fast.kernel cimport (GuardKernel, REJECT_, as_double as _as_double,
+                                     monotonic_precise as _monotonic)
 from gameguard._fast.xxh cimport _xxh64, _xxh64_u64
 
 from gameguard.errors import ConfigurationError
@@ -51,24 +49,6 @@ cdef double EPS = 2.220446049250313e-16
 cdef uint64_t SEED_STR = 0x9E3779B97F4A7C15ULL
 cdef uint64_t SEED_BYTES = 0xC2B2AE3D27D4EB4FULL
 cdef uint64_t SEED_OTHER = 0x165667B19E3779F9ULL
-
-
-cdef inline double _as_double(object x) except? -1.0:
-    # an int argument converted by PyFloat_AsDouble allocates a temporary float (~70 ns);
-    # PyLong_AsDouble does not
-    if PyFloat_CheckExact(x):
-        return PyFloat_AS_DOUBLE(x)
-    if PyLong_CheckExact(x):
-        return PyLong_AsDouble(x)
-    if isinstance(x, (str, bytes, bytearray)):
-        raise TypeError(f"cost must be a real number, not {type(x).__name__}")
-    return PyFloat_AsDouble(x)
-
-
-cdef inline double _monotonic() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
 
 
 def xxh64_int(long long v, uint64_t seed):
