@@ -6,12 +6,11 @@ state updates make no Python-level call (a custom clock is called *before* them)
 call is atomic under the GIL without a lock. See the pure twin for the semantics.
 """
 from libc.math cimport floor, nextafter, fabs, INFINITY
-from posix.time cimport timespec
+from posix.time cimport timespec, clock_getres
 
 from gameguard._fast.kernel cimport (GuardKernel, REJECT_, CLOCK_MONOTONIC_COARSE_,
                                      as_double as _as_double, monotonic_coarse,
                                      monotonic_precise as _monotonic)
-from posix.time cimport clock_getres
 
 from gameguard.errors import ConfigurationError
 
