@@ -12,7 +12,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 from . import _impl
 from .clock import Clock
 from .errors import CircuitOpenError, ConfigurationError
-from .guard import (PENDING_EVENTS, Classifier, ExceptionSpec, Guard, check_callable,
+from .guard import (Classifier, ExceptionSpec, Guard, check_callable,
                     check_int, check_name, check_positive)
 
 __all__ = ["CircuitBreaker", "AdaptiveThrottle", "BreakerListener"]

@@ -43,8 +43,8 @@ class RejectedError(GameGuardError):
         return (_rebuild, (type(self), self.args, self.__dict__))
 
 
-def _rebuild(cls: type, args: tuple, state: dict) -> Exception:
-    exc = cls.__new__(cls)
+def _rebuild(cls: type[Exception], args: tuple[Any, ...], state: dict[str, Any]) -> Exception:
+    exc: Exception = cls.__new__(cls)
     Exception.__init__(exc, *args)
     exc.__dict__.update(state)
     return exc

@@ -13,8 +13,8 @@ import inspect
 import logging
 import math
 from contextvars import ContextVar
-from typing import (Any, Awaitable, Callable, Optional, Sequence, Tuple, Type, TypeVar, Union,
-                    overload)
+from typing import (Any, Awaitable, Callable, Literal, Optional, Sequence, Tuple, Type, TypeVar,
+                    Union, cast, overload)
 
 from . import _impl
 from .clock import Clock, monotonic
@@ -29,13 +29,17 @@ ExceptionSpec = Union[Type[BaseException], Tuple[Type[BaseException], ...],
                       Callable[[BaseException], bool]]
 
 _k = _impl.kernel("kernel")  # constants are the same in both twins
-SUCCESS, FAILURE, IGNORED, REJECT = _k.SUCCESS, _k.FAILURE, _k.IGNORED, _k.REJECT
-PENDING_EVENTS, PENDING_WAKE = _k.PENDING_EVENTS, _k.PENDING_WAKE
+SUCCESS: int = _k.SUCCESS
+FAILURE: int = _k.FAILURE
+IGNORED: int = _k.IGNORED
+REJECT: int = _k.REJECT
+PENDING_EVENTS: int = _k.PENDING_EVENTS
+PENDING_WAKE: int = _k.PENDING_WAKE
 
 # Permits taken by `with g:` / `async with g:`, per thread and per task (a ContextVar is
 # both): a guard object is shared, so its __exit__ must find *this* block's token. A cons
 # list (owner, tokens, t0, rest): push and the usual in-order pop are O(1).
-_permits: ContextVar[Optional[tuple]] = ContextVar("gameguard_permits", default=None)
+_permits: ContextVar[Optional[tuple[Any, ...]]] = ContextVar("gameguard_permits", default=None)
 
 
 def _pop_permit(owner: Any) -> Tuple[Any, float]:
@@ -192,7 +196,7 @@ def _wrap(func: F, guards: Sequence["Guard"], fallback: Optional[Callable[..., A
     _check_decoratable(func)
     clock = guards[0]._clock
     if _is_async_callable(func):
-        return _wrap_async(func, guards, clock, fallback)  # type: ignore[return-value]
+        return cast(F, _wrap_async(func, guards, clock, fallback))
     call = guards[0]._call
     if any(g._call is not call for g in guards):  # mixed twins: the pure wrapper takes any
         from ._pure import call
@@ -204,7 +208,7 @@ def _wrap_async(func: Callable[..., Awaitable[Any]], guards: Sequence["Guard"],
     read = clock if clock is not None else monotonic
     guards = tuple(guards)
 
-    async def rejected(g: Guard, now: float, args: tuple, kwargs: dict) -> Any:
+    async def rejected(g: Guard, now: float, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         fb = g._fallback if g._fallback is not None else fallback
         if fb is None:
             raise g._rejection(now)
@@ -217,7 +221,8 @@ def _wrap_async(func: Callable[..., Awaitable[Any]], guards: Sequence["Guard"],
         g = guards[0]
         kernel = g._kernel
 
-        async def admitted(token: int, t0: float, args: tuple, kwargs: dict) -> Any:
+        async def admitted(token: int, t0: float, args: tuple[Any, ...],
+                           kwargs: dict[str, Any]) -> Any:
             try:
                 result = await func(*args, **kwargs)
             except BaseException as exc:
@@ -232,7 +237,7 @@ def _wrap_async(func: Callable[..., Awaitable[Any]], guards: Sequence["Guard"],
                 g._service()
             return result
 
-        async def slow(t0: Optional[float], args: tuple, kwargs: dict) -> Any:
+        async def slow(t0: Optional[float], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             """The path off the compiled fast path: ``t0`` is when the kernel refused
             (None: not entered yet). Waits if the guard waits, else fallback or raise."""
             if t0 is None:
@@ -254,7 +259,7 @@ def _wrap_async(func: Callable[..., Awaitable[Any]], guards: Sequence["Guard"],
         @functools.wraps(func)
         async def guarded(*args: Any, **kwargs: Any) -> Any:
             t0 = read()
-            tokens: list = []
+            tokens: list[Any] = []
             refused: Optional[Guard] = None
             try:
                 for g in guards:
@@ -304,7 +309,8 @@ class _GuardMixin:
     def __call__(self, func: None = None, /, *,
                  fallback: Optional[Callable[..., Any]] = None) -> Callable[[F], F]: ...
 
-    def __call__(self, func: Any = None, /, *, fallback: Optional[Callable[..., Any]] = None) -> Any:
+    def __call__(self, func: Any = None, /, *,
+                 fallback: Optional[Callable[..., Any]] = None) -> Any:
         """Decorate ``func`` (``@g``), or return a decorator (``@g(fallback=f)``).
 
         ``fallback(*args, **kwargs)`` answers calls this decorator's guards reject when the
@@ -322,7 +328,7 @@ class _GuardMixin:
     # -- with / async with ------------------------------------------------------------------
     def __enter__(self) -> Any:
         now = self._read_clock()
-        tokens: list = []
+        tokens: list[Any] = []
         try:
             for g in self._guards:
                 k = g._kernel
@@ -342,7 +348,7 @@ class _GuardMixin:
 
     async def __aenter__(self) -> Any:
         now = self._read_clock()
-        tokens: list = []
+        tokens: list[Any] = []
         try:
             for g in self._guards:
                 k = g._kernel
@@ -360,7 +366,7 @@ class _GuardMixin:
         _permits.set((self, tokens, now, _permits.get()))
         return self
 
-    def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> Literal[False]:
         tokens, t0 = _pop_permit(self)
         now = self._read_clock()
         if exc is None and exc_type is not None:  # exit called with a type only
@@ -368,7 +374,8 @@ class _GuardMixin:
         _release(self._guards, tokens, now, now - t0, exc)
         return False
 
-    async def __aexit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> bool:
+    async def __aexit__(self, exc_type: Any, exc: Optional[BaseException],
+                        tb: Any) -> Literal[False]:
         return self.__exit__(exc_type, exc, tb)
 
     def _read_clock(self) -> float:
@@ -437,7 +444,7 @@ class Guard(_GuardMixin):
         _permits.set((self, token, now, _permits.get()))
         return self
 
-    def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> Literal[False]:
         token, t0 = _pop_permit(self)
         now = self._clock() if self._clock is not None else monotonic()
         if exc is None and exc_type is not None:  # exit called with a type only
@@ -448,7 +455,8 @@ class Guard(_GuardMixin):
             self._service()
         return False
 
-    async def __aexit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> bool:
+    async def __aexit__(self, exc_type: Any, exc: Optional[BaseException],
+                        tb: Any) -> Literal[False]:
         return self.__exit__(exc_type, exc, tb)
 
     def _admit_slow(self, now: float) -> int:

@@ -93,7 +93,7 @@ def _resolve(fut: "asyncio.Future[None]") -> None:
         fut.set_result(None)
 
 
-def _make_key(args: tuple, kwargs: dict) -> Hashable:
+def _make_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
     """Default ``cached`` key: the single str/int argument itself (as ``functools.lru_cache``
     does), else the arguments as a tuple (keyword arguments sorted after a marker)."""
     if not kwargs:
@@ -511,7 +511,7 @@ class HotKeyCache:
                     return out(v)
                 wrapper: Any = acached
             else:
-                def slow(k: Any, v: Any, args: tuple, kwargs: dict) -> Any:
+                def slow(k: Any, v: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
                     loader = lambda _k: fn(*args, **kwargs)  # noqa: E731
                     if v is self._MISS:
                         return self._load(k, loader, ttl)

@@ -169,7 +169,8 @@ class TokenBucketKernel(GuardKernel):
         """
         now, cost, lag = float(now), float(cost), float(lag)
         with self._lock:
-            t = self.tokens + (now - self.last) * self.rate if now > self.last else self.tokens
+            t: float = self.tokens + (now - self.last) * self.rate if now > self.last \
+                else self.tokens
             if t + lag * self.rate >= self.capacity:
                 # may reach capacity before the true time: settle at its upper bound
                 self.tokens = self.capacity if t > self.capacity else t
@@ -258,31 +259,6 @@ class LeakyBucketKernel(GuardKernel):
 
     def acquire_at(self, now: float, cost: float) -> bool:
         return self._take(float(now), float(cost))
-
-    def take_lagged(self, now: float, cost: float, lag: float) -> bool:
-        """Take ``cost`` at a reading ``now`` that may lag the true time by up to ``lag``
-        seconds (a coarse clock), never granting more than the exact clock would.
-
-        Refilling to a time earlier than the true one is exact (refills add up) unless the
-        bucket could reach ``capacity`` in between: then the level is kept but ``last``
-        is settled at ``now + lag``, an upper bound of the true time, which can only
-        withhold budget. ``lag = 0`` is :meth:`acquire_at`.
-        """
-        now, cost, lag = float(now), float(cost), float(lag)
-        with self._lock:
-            t = self.tokens + (now - self.last) * self.rate if now > self.last else self.tokens
-            if t + lag * self.rate >= self.capacity:
-                # may reach capacity before the true time: settle at its upper bound
-                self.tokens = self.capacity if t > self.capacity else t
-                if now + lag > self.last:
-                    self.last = now + lag
-            elif now > self.last:
-                self.tokens = t
-                self.last = now
-            if self.tokens >= cost:
-                self.tokens -= cost
-                return True
-            return False
 
     def delay_at(self, now: float, cost: float) -> float:
         with self._lock:

@@ -33,7 +33,8 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 from .kernel import SplitMix64
 from .sketch import FrequencySketch, HeavyHitters, key_hash
 
-__all__ = ["CacheTable", "CachedCall", "Entry", "MISS", "REFRESH", "SAMPLES", "ADMIT_HASHDOS_THRESHOLD",
+__all__ = ["CacheTable", "CachedCall", "Entry", "MISS", "REFRESH", "SAMPLES",
+           "ADMIT_HASHDOS_THRESHOLD",
            "MIN_SHARD"]
 
 MIN_SHARD = 32               #: fewest entries a shard is sized for
@@ -328,7 +329,7 @@ class CacheTable:
     def counters(self) -> Tuple[int, int, int, int, int]:
         return self.hits, self.misses, self.evictions, self.rejected, self.expirations
 
-    def state(self) -> tuple:
+    def state(self) -> tuple[Any, ...]:
         """Everything that decides future answers (for the twins' equivalence tests)."""
         shards = []
         for s in range(self.nshards):
@@ -347,8 +348,10 @@ class CachedCall:
     arguments as a tuple; keyword arguments go through ``make_key(args, kwargs)``."""
 
     def __init__(self, func: Callable[..., Any], table: CacheTable,
-                 keyfunc: Optional[Callable[..., Any]], make_key: Callable[[tuple, dict], Any],
-                 slow: Callable[[Any, Any, tuple, dict], Any], absent_out: Any) -> None:
+                 keyfunc: Optional[Callable[..., Any]],
+                 make_key: Callable[[tuple[Any, ...], dict[str, Any]], Any],
+                 slow: Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any],
+                 absent_out: Any) -> None:
         self.func = func
         self.table = table
         self.keyfunc = keyfunc

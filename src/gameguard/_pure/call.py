@@ -11,7 +11,7 @@ import functools
 from typing import Any, Callable, Optional, Sequence
 
 from ..clock import monotonic
-from .kernel import IGNORED, SUCCESS
+from .kernel import SUCCESS
 
 __all__ = ["wrap_sync", "wrap_async", "reject", "new_rejection"]
 
@@ -23,7 +23,7 @@ def new_rejection(cls: type, message: str, retry_after: Optional[float],
 
 
 def reject(guard: Any, now: float, fallback: Optional[Callable[..., Any]],
-           args: tuple, kwargs: dict) -> Any:
+           args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """A refused call: the guard's own fallback, else the wrapper's, else raise."""
     fb = guard._fallback if guard._fallback is not None else fallback
     if fb is not None:
@@ -31,7 +31,7 @@ def reject(guard: Any, now: float, fallback: Optional[Callable[..., Any]],
     raise guard._rejection(now)
 
 
-def _release(guards: Sequence[Any], kernels: Sequence[Any], tokens: list, now: float,
+def _release(guards: Sequence[Any], kernels: Sequence[Any], tokens: list[Any], now: float,
              duration: float, exc: Optional[BaseException]) -> None:
     for i in range(len(tokens) - 1, -1, -1):
         outcome = SUCCESS if exc is None else guards[i]._classify(exc)
@@ -78,7 +78,7 @@ def wrap_sync(func: Callable[..., Any], guards: Sequence[Any],
     else:
         def guarded(*args: Any, **kwargs: Any) -> Any:
             t0 = clock()
-            tokens: list = []
+            tokens: list[Any] = []
             rejected_by = -1
             try:
                 for i, kernel in enumerate(kernels):

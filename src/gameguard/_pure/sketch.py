@@ -394,7 +394,7 @@ class HeavyHitters:
             self.started = False
             self.decay_at = 0.0
 
-    def state(self) -> tuple:
+    def state(self) -> tuple[Any, ...]:
         """Everything that decides future answers (for the twins' equivalence tests)."""
         return (list(self.fp), list(self.cnt), list(self.ptr), list(self.hashes[:self.used]),
                 list(self.counts[:self.used]), list(self.keys[:self.used]), self.used,

@@ -36,7 +36,7 @@ def _simulate(seed: int, guarded: bool, out: Callable[[str], Any]) -> Dict[str, 
                              open_duration=2.0, half_open_calls=3, clock=clock)
     states: list[str] = []
     breaker.on_state_change(lambda b, old, new: states.append(f"{clock():5.1f}s {old}->{new}"))
-    totals = {"requests": 0, "dependency_calls": 0, "failed": 0, "fallbacks": 0,
+    totals: Dict[str, Any] = {"requests": 0, "dependency_calls": 0, "failed": 0, "fallbacks": 0,
               "worker_seconds": 0.0}
     step = 1.0 / RATE
     for second in range(SECONDS):

@@ -33,7 +33,7 @@ class _Database:
         self.clock = clock
         self.latency = latency
         self.per_second = [0] * (seconds + 1)
-        self.pending: List[tuple] = []  # (done_at, future)
+        self.pending: List[tuple[Any, ...]] = []  # (done_at, future)
         self.version = 0
 
     async def load(self, key: str) -> int:
@@ -67,7 +67,7 @@ async def _simulate(mode: str, seed: int, rate: float, ttl: float, latency: floa
         async def read() -> Any:
             return await cache.get_or_load_async(KEY, db.load)
     else:
-        store: Dict[str, tuple] = {}
+        store: Dict[str, tuple[Any, ...]] = {}
 
         async def read() -> Any:
             nonlocal misses
@@ -112,7 +112,8 @@ def run(seed: int = 7, out: Callable[[str], Any] = print, *, rate: float = 2000.
 
     Returns ``{"naive": {...}, "gameguard": {...}, "seconds", "rate", "ttl", "latency"}``
     where each side has ``reads``, ``misses``, ``misses_after_warmup`` (after the first
-    second), ``loads``, ``peak_loads_per_s`` and ``loads_per_s``. Deterministic for a given ``seed``; takes about a second.
+    second), ``loads``, ``peak_loads_per_s`` and ``loads_per_s``. Deterministic for a given
+    ``seed``; takes about a second.
     """
     tick = 0.001
     naive = asyncio.run(_simulate("naive", seed, rate, ttl, latency, seconds, tick))
