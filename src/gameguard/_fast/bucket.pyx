@@ -5,9 +5,11 @@ Every method does the same float operations in the same order as the pure twin. 
 state updates make no Python-level call (a custom clock is called *before* them), so each
 call is atomic under the GIL without a lock. See the pure twin for the semantics.
 """
-from libc.math cimport floor, nextafter, fabs, INFINITY
+from libc.math cimport floor
 from posix.time cimport timespec, clock_getres
 
+from gameguard._fast.arith cimport (_tb_level, _tb_wait, _lv_level, _lv_fits,
+                                    _lv_wait)
 from gameguard._fast.kernel cimport (GuardKernel, REJECT_, CLOCK_MONOTONIC_COARSE_,
                                      as_double as _as_double, monotonic_coarse,
                                      monotonic_precise as _monotonic)
@@ -23,7 +25,6 @@ cdef enum:
     MAX_MODES_ = 16
 
 BURST, STEADY, MAX_MODES = BURST_, STEADY_, MAX_MODES_
-cdef double EPS = 2.220446049250313e-16
 
 
 cdef double _coarse_lag():
@@ -55,71 +56,6 @@ cdef int _kind_index(object kind) except -1:
 cdef int _bad_cost(double cost, double capacity) except -1:
     raise ConfigurationError(
         f"cost must be a number in (0, capacity={capacity!r}], got {cost!r}")
-
-
-# -- token-bucket arithmetic ------------------------------------------------------------------
-cdef inline double _tb_level(double tokens, double last, double now, double rate,
-                             double capacity) noexcept:
-    cdef double t
-    if now > last:
-        t = tokens + (now - last) * rate
-        return capacity if t > capacity else t
-    return tokens
-
-
-cdef inline double _tb_wait(double tokens, double last, double now, double rate,
-                            double capacity, double cost) noexcept:
-    cdef double level = _tb_level(tokens, last, now, rate, capacity)
-    cdef double d
-    cdef int i = 0
-    if level >= cost:
-        return 0.0
-    if rate <= 0.0:
-        return INFINITY
-    d = (cost - level) / rate
-    if last > now:
-        d = d + (last - now)
-    while _tb_level(tokens, last, now + d, rate, capacity) < cost and i < 16:
-        if i < 8:
-            d = nextafter(d, INFINITY)
-        else:
-            d = d + (fabs(now) if fabs(now) > d else d) * EPS
-        i += 1
-    return d
-
-
-# -- drain-level arithmetic (leaky meter, the hybrid's steady meter) ----------------------
-cdef inline double _lv_level(double level, double last, double now, double rate) noexcept:
-    cdef double t
-    if now > last:
-        t = level - (now - last) * rate
-        return 0.0 if t < 0.0 else t
-    return level
-
-
-cdef inline bint _lv_fits(double level, double last, double now, double rate, double capacity,
-                          double cost) noexcept:
-    return _lv_level(level, last, now, rate) + cost <= capacity
-
-
-cdef inline double _lv_wait(double level, double last, double now, double rate,
-                            double capacity, double cost) noexcept:
-    cdef double d
-    cdef int i = 0
-    if _lv_fits(level, last, now, rate, capacity, cost):
-        return 0.0
-    if rate <= 0.0:
-        return INFINITY
-    d = (level + cost - capacity) / rate
-    if last > now:
-        d = d + (last - now)
-    while not _lv_fits(level, last, now + d, rate, capacity, cost) and i < 16:
-        if i < 8:
-            d = nextafter(d, INFINITY)
-        else:
-            d = d + (fabs(now) if fabs(now) > d else d) * EPS
-        i += 1
-    return d
 
 
 cdef class TokenBucketKernel(GuardKernel):

@@ -9,7 +9,7 @@ identified by a 64-bit seeded XXH64 fingerprint (implemented here, bit-identical
 user ``__eq__`` runs inside an update: each call is atomic under the GIL. See the pure
 twin for the eviction rules.
 """
-from libc.math cimport nextafter, fabs, INFINITY
+from libc.math cimport INFINITY
 from libc.stdlib cimport calloc, free
 from libc.stdint cimport uint64_t
 from cpython.exc cimport PyErr_NoMemory
@@ -17,6 +17,7 @@ from cpython.long cimport PyLong_Check
 from cpython.unicode cimport PyUnicode_Check
 from cpython.bytes cimport PyBytes_Check, PyBytes_AS_STRING, PyBytes_GET_SIZE
 
+from gameguard._fast.arith cimport _tb_level, _tb_wait, _lv_level, _lv_wait
 from gameguard._fast.kernel cimport (GuardKernel, REJECT_, as_double as _as_double,
                                      monotonic_precise as _monotonic)
 from gameguard._fast.xxh cimport _xxh64, _xxh64_u64
@@ -45,7 +46,6 @@ cdef struct Entry:
 
 ENTRY_BYTES = sizeof(Entry)
 
-cdef double EPS = 2.220446049250313e-16
 cdef uint64_t SEED_STR = 0x9E3779B97F4A7C15ULL
 cdef uint64_t SEED_BYTES = 0xC2B2AE3D27D4EB4FULL
 cdef uint64_t SEED_OTHER = 0x165667B19E3779F9ULL
@@ -66,60 +66,6 @@ def slots_for(long long max_keys):
 
 
 # -- per-key arithmetic: the same float operations as gameguard._pure.bucket ----------------
-cdef inline double _tb_level(double tokens, double last, double now, double rate,
-                             double capacity) noexcept:
-    cdef double t
-    if now > last:
-        t = tokens + (now - last) * rate
-        return capacity if t > capacity else t
-    return tokens
-
-
-cdef inline double _step(double d, double now, int i) noexcept:
-    if i < 8:
-        return nextafter(d, INFINITY)
-    return d + (fabs(now) if fabs(now) > d else d) * EPS
-
-
-cdef inline double _tb_wait(double tokens, double last, double now, double rate,
-                            double capacity, double cost) noexcept:
-    cdef double level = _tb_level(tokens, last, now, rate, capacity)
-    cdef double d
-    cdef int i = 0
-    if level >= cost:
-        return 0.0
-    d = (cost - level) / rate
-    if last > now:
-        d = d + (last - now)
-    while _tb_level(tokens, last, now + d, rate, capacity) < cost and i < 16:
-        d = _step(d, now, i)
-        i += 1
-    return d
-
-
-cdef inline double _lv_level(double level, double last, double now, double rate) noexcept:
-    cdef double t
-    if now > last:
-        t = level - (now - last) * rate
-        return 0.0 if t < 0.0 else t
-    return level
-
-
-cdef inline double _lv_wait(double level, double last, double now, double rate,
-                            double capacity, double cost) noexcept:
-    cdef double d
-    cdef int i = 0
-    if _lv_level(level, last, now, rate) + cost <= capacity:
-        return 0.0
-    d = (level + cost - capacity) / rate
-    if last > now:
-        d = d + (last - now)
-    while not _lv_level(level, last, now + d, rate) + cost <= capacity and i < 16:
-        d = _step(d, now, i)
-        i += 1
-    return d
-
-
 cdef inline Py_ssize_t _home(uint64_t fp, Py_ssize_t n) noexcept nogil:
     # Lemire's multiply-shift range reduction, floor(fp * n / 2**64), with 64-bit halves
     cdef uint64_t hi = fp >> 32
