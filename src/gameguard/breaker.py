@@ -12,8 +12,8 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 from . import _impl
 from .clock import Clock
 from .errors import CircuitOpenError, ConfigurationError
-from .guard import (Classifier, ExceptionSpec, Guard, check_callable,
-                    check_int, check_name, check_positive)
+from ._checks import check_callable, check_int, check_name, check_positive
+from .guard import Classifier, ExceptionSpec, Guard
 
 __all__ = ["CircuitBreaker", "AdaptiveThrottle", "BreakerListener"]
 
@@ -74,7 +74,7 @@ class CircuitBreaker(Guard):
         open_duration = check_positive("open_duration", open_duration)
         half_open_calls = check_int("half_open_calls", half_open_calls, 1, 1 << 16)
         self._classify = Classifier(record, ignore)  # type: ignore[method-assign]
-        self._init_guard(check_name(name, f"breaker-{id(self):x}"), clock, fallback)
+        self._init_guard(check_name(name, "breaker"), clock, fallback)
         self._module = _impl.kernel("breaker")
         self._kernel = self._module.BreakerKernel(
             failure_rate, slow_call_rate, slow, minimum_calls, window, buckets, consecutive,
@@ -278,7 +278,7 @@ class AdaptiveThrottle(Guard):
         elif isinstance(seed, bool) or not isinstance(seed, int):
             raise ConfigurationError(f"seed must be an int or None, got {seed!r}")
         self._classify = Classifier(record, ignore)  # type: ignore[method-assign]
-        self._init_guard(check_name(name, f"throttle-{id(self):x}"), clock, fallback)
+        self._init_guard(check_name(name, "throttle"), clock, fallback)
         self._kernel = _impl.kernel("breaker").ThrottleKernel(
             k, float(protection), window, buckets, seed, rng)
 

@@ -10,7 +10,8 @@ from . import _impl
 from .clock import Clock, monotonic
 from .errors import BulkheadFullError
 from .guard import REJECT as _REJECT
-from .guard import Guard, check_int, check_name, check_non_negative
+from ._checks import check_int, check_name, check_non_negative
+from .guard import Guard
 
 __all__ = ["Bulkhead"]
 
@@ -33,7 +34,7 @@ class Bulkhead(Guard):
         self.max_concurrent = check_int("max_concurrent", max_concurrent, 1)
         self.max_wait = check_non_negative("max_wait", max_wait)
         self._waits = self.max_wait > 0.0
-        self._init_guard(check_name(name, f"bulkhead-{id(self):x}"), clock, fallback)
+        self._init_guard(check_name(name, "bulkhead"), clock, fallback)
         self._kernel = _impl.kernel("bulkhead").BulkheadKernel(self.max_concurrent)
         self._cond = threading.Condition(threading.Lock())
         self._sync_waiters = 0

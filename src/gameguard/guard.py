@@ -11,13 +11,13 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import math
 from contextvars import ContextVar
 from typing import (Any, Awaitable, Callable, Literal, Optional, Sequence, Tuple, Type, TypeVar,
                     Union, cast, overload)
 
 from . import _impl
 from .clock import Clock, monotonic
+from ._checks import check_callable, check_clock
 from .errors import ConfigurationError, RejectedError
 
 __all__ = ["Guard", "Pipeline", "pipeline", "Classifier", "ExceptionSpec"]
@@ -60,63 +60,6 @@ def _pop_permit(owner: Any) -> Tuple[Any, float]:
         rest = (entry[0], entry[1], entry[2], rest)
     _permits.set(rest)
     return node[1], node[2]
-
-
-# -- argument checking shared by every constructor ------------------------------------------
-def check_name(name: Optional[str], default: str) -> str:
-    if name is None:
-        return default
-    if not isinstance(name, str):
-        raise ConfigurationError(f"name must be a str or None, got {name!r}")
-    return name
-
-
-def check_positive(param: str, value: Any, *, allow_inf: bool = False) -> float:
-    """A finite (or, if allowed, infinite) number > 0, as float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(f"{param} must be a number > 0, got {value!r}")
-    v = float(value)
-    if not v > 0.0 or (math.isinf(v) and not allow_inf):
-        raise ConfigurationError(f"{param} must be a finite number > 0, got {value!r}")
-    return v
-
-
-def check_non_negative(param: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(f"{param} must be a number >= 0, got {value!r}")
-    v = float(value)
-    if not v >= 0.0 or math.isinf(v):
-        raise ConfigurationError(f"{param} must be a finite number >= 0, got {value!r}")
-    return v
-
-
-def check_int(param: str, value: Any, minimum: int, maximum: int = 1 << 62) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigurationError(f"{param} must be an int >= {minimum}, got {value!r}")
-    if not minimum <= value <= maximum:
-        raise ConfigurationError(f"{param} must be an int in [{minimum}, {maximum}], got {value!r}")
-    return value
-
-
-def check_clock(clock: Optional[Clock]) -> Optional[Clock]:
-    """``None`` (the default monotonic clock) or a zero-argument callable returning float."""
-    if clock is None or clock is monotonic:
-        return None
-    if not callable(clock):
-        raise ConfigurationError(f"clock must be a zero-argument callable, got {clock!r}")
-    try:
-        value = clock()
-    except Exception as exc:
-        raise ConfigurationError(f"clock must be callable with no arguments: {exc}") from exc
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ConfigurationError(f"clock must return a number of seconds, got {value!r}")
-    return clock
-
-
-def check_callable(param: str, value: Any) -> Any:
-    if value is not None and not callable(value):
-        raise ConfigurationError(f"{param} must be callable or None, got {value!r}")
-    return value
 
 
 class Classifier:

@@ -28,7 +28,7 @@ from typing import (Any, Awaitable, Callable, Dict, Hashable, List, Optional, Se
 from . import _impl
 from .clock import Clock, monotonic
 from .errors import ConfigurationError
-from .guard import check_clock, check_int, check_name, check_non_negative, check_positive
+from ._checks import check_clock, check_int, check_name, check_non_negative, check_positive
 
 __all__ = ["HotKeyCache", "ABSENT"]
 
@@ -160,7 +160,7 @@ class HotKeyCache:
         if rng is not None and not callable(rng):
             raise ConfigurationError(f"rng must be a zero-argument callable, got {rng!r}")
         clock = check_clock(clock)
-        self.name = check_name(name, f"hotcache-{id(self):x}")
+        self.name = check_name(name, "cache")
         self._clock: Clock = clock if clock is not None else monotonic
         if seed is None:
             seed = secrets.randbits(64)

@@ -27,15 +27,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, TypeVar
 from . import _impl
 from .clock import Clock, async_sleeper, sleeper
 from .errors import ConfigurationError, RateLimitExceeded
-from .guard import (
-    Guard,
-    _check_decoratable,
-    check_callable,
-    check_int,
-    check_name,
-    check_non_negative,
-    check_positive,
-)
+from ._checks import check_callable, check_int, check_name, check_non_negative, check_positive
+from .guard import Guard, _check_decoratable
 
 __all__ = ["TokenBucket", "LeakyBucket", "HybridLimiter", "KeyedLimiter"]
 
@@ -270,7 +263,7 @@ class TokenBucket(_PacedGuard):
             if start > self.capacity:
                 raise ConfigurationError(
                     f"initial must be at most capacity={self.capacity!r}, got {initial!r}")
-        self._init_guard(check_name(name, f"token-bucket-{id(self):x}"), clock, fallback)
+        self._init_guard(check_name(name, "token_bucket"), clock, fallback)
         self._kernel = _impl.kernel("bucket").TokenBucketKernel(
             self.rate, self.capacity, start, self._now(), self._clock)
         #: ``try_acquire(cost=1) -> bool``: the kernel's own method (one lookup, one C call)
@@ -318,7 +311,7 @@ class LeakyBucket(_PacedGuard):
                  fallback: Optional[Callable[..., Any]] = None) -> None:
         self.rate = check_positive("rate", rate)
         self.capacity = check_positive("capacity", capacity)
-        self._init_guard(check_name(name, f"leaky-bucket-{id(self):x}"), clock, fallback)
+        self._init_guard(check_name(name, "leaky_bucket"), clock, fallback)
         self._kernel = _impl.kernel("bucket").LeakyBucketKernel(
             self.rate, self.capacity, self._now(), self._clock)
         #: ``try_acquire(cost=1) -> bool``: the kernel's own method (one lookup, one C call)
@@ -424,7 +417,7 @@ class HybridLimiter(Guard):
         self.dense_frames = check_int("dense_frames", dense_frames, 1, 1 << 30)
         self.calm_frames = check_int("calm_frames", calm_frames, 1, 1 << 30)
         self.frame = check_positive("frame", frame)
-        self._init_guard(check_name(name, f"hybrid-{id(self):x}"), clock, fallback)
+        self._init_guard(check_name(name, "hybrid_limiter"), clock, fallback)
         self._module = _impl.kernel("bucket")
         self._core = self._module.HybridKernel(
             self.token_rate, self.leak_rate, self.capacity, self.leak_capacity, shares,
@@ -561,7 +554,7 @@ class KeyedLimiter(Guard):
         self.idle_ttl = None if idle_ttl is None else check_positive("idle_ttl", idle_ttl)
         if seed is not None:
             seed = check_int("seed", seed, 0, (1 << 64) - 1)
-        self._init_guard(check_name(name, f"keyed-{id(self):x}"), clock, fallback)
+        self._init_guard(check_name(name, "keyed_limiter"), clock, fallback)
         self._table = _impl.kernel("keyed").KeyedTable(
             0 if kind == "token" else 1, self.rate, self.capacity, self.max_keys,
             math.inf if self.idle_ttl is None else self.idle_ttl,

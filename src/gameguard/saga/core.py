@@ -266,7 +266,7 @@ class Saga:
                  clock: Optional[Clock] = None, rng: Optional[Callable[[], float]] = None,
                  seed: Optional[int] = None, backoff: float = 0.05,
                  max_backoff: float = 5.0) -> None:
-        from ..guard import check_clock, check_non_negative
+        from .._checks import check_clock, check_non_negative
         if not isinstance(name, str) or not name or "/" in name:
             raise ConfigurationError(f"name must be a non-empty str without '/', got {name!r}")
         if store is not None and not isinstance(store, SagaStore):
@@ -333,7 +333,7 @@ class Saga:
         breaker/limiter/bulkhead (anything usable as ``with g:`` / ``async with g:``)
         around each attempt of the action; a rejection is a failed attempt.
         """
-        from ..guard import check_int, check_non_negative, check_positive
+        from .._checks import check_int, check_non_negative, check_positive
         check_int("retries", retries, 0, 1000)
         if timeout is not None:
             timeout = check_positive("timeout", timeout)
@@ -733,7 +733,7 @@ class Saga:
         """:meth:`recover` for sagas with async steps: up to ``concurrency`` transactions
         are driven at once on this loop (their writes share group commits); the scan and
         the claims run in a worker thread."""
-        from ..guard import check_int
+        from .._checks import check_int
         check_int("concurrency", concurrency, 1, 1 << 16)
         store = self.store
         results: List[SagaResult] = []

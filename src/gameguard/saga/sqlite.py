@@ -179,7 +179,7 @@ class SQLiteStore:
     def __init__(self, path: Union[str, "os.PathLike[str]"] = "gameguard-sagas.db", *,
                  synchronous: str = "full", retention: float = 7 * 86400.0,
                  busy_timeout: float = 5.0, max_batch: int = 256) -> None:
-        from ..guard import check_int, check_positive
+        from .._checks import check_int, check_positive
         if not isinstance(path, (str, os.PathLike)):
             raise ConfigurationError(f"path must be a str or path, got {path!r}")
         path = os.fspath(path)
@@ -553,7 +553,7 @@ class SQLiteStore:
         """Delete committed/compensated rows last changed more than ``retention`` seconds
         ago (wall clock); ``failed`` and unfinished rows are never purged. Also removes the
         lock files of dead owners that no unfinished or failed row names."""
-        from ..guard import check_non_negative
+        from .._checks import check_non_negative
         keep = self.retention if retention is None else check_non_negative("retention", retention)
         self._check_open()
         cutoff = time.time() - keep
