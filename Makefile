@@ -1,21 +1,39 @@
 # gameguard: every target sets itself up on a fresh machine (Python, pip and a C compiler).
 #   make demo   - build, then run the simulated game-server demo
-#   make test   - build, then run the whole test suite on both twins (compiled and pure)
+#   make test   - what CI runs: lint (ruff, mypy), build the wheel once, install it in a venv
+#                 of its own and run the whole suite against it, both twins (compiled and pure)
+#   make check  - the fast developer loop: editable install, kernels built in place, pytest
+#                 on the source tree (PYTEST_ARGS="tests/test_cli.py -x" narrows it)
 #   make bench  - build, then run the side-by-side benchmarks against the peer libraries
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-SOURCES := $(shell find src -name '*.py' -o -name '*.pyx' -o -name '*.pxd') pyproject.toml setup.py
+# the venv that runs the suite: the built wheel and the test tools, never the source tree
+WVENV  := .venv-wheel
+WBIN   := $(WVENV)/bin
+# what a no-compiler install needs, fetched once, so its test never asks the package index
+WHEELHOUSE := .wheelhouse
+# as [build-system] requires in pyproject.toml
+BUILD_REQUIRES := "setuptools>=77" wheel "Cython>=3.0.8"
+SOURCES := $(shell find src -name '*.py' -o -name '*.pyx' -o -name '*.pxd') pyproject.toml setup.py \
+	MANIFEST.in README.md
+PYTEST_ARGS ?=
+TEST_ENV := GAMEGUARD_REQUIRE_EXTENSIONS=1 GAMEGUARD_WHEELHOUSE=$(abspath $(WHEELHOUSE))
 
-.PHONY: demo test bench install clean
+.PHONY: demo test check lint wheel install bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools>=64" wheel "Cython>=3.0.8"
+	$(BIN)/python -m pip install --quiet --upgrade pip $(BUILD_REQUIRES)
 
-# editable install with the test extra, then the kernels compiled in place (src/gameguard/_fast)
-$(VENV)/.installed: $(BIN)/python $(SOURCES)
-	$(BIN)/python -m pip install --quiet --no-build-isolation -e '.[test]'
+# the test extra (pytest, mypy, ruff, ...) and gameguard editable; `install` builds the kernels
+# (GAMEGUARD_NO_EXTENSIONS=1 here: pip would compile them a second time, into a throwaway dir)
+$(VENV)/.deps: $(BIN)/python pyproject.toml setup.py
+	GAMEGUARD_NO_EXTENSIONS=1 $(BIN)/python -m pip install --quiet --no-build-isolation -e '.[test]'
+	touch $@
+
+# the kernels compiled in place (src/gameguard/_fast), for the editable install
+$(VENV)/.installed: $(VENV)/.deps $(SOURCES)
 	$(BIN)/python setup.py --quiet build_ext --inplace
 	touch $@
 
@@ -24,11 +42,40 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/python -m gameguard demo
 
-test: install
-	GAMEGUARD_REQUIRE_EXTENSIONS=1 $(BIN)/python -m pytest -q
+lint: $(VENV)/.deps
+	$(BIN)/ruff check src/gameguard tests --select E,F,W
+	$(BIN)/mypy
 
-$(VENV)/.bench-deps: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]' --no-build-isolation
+# the one wheel, kernels compiled in it; everything below tests this file
+dist/.built: $(VENV)/.deps $(SOURCES)
+	rm -rf dist build/lib.*  # a file deleted from src/ must not live on in the wheel
+	$(BIN)/python -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir dist .
+	touch $@
+
+wheel: dist/.built
+
+$(WVENV)/.installed: dist/.built
+	test -x $(WBIN)/python || $(PYTHON) -m venv $(WVENV)
+	$(WBIN)/python -m pip install --quiet --force-reinstall --no-deps dist/gameguard-*.whl
+	$(WBIN)/python -m pip install --quiet "$$(echo dist/gameguard-*.whl)[test]"
+	touch $@
+
+$(WHEELHOUSE)/.done: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip download --quiet --no-build-isolation --dest $(WHEELHOUSE) . $(BUILD_REQUIRES)
+	touch $@
+
+# pytest's console script, run from the repository: neither src/ nor the current directory is
+# on sys.path, so `import gameguard` is the installed wheel (tests/test_install.py checks it)
+test: lint $(WVENV)/.installed $(WHEELHOUSE)/.done
+	$(TEST_ENV) GAMEGUARD_TEST_TARGET=wheel $(WBIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+check: install $(WHEELHOUSE)/.done
+	$(TEST_ENV) GAMEGUARD_TEST_TARGET=source $(BIN)/python -m pytest -q -p no:cacheprovider \
+		$(PYTEST_ARGS)
+
+$(VENV)/.bench-deps: $(VENV)/.deps
+	GAMEGUARD_NO_EXTENSIONS=1 $(BIN)/python -m pip install --quiet --no-build-isolation \
+		-e '.[test,bench]'
 	touch $@
 
 # peers' own deprecation warnings are not ours to fail on here
@@ -38,5 +85,5 @@ bench: install $(VENV)/.bench-deps
 		--benchmark-sort=name -p no:cacheprovider
 
 clean:
-	rm -rf build $(VENV) src/*.egg-info
+	rm -rf build dist $(VENV) $(WVENV) $(WHEELHOUSE) src/*.egg-info
 	find src -name '*.so' -delete -o -name '*.c' -path '*_fast*' -delete

@@ -2,14 +2,28 @@
 
 cythonize() returns fresh Extension objects and drops `optional`, so it is set again:
 a machine without a C compiler (or with GAMEGUARD_NO_EXTENSIONS=1) installs pure Python.
+GAMEGUARD_NO_EXTENSIONS is read by the package's own rule (src/gameguard/_env.py), loaded
+by path: the package itself is not importable while it is being built.
 """
+import importlib.util
 import os
 from glob import glob
 
 from setuptools import setup
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def extensions_disabled():
+    spec = importlib.util.spec_from_file_location(
+        "_gameguard_env", os.path.join(HERE, "src", "gameguard", "_env.py"))
+    env = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(env)
+    return env.extensions_disabled()
+
+
 ext_modules = []
-if not os.environ.get("GAMEGUARD_NO_EXTENSIONS"):
+if not extensions_disabled():
     try:
         from Cython.Build import cythonize
     except ImportError:  # no Cython: pure-Python install

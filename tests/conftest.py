@@ -43,7 +43,8 @@ def both_twins(name: str) -> tuple[ModuleType, ModuleType]:
     """(fast, pure) modules of kernel ``name``, for equivalence tests."""
     if not _impl.FAST_AVAILABLE:
         if REQUIRE:
-            raise RuntimeError("GAMEGUARD_REQUIRE_EXTENSIONS=1 but the compiled kernels are not built")
+            raise RuntimeError(
+                "GAMEGUARD_REQUIRE_EXTENSIONS=1 but the compiled kernels are not built")
         pytest.skip("compiled kernels not built")
     return (importlib.import_module(f"gameguard._fast.{name}"),
             importlib.import_module(f"gameguard._pure.{name}"))

@@ -5,6 +5,8 @@ Circuit breakers, rate limiters, hot-key caching and sagas, usable as decorators
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ._impl import USE_EXTENSIONS
 from .breaker import AdaptiveThrottle, CircuitBreaker
 from .bulkhead import Bulkhead
@@ -12,20 +14,43 @@ from .clock import ManualClock
 from .errors import (BulkheadFullError, CircuitOpenError, CompensationFailed,
                      ConfigurationError, GameGuardError, RateLimitExceeded, RejectedError,
                      SagaError)
-from .guard import Guard, Pipeline, pipeline
-from .hotcache import ABSENT, HotKeyCache
+from .guard import Guard as Guard, Pipeline as Pipeline, pipeline
+from .hotcache import ABSENT as ABSENT, HotKeyCache
 from .ratelimit import HybridLimiter, KeyedLimiter, LeakyBucket, TokenBucket
-from .saga import (DuplicateTransaction, Saga, SagaResult, SagaStore, SQLiteStore, StaleTransaction,
-                   StepContext, StoreError)
+
 
 __version__ = "0.1.0"
 
+#: the documented API, sorted. Guard and Pipeline (for annotations), ABSENT and the saga
+#: helpers below stay importable from here but are not part of it.
 __all__ = [
-    "ABSENT", "HotKeyCache", "HybridLimiter", "KeyedLimiter", "LeakyBucket", "TokenBucket",
-    "DuplicateTransaction", "Saga", "SagaResult", "SagaStore", "SQLiteStore", "StaleTransaction",
-    "StepContext", "StoreError",
     "AdaptiveThrottle", "Bulkhead", "BulkheadFullError", "CircuitBreaker", "CircuitOpenError",
-    "CompensationFailed", "ConfigurationError", "GameGuardError", "Guard", "ManualClock",
-    "Pipeline", "RateLimitExceeded", "RejectedError", "SagaError", "USE_EXTENSIONS",
-    "pipeline", "__version__",
+    "CompensationFailed", "ConfigurationError", "GameGuardError", "HotKeyCache",
+    "HybridLimiter", "KeyedLimiter", "LeakyBucket", "ManualClock", "RateLimitExceeded",
+    "RejectedError", "SQLiteStore", "Saga", "SagaError", "TokenBucket", "USE_EXTENSIONS",
+    "__version__", "pipeline",
 ]
+
+#: loaded from gameguard.saga on first access (PEP 562), since the saga store costs sqlite3
+#: and asyncio at import; type checkers see plain imports instead of the module __getattr__,
+#: so a misspelt name is still an error for them
+_SAGA_NAMES = ("DuplicateTransaction", "SQLiteStore", "Saga", "SagaResult", "SagaStore",
+               "StaleTransaction", "StepContext", "StoreError")
+
+if TYPE_CHECKING:
+    from .saga import (DuplicateTransaction as DuplicateTransaction, SagaResult as SagaResult,
+                       SagaStore as SagaStore, SQLiteStore, Saga,
+                       StaleTransaction as StaleTransaction, StepContext as StepContext,
+                       StoreError as StoreError)
+else:
+    def __getattr__(name: str) -> object:
+        if name in _SAGA_NAMES:
+            from . import saga
+
+            value = getattr(saga, name)
+            globals()[name] = value  # the next access is a plain module attribute
+            return value
+        raise AttributeError(f"module 'gameguard' has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted(set(globals()) | set(_SAGA_NAMES))

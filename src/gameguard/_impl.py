@@ -1,8 +1,9 @@
 """The one place that picks the compiled (``_fast``) or pure-Python (``_pure``) kernels.
 
-``GAMEGUARD_NO_EXTENSIONS=1`` forces the pure twins; otherwise the compiled ones are used
-when they were built. Public objects look their kernels up here *at construction*, so
-``use("pure")`` (tests, debugging) affects objects built inside it.
+``GAMEGUARD_NO_EXTENSIONS=1`` forces the pure twins (``=0`` or unset: use the compiled
+ones). Without it, falling back to the pure twins because a compiled kernel will not import
+logs one warning, so a slow build never goes unnoticed. Public objects look their kernels up
+here *at construction*, so ``use("pure")`` (tests, debugging) affects objects built inside it.
 """
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import contextlib
 import importlib
 import os
 from types import ModuleType
-from typing import Iterator
+from typing import Dict, Iterator, Optional
+
+from ._env import extensions_disabled
 
 __all__ = ["USE_EXTENSIONS", "FAST_AVAILABLE", "kernel", "use", "active"]
 
@@ -20,20 +23,33 @@ KERNEL_MODULES = tuple(sorted(
     if p.endswith(".py") and not p.startswith("__")))
 
 
-def _fast_importable(name: str) -> bool:
+def _fast_import_error(name: str) -> Optional[ImportError]:
     try:
         importlib.import_module(f"gameguard._fast.{name}")
-    except ImportError:
-        return False
-    return True
+    except ImportError as exc:
+        return exc
+    return None
 
 
+#: why each compiled kernel that will not import does not (an empty dict: all are built)
+FAST_ERRORS: Dict[str, ImportError] = {
+    name: err for name in KERNEL_MODULES if (err := _fast_import_error(name)) is not None}
 #: which kernel modules have an importable compiled twin
-FAST_MODULES = {name: _fast_importable(name) for name in KERNEL_MODULES}
+FAST_MODULES = {name: name not in FAST_ERRORS for name in KERNEL_MODULES}
 #: every kernel is compiled (what a build with a C compiler gives)
-FAST_AVAILABLE: bool = all(FAST_MODULES.values())
-USE_EXTENSIONS: bool = FAST_AVAILABLE and not os.environ.get("GAMEGUARD_NO_EXTENSIONS")
+FAST_AVAILABLE: bool = not FAST_ERRORS
+USE_EXTENSIONS: bool = FAST_AVAILABLE and not extensions_disabled()
 _active = "fast" if USE_EXTENSIONS else "pure"
+
+if not USE_EXTENSIONS and not extensions_disabled():
+    import logging  # only on this path: logging costs import time everyone else would pay
+
+    _first = sorted(FAST_ERRORS)[0]
+    logging.getLogger("gameguard").warning(
+        "gameguard: using the pure-Python kernels, several times slower per call: the compiled "
+        "%s do not import (%s: %s). Reinstall with a C compiler to build them, or set "
+        "GAMEGUARD_NO_EXTENSIONS=1 to choose the pure kernels and silence this warning.",
+        ", ".join(sorted(FAST_ERRORS)), _first, FAST_ERRORS[_first])
 
 
 def active() -> str:

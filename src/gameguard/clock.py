@@ -6,7 +6,6 @@ wait (``acquire``) sleep through :func:`sleeper`/:func:`async_sleeper`, so with 
 """
 from __future__ import annotations
 
-import asyncio
 import math
 import threading
 import time
@@ -58,6 +57,8 @@ class ManualClock:
 
     async def sleep_async(self, seconds: float) -> None:
         """Advance, then yield once to the event loop so other tasks see the new time."""
+        import asyncio  # here, not at the top: a sync server never pays for asyncio
+
         if seconds > 0:
             self.advance(seconds)
         await asyncio.sleep(0)
@@ -75,4 +76,11 @@ def sleeper(clock: Optional[Clock]) -> Callable[[float], None]:
 def async_sleeper(clock: Optional[Clock]) -> Callable[[float], Awaitable[None]]:
     """The asyncio sleep that matches ``clock`` (``asyncio.sleep`` for real clocks)."""
     sleep = getattr(clock, "sleep_async", None)
-    return sleep if callable(sleep) else asyncio.sleep
+    return sleep if callable(sleep) else _asyncio_sleep
+
+
+async def _asyncio_sleep(seconds: float) -> None:
+    """``asyncio.sleep``, imported on first use: building a guard never imports asyncio."""
+    import asyncio
+
+    await asyncio.sleep(seconds)
