@@ -6,9 +6,10 @@ properties, ``__slots__``, and on the pure side the ``self.x = ...`` attributes 
 set, which the compiled side declares as ``cdef public``/``readonly``); parameter names, kinds
 and defaults of every method and function (annotations are not compared: Cython keeps C types,
 not the pure twin's hints); constructors, whose compiled signature Cython only embeds in the
-class docstring (``embedsignature``), by parameter names and defaults; module constants by
-value, or sentinels by type and repr. What cannot be compared: a compiled ``cdef`` method (invisible from Python) and the
-types of compiled attributes.
+class docstring (``embedsignature``) or, for a ``__cinit__``, only its ``.pyx`` holds; module
+constants by value, sentinels by type and repr. What cannot be compared: a compiled ``cdef``
+method (invisible from Python), the types of compiled attributes, and a constructor that is
+a generic ``__cinit__(*args, **kwargs)``.
 """
 from __future__ import annotations
 
