@@ -28,7 +28,7 @@ $(BIN)/python:
 
 # the test extra (pytest, mypy, ruff, ...) and gameguard editable; `install` builds the kernels
 # (GAMEGUARD_NO_EXTENSIONS=1 here: pip would compile them a second time, into a throwaway dir)
-$(VENV)/.deps: $(BIN)/python pyproject.toml setup.py
+$(VENV)/.deps: $(BIN)/python pyproject.toml setup.py README.md
 	GAMEGUARD_NO_EXTENSIONS=1 $(BIN)/python -m pip install --quiet --no-build-isolation -e '.[test]'
 	touch $@
 

@@ -46,7 +46,8 @@ if not USE_EXTENSIONS and not extensions_disabled():
 
     _first = sorted(FAST_ERRORS)[0]
     logging.getLogger("gameguard").warning(
-        "gameguard: using the pure-Python kernels, several times slower per call: the compiled "
+        "gameguard: using the pure-Python kernels (about ten times the per-call overhead): the "
+        "compiled "
         "%s do not import (%s: %s). Reinstall with a C compiler to build them, or set "
         "GAMEGUARD_NO_EXTENSIONS=1 to choose the pure kernels and silence this warning.",
         ", ".join(sorted(FAST_ERRORS)), _first, FAST_ERRORS[_first])
