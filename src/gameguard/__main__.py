@@ -1,8 +1,10 @@
-"""``python -m gameguard demo [--seed N] [--only NAME]``: the seeded demo of each capability."""
+"""``python -m gameguard``: the command line. ``demo [--seed N] [--only NAME]`` runs the seeded
+demo of each capability; ``--version`` says which build is installed; no command prints help."""
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 from typing import List, Optional
@@ -11,26 +13,53 @@ from . import USE_EXTENSIONS, __version__
 
 #: demo sections, in order; each module in gameguard.demos exposes run(seed, out)
 SECTIONS = ("breaker", "ratelimit", "hotcache", "saga")
+BUILD = f"gameguard {__version__} ({'compiled' if USE_EXTENSIONS else 'pure-Python'} kernels)"
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gameguard")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the seeded simulations")
-    demo.add_argument("--seed", type=int, default=7)
-    demo.add_argument("--only", choices=SECTIONS, action="append")
-    args = parser.parse_args(argv)
+def parser() -> argparse.ArgumentParser:
+    cli = argparse.ArgumentParser(
+        prog="python -m gameguard",
+        description="gameguard: resilience for game servers. Seeded, simulated demos of "
+                    "circuit breaking, rate limiting, hot-key caching and sagas.")
+    cli.add_argument("--version", action="version", version=BUILD)
+    sub = cli.add_subparsers(dest="command", metavar="COMMAND")
+    demo = sub.add_parser("demo", help="run the seeded game-server simulations (a few seconds)",
+                          description="Run the seeded game-server simulations, one section "
+                                      "per capability, on a simulated clock.")
+    demo.add_argument("--seed", type=int, default=7,
+                      help="random seed (default: 7); the same seed prints the same figures")
+    demo.add_argument("--only", choices=SECTIONS, action="append", metavar="SECTION",
+                      help=f"run only this section, repeatable: {', '.join(SECTIONS)}")
+    return cli
 
-    print(f"gameguard {__version__} ({'compiled' if USE_EXTENSIONS else 'pure-Python'} kernels)")
+
+def run_demo(seed: int, only: Optional[List[str]]) -> None:
+    print(BUILD)
     started = time.perf_counter()
-    for name in args.only or SECTIONS:
+    for name in only or SECTIONS:
         try:
             module = importlib.import_module(f"gameguard.demos.{name}")
         except ModuleNotFoundError:
             continue  # a capability not in this build
         print()
-        module.run(seed=args.seed, out=print)
+        module.run(seed=seed, out=print)
     print(f"\ndemo finished in {time.perf_counter() - started:.1f} s")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    cli = parser()
+    args = cli.parse_args(argv)
+    try:
+        if args.command is None:
+            cli.print_help()
+        else:
+            run_demo(args.seed, args.only)
+        sys.stdout.flush()  # here, so a closed pipe is met inside this try
+    except BrokenPipeError:
+        # the reader left (`| head -1`): stop quietly, and point stdout at /dev/null so the
+        # interpreter's last flush at exit has nowhere to fail either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0
 
 

@@ -9,10 +9,11 @@ open, a few probes find the recovery, and worker time is spent on players instea
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, List, Tuple
 
 from ..breaker import CircuitBreaker
 from ..clock import ManualClock
+from . import fold_changes, header
 
 RATE = 240          # requests per simulated second
 SECONDS = 40
@@ -34,8 +35,8 @@ def _simulate(seed: int, guarded: bool, out: Callable[[str], Any]) -> Dict[str, 
     breaker = CircuitBreaker("matchmaking", failure_rate=0.5, slow_call_duration=0.5,
                              slow_call_rate=0.5, minimum_calls=20, window=5.0, buckets=5,
                              open_duration=2.0, half_open_calls=3, clock=clock)
-    states: list[str] = []
-    breaker.on_state_change(lambda b, old, new: states.append(f"{clock():5.1f}s {old}->{new}"))
+    states: List[Tuple[float, str, str]] = []
+    breaker.on_state_change(lambda b, old, new: states.append((clock(), old, new)))
     totals: Dict[str, Any] = {"requests": 0, "dependency_calls": 0, "failed": 0, "fallbacks": 0,
               "worker_seconds": 0.0}
     step = 1.0 / RATE
@@ -59,18 +60,25 @@ def _simulate(seed: int, guarded: bool, out: Callable[[str], Any]) -> Dict[str, 
         totals["dependency_calls"] += calls
         totals["failed"] += failed
         if guarded and (second % 2 == 1 or 9 <= second <= 13 or 24 <= second <= 28):
-            out(f"  t={second + 1:2d}s  calls={calls:3d}  fast-rejected={rejected:3d}  "
-                f"failed={failed:3d}  breaker={breaker.state}")
+            out(f"  {second + 1:>3d} s {calls:>6d} {rejected:>9d} {failed:>7d}   {breaker.state}")
     totals["transitions"] = states
     return totals
 
 
 def run(seed: int = 7, out: Callable[[str], Any] = print) -> Dict[str, Any]:
     """Run both simulations, print the guarded one live and a comparison; return totals."""
-    out("== Circuit breaker: matchmaking service has a 15 s incident (t=10..25 s) ==")
+    header(out, "Circuit breaker: the matchmaking service is sick from 10 s to 25 s into the run",
+           f"{RATE} requests a second for {SECONDS} s through the breaker. Each row is a simulated",
+           "second (every other one away from the incident): t its end, calls that reached the",
+           "service, calls rejected at once (the fallback answered, no worker blocked), calls",
+           "that failed, and the breaker's state at t.")
+    out(f"  {'t':>5s} {'calls':>6s} {'rejected':>9s} {'failed':>7s}   state")
     guarded = _simulate(seed, True, out)
     unguarded = _simulate(seed, False, lambda line: None)
-    out("  state changes: " + ", ".join(guarded["transitions"]))
+    out("  state changes:")
+    for step in fold_changes(guarded["transitions"]):
+        out(f"    {step}")
+    out("  the whole run, without and with the breaker:")
     out(f"  {'':28s}{'unguarded':>12s}{'with breaker':>14s}")
     for key, label in (("dependency_calls", "calls to the sick service"),
                        ("failed", "player requests failed"),

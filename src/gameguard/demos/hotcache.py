@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List
 
 from ..clock import ManualClock
 from ..hotcache import HotKeyCache
+from . import header
 
 __all__ = ["run"]
 
@@ -118,16 +119,20 @@ def run(seed: int = 7, out: Callable[[str], Any] = print, *, rate: float = 2000.
     tick = 0.001
     naive = asyncio.run(_simulate("naive", seed, rate, ttl, latency, seconds, tick))
     guarded = asyncio.run(_simulate("gameguard", seed, rate, ttl, latency, seconds, tick))
-    out(f"Hot auction key: ~{rate:.0f} reads/s, TTL {ttl:g} s, database load {latency * 1000:g} ms")
-    out(f"{'second':>6} | {'naive loads':>11} | {'gameguard loads':>15}")
+    header(out, "Hot-key cache: an auction's hot key expires under load",
+           f"~{rate:.0f} reads/s of one key, TTL {ttl:g} s, a database load takes "
+           f"{latency * 1000:g} ms.",
+           "naive: a dict with expiry; gameguard: HotKeyCache.get_or_load_async. Each row is",
+           "a simulated second with a load in it and the database loads each made in it.")
+    out(f"  {'second':>6} {'naive':>7} {'gameguard':>10}")
     for s in range(seconds):
         a, b = naive["loads_per_s"][s], guarded["loads_per_s"][s]
         if a or b:
-            out(f"{s:>6} | {a:>11} | {b:>15}")
-    out(f"{'total':>6} | {naive['loads']:>11} | {guarded['loads']:>15}")
-    out(f"reads that missed after the cold start: naive {naive['misses_after_warmup']}, "
+            out(f"  {s:>6} {a:>7} {b:>10}")
+    out(f"  {'total':>6} {naive['loads']:>7} {guarded['loads']:>10}")
+    out(f"  reads that missed after the cold start: naive {naive['misses_after_warmup']}, "
         f"gameguard {guarded['misses_after_warmup']} (of {guarded['reads']} reads)")
-    out(f"peak database loads per second: naive {naive['peak_loads_per_s']}, "
+    out(f"  peak database loads per second: naive {naive['peak_loads_per_s']}, "
         f"gameguard {guarded['peak_loads_per_s']}")
     return {"naive": naive, "gameguard": guarded, "seconds": seconds, "rate": rate,
             "ttl": ttl, "latency": latency}

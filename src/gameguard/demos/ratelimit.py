@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, List, Tuple
 
 from ..clock import ManualClock
 from ..ratelimit import HybridLimiter, KeyedLimiter
+from . import header
 
 FRAME = 0.1
 
@@ -53,11 +54,11 @@ def _teamfight(seed: int, out: Callable[[str], Any]) -> Dict[str, Any]:
         if not pinned and at >= 45.0 and at < 48.0:
             limiter.set_mode("teamfight")  # the server knows the objective fight started
             pinned = True
-            timeline.append(f"{at:6.2f}s  set_mode('teamfight')   (server: objective fight)")
+            timeline.append(f"{at:6.2f} s  set_mode('teamfight')   (server: objective fight)")
         if pinned and at >= 48.0:
             limiter.set_mode("auto")
             pinned = False
-            timeline.append(f"{at:6.2f}s  set_mode('auto')")
+            timeline.append(f"{at:6.2f} s  set_mode('auto')")
         ok = limiter.try_acquire(kind)
         phase = ("fight" if 20.0 <= at < 27.0 or 45.0 <= at < 48.0 else
                  "macro" if 52.0 <= at < 54.0 else "lane")
@@ -66,21 +67,21 @@ def _teamfight(seed: int, out: Callable[[str], Any]) -> Dict[str, Any]:
         now_mode = limiter.mode
         if now_mode != mode:
             snap = limiter.snapshot()
-            timeline.append(f"{snap['switched_at']:6.2f}s  {mode} -> {now_mode}   "
+            timeline.append(f"{snap['switched_at']:6.2f} s  {mode} → {now_mode}   "
                             f"(casts {snap['burst_rate']:.0f}/s, heartbeats "
                             f"{snap['steady_rate']:.0f}/s)")
             mode = now_mode
     clock.advance(60.0 - clock())
     snap = limiter.snapshot()
     admitted = snap["admitted"]["burst"] + snap["admitted"]["steady"]
-    out("  hybrid limiter, one player, 60 s (budget 80/s: lane 24 casts + 56 beats, "
-        "fight 68 + 12)")
+    out("  HybridLimiter, one player, 60 s: a budget of 80 calls/s, split 24 casts + 56")
+    out("  heartbeats a second in lane, 68 + 12 in a team fight; its mode changes:")
     for line in timeline:
         out("    " + line)
+    out(f"  {'phase':>9s} {'casts ok':>9s} {'refused':>8s} {'beats ok':>9s} {'refused':>8s}")
     for name, (c_ok, c_no, b_ok, b_no) in phases.items():
-        out(f"    {name:5s}: casts {c_ok:4d} admitted / {c_no:3d} refused, "
-            f"heartbeats {b_ok:4d} / {b_no:2d}")
-    out(f"    admitted {admitted:.0f} calls <= budget {limiter.budget(60.0):.0f} "
+        out(f"  {name:>9s} {c_ok:>9d} {c_no:>8d} {b_ok:>9d} {b_no:>8d}")
+    out(f"  admitted {admitted:.0f} calls <= budget {limiter.budget(60.0):.0f} "
         f"(capacity + leak capacity + 80/s x 60 s)")
     return {"switches": snap["switches"], "admitted": admitted,
             "budget": limiter.budget(60.0), "casts_admitted_in_fights": phases["fight"][0],
@@ -124,15 +125,17 @@ def _spray(seed: int, out: Callable[[str], Any]) -> Dict[str, Any]:
     snap = limiter.snapshot()
     checks = calm["ok"] + calm["refused"] + attacked["ok"] + attacked["refused"] + \
         attacked["sprayed"]
-    out(f"  keyed limiter (5/s, burst 10, max_keys 20,000): 2,000 players, then the same "
-        f"with a client spraying {attacked['sprayed']:,} fresh ids")
+    out("  KeyedLimiter(5/s, burst 10, max_keys 20,000), 10 s: 2,000 players, then the same")
+    out(f"  with a client spraying {attacked['sprayed']:,} fresh ids:")
     out(f"    keys held at most {attacked['biggest']:,} <= {snap['max_keys']:,}; table "
-        f"{snap['nbytes'] / 1e6:.2f} MB (bound {limiter.max_bytes / 1e6:.2f} MB, 30 B/key); "
-        f"evicted {snap['evicted']['full']:,} refilled + {snap['evicted']['stale']:,} stalest")
+        f"{snap['nbytes'] / 1e6:.2f} MB (bound {limiter.max_bytes / 1e6:.2f} MB, 30 B/key)")
+    out(f"    evicted {snap['evicted']['full']:,} refilled keys + "
+        f"{snap['evicted']['stale']:,} stalest")
     same = (calm["ok"], calm["refused"]) == (attacked["ok"], attacked["refused"])
     out(f"    honest players: {attacked['ok']:,} admitted, {attacked['refused']:,} refused "
-        f"(over their own 5/s) - {'identical to' if same else 'DIFFERENT from'} the run "
-        f"without the attacker; {checks:,} checks in {elapsed:.2f} s")
+        f"(over their own 5/s),")
+    out(f"    {'identical to' if same else 'DIFFERENT from'} the run without the attacker; "
+        f"{checks:,} checks in {elapsed:.2f} s")
     return {"keys_max": attacked["biggest"], "max_keys": snap["max_keys"],
             "nbytes": snap["nbytes"], "max_bytes": limiter.max_bytes,
             "spray_calls": attacked["sprayed"], "honest_admitted": attacked["ok"],
@@ -142,7 +145,9 @@ def _spray(seed: int, out: Callable[[str], Any]) -> Dict[str, Any]:
 
 def run(seed: int = 7, out: Callable[[str], Any] = print) -> Dict[str, Any]:
     """Run both simulations; print a few lines through ``out``; return the numbers."""
-    out("== rate limiting: a MOBA team fight and a key-spraying client ==")
+    header(out, "Rate limiting: a MOBA team fight and a key-spraying client",
+           "casts: skill casts (burst traffic); beats: 10 Hz movement heartbeats (steady);",
+           "ok / refused: calls the limiter admitted or turned away in that phase.")
     fight = _teamfight(seed, out)
     spray = _spray(seed, out)
     return {"hybrid": fight, "keyed": spray}

@@ -20,6 +20,7 @@ import tempfile
 from typing import Any, Callable, Dict, List, Tuple
 
 from ..saga import Saga, SQLiteStore, StepContext
+from . import header
 
 __all__ = ["run"]
 
@@ -150,8 +151,11 @@ def run(seed: int = 7, out: Callable[[str], Any] = print) -> Dict[str, Any]:
         world = World(os.path.join(tmp, "world.db"))
         world.db.executemany("INSERT INTO effects VALUES (?, 'seed', 'eu-1', ?, 'players', 1, "
                              "'seed')", [(f"seed/{p}", p) for _, p, _ in txs])
-        out(f"[saga demo] teleporting {len(txs)} players eu-1 -> eu-2 in a child process "
-            f"(store: SQLite WAL, synchronous=FULL, in {tmp})")
+        header(out, "Saga: a cross-server teleport survives its process being killed",
+               f"a child process teleports {len(txs)} players eu-1 → eu-2: reserve a slot on "
+               "eu-2, leave eu-1,",
+               "enter eu-2, each teleport a saga recorded in SQLite (WAL, synchronous=FULL).",
+               "A status is the saga's outcome: committed, or compensated (every step undone).")
         env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
         child = subprocess.Popen(
             [sys.executable, "-c", "import sys; from gameguard.demos.saga import _child; "
@@ -164,8 +168,8 @@ def run(seed: int = 7, out: Callable[[str], Any] = print) -> Dict[str, Any]:
             child.stdin.flush()
             line = child.stdout.readline().split()
             if line and line[0] == "MIDWAY":
-                out(f"  {tx_id} ({player}): slot reserved on eu-2, player left eu-1 ... "
-                    f"and the server process is killed now (SIGKILL, pid {child.pid})")
+                out(f"  {tx_id} ({player}): slot reserved on eu-2, player left eu-1 ...")
+                out("    and the child process is killed now (SIGKILL)")
                 child.send_signal(signal.SIGKILL)
                 child.wait()
                 killed = child.returncode == -signal.SIGKILL
@@ -181,14 +185,14 @@ def run(seed: int = 7, out: Callable[[str], Any] = print) -> Dict[str, Any]:
         rec = store.get(kill_tx)
         assert rec is not None
         out(f"  after the crash the store says {kill_tx} is {rec.status!r}, step "
-            f"{rec.steps[rec.step]!r} attempt {rec.attempt} may have run; population "
-            f"{_census(world)}")
+            f"{rec.steps[rec.step]!r} attempt {rec.attempt} may have run;")
+        out(f"    population {_census(world)}")
         resent: List[str] = []
 
         def on_step(ctx: StepContext) -> None:
             resent.append(f"{ctx.step} attempt {ctx.attempt} key {ctx.idempotency_key}")
         saga = build(store, world, on_step)
-        out(f"  another process (pid {os.getpid()}) runs saga.recover():")
+        out("  this process runs saga.recover():")
         results = saga.recover()
         for r in results:
             out(f"    {r.tx_id}: {r.status}")
@@ -212,8 +216,8 @@ def run(seed: int = 7, out: Callable[[str], Any] = print) -> Dict[str, Any]:
             else:
                 ledger_ok &= sum(r[3] for r in rows) == 0
         pop = world.population()
-        out(f"  population now {_census(world)}; unfinished transactions: {unfinished}; "
-            f"every effect applied exactly once: {ledger_ok}")
+        out(f"  population now {_census(world)}; unfinished transactions: {unfinished};")
+        out(f"  every effect applied exactly once: {ledger_ok}")
         counts = store.counts()
         store.close()
         world.close()
