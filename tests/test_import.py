@@ -97,6 +97,12 @@ def test_saga_names_load_on_first_use() -> None:
     assert {"gameguard.saga", "sqlite3"} <= loaded
 
 
+def test_the_saga_package_is_an_attribute_as_before() -> None:
+    loaded = loaded_after("import gameguard\n"
+                          "assert gameguard.saga.SQLiteStore is gameguard.SQLiteStore")
+    assert {"gameguard.saga", "sqlite3"} <= loaded
+
+
 def test_all_is_the_contract_sorted() -> None:
     assert gameguard.__all__ == sorted(gameguard.__all__)
     assert set(gameguard.__all__) == set(CONTRACT) | {"USE_EXTENSIONS", "__version__"}
@@ -110,9 +116,9 @@ def test_star_import_gives_the_contract() -> None:
     assert set(namespace) - {"__builtins__"} == set(gameguard.__all__)
 
 
-@pytest.mark.parametrize("name", ["Guard", "Pipeline", "ABSENT", "SagaResult", "StepContext",
-                                  "SagaStore", "StoreError", "DuplicateTransaction",
-                                  "StaleTransaction"])
+@pytest.mark.parametrize("name", ["Guard", "Pipeline", "ABSENT", "saga", "SagaResult",
+                                  "StepContext", "SagaStore", "StoreError",
+                                  "DuplicateTransaction", "StaleTransaction"])
 def test_names_outside_all_stay_importable(name: str) -> None:
     assert name not in gameguard.__all__
     assert name in dir(gameguard)

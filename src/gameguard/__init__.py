@@ -44,13 +44,14 @@ if TYPE_CHECKING:
                        StoreError as StoreError)
 else:
     def __getattr__(name: str) -> object:
-        if name in _SAGA_NAMES:
-            from . import saga
+        if name in _SAGA_NAMES or name == "saga":
+            import importlib  # not `from . import saga`: that asks this hook for "saga" first
 
-            value = getattr(saga, name)
+            saga = importlib.import_module(".saga", __name__)  # binds gameguard.saga too
+            value = saga if name == "saga" else getattr(saga, name)
             globals()[name] = value  # the next access is a plain module attribute
             return value
         raise AttributeError(f"module 'gameguard' has no attribute {name!r}")
 
     def __dir__() -> list[str]:
-        return sorted(set(globals()) | set(_SAGA_NAMES))
+        return sorted(set(globals()) | set(_SAGA_NAMES) | {"saga"})
