@@ -1,5 +1,5 @@
 """Bad input: every constructor raises ConfigurationError (a ValueError) naming the
-parameter and the value (DESIGN §4); nothing is silently accepted."""
+parameter and the value; nothing is silently accepted."""
 from __future__ import annotations
 
 import math
