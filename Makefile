@@ -46,10 +46,12 @@ lint: $(VENV)/.deps
 	$(BIN)/ruff check src/gameguard tests --select E,F,W
 	$(BIN)/mypy
 
-# the one wheel, kernels compiled in it; everything below tests this file
+# the one wheel, kernels compiled in it, which the suite runs on; and the sdist, which the
+# no-compiler install test installs (what pip builds where no wheel fits)
 dist/.built: $(VENV)/.deps $(SOURCES)
 	rm -rf dist build/lib.*  # a file deleted from src/ must not live on in the wheel
 	$(BIN)/python -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir dist .
+	$(BIN)/python setup.py --quiet sdist --dist-dir dist
 	touch $@
 
 wheel: dist/.built
@@ -67,7 +69,8 @@ $(WHEELHOUSE)/.done: $(BIN)/python pyproject.toml
 # pytest's console script, run from the repository: neither src/ nor the current directory is
 # on sys.path, so `import gameguard` is the installed wheel (tests/test_install.py checks it)
 test: lint $(WVENV)/.installed $(WHEELHOUSE)/.done
-	$(TEST_ENV) GAMEGUARD_TEST_TARGET=wheel $(WBIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(TEST_ENV) GAMEGUARD_TEST_TARGET=wheel GAMEGUARD_SDIST="$$(echo $(CURDIR)/dist/gameguard-*.tar.gz)" \
+		$(WBIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 check: install $(WHEELHOUSE)/.done
 	$(TEST_ENV) GAMEGUARD_TEST_TARGET=source $(BIN)/python -m pytest -q -p no:cacheprovider \

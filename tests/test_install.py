@@ -1,7 +1,7 @@
 """What gets installed: the suite runs on the build the Makefile names (the installed wheel
 under ``make test``, the editable source tree under ``make check``), the metadata is what
-pyproject.toml says, and a machine without a C compiler installs pure Python that works,
-from a local wheelhouse, never the package index."""
+pyproject.toml says, and a machine without a C compiler installs pure Python that works
+(from the sdist under ``make test``), from a local wheelhouse, never the package index."""
 from __future__ import annotations
 
 import glob
@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 #: set by the Makefile: "wheel" (make test) or "source" (make check, and plain pytest)
 TARGET = os.environ.get("GAMEGUARD_TEST_TARGET", "source")
 WHEELHOUSE = Path(os.environ.get("GAMEGUARD_WHEELHOUSE", ROOT / ".wheelhouse"))
+#: set by make test: the sdist built beside the wheel; otherwise a copy of the source tree
+SDIST = os.environ.get("GAMEGUARD_SDIST")
 COPY = ["pyproject.toml", "setup.py", "README.md", "LICENSE", "MANIFEST.in", "src"]
 SKIP = shutil.ignore_patterns("*.so", "*.c", "*.html", "__pycache__", "*.egg-info", "build")
 PURE_WARNING = "using the pure-Python kernels"
@@ -98,14 +100,15 @@ CHECK = textwrap.dedent("""
 def test_install_without_compiler_is_pure_python(tmp_path: Path) -> None:
     if not glob.glob(str(WHEELHOUSE / "*.whl")):
         pytest.fail(f"no wheelhouse at {WHEELHOUSE}: `make check` or `make test` fetches it")
-    src = tmp_path / "src-copy"
-    src.mkdir()
-    for name in COPY:
-        path = ROOT / name
-        if path.is_dir():
-            shutil.copytree(path, src / name, ignore=SKIP)
-        else:
-            shutil.copy2(path, src / name)
+    src = Path(SDIST) if SDIST else tmp_path / "src-copy"
+    if not SDIST:
+        src.mkdir()
+        for name in COPY:
+            path = ROOT / name
+            if path.is_dir():
+                shutil.copytree(path, src / name, ignore=SKIP)
+            else:
+                shutil.copy2(path, src / name)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     py = venv / "bin" / "python"
