@@ -129,3 +129,17 @@ def test_unknown_name_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="Sagas"):
         gameguard.Sagas  # noqa: B018
     assert not hasattr(gameguard, "sqlite3")
+
+
+def test_the_logger_loads_logging_on_first_use() -> None:
+    """gameguard._log alone (loaded by path, without the package that still imports logging
+    elsewhere): no logging until logger() is called."""
+    import gameguard._log as log_module
+
+    loaded = loaded_after(
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('_log', {log_module.__file__!r})\n"
+        "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
+        "assert 'logging' not in sys.modules\n"
+        "assert mod.logger().name == 'gameguard'")
+    assert "logging" in loaded

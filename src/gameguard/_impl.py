@@ -42,10 +42,10 @@ USE_EXTENSIONS: bool = FAST_AVAILABLE and not extensions_disabled()
 _active = "fast" if USE_EXTENSIONS else "pure"
 
 if not USE_EXTENSIONS and not extensions_disabled():
-    import logging  # only on this path: logging costs import time everyone else would pay
+    from ._log import logger
 
     _first = sorted(FAST_ERRORS)[0]
-    logging.getLogger("gameguard").warning(
+    logger().warning(
         "gameguard: using the pure-Python kernels (about ten times the per-call overhead): the "
         "compiled "
         "%s do not import (%s: %s). Reinstall with a C compiler to build them, or set "
