@@ -22,7 +22,7 @@ import math
 import struct
 import threading
 from array import array
-from typing import Any, List, Tuple
+from typing import Any, ContextManager, List, Tuple
 
 import xxhash
 
@@ -123,7 +123,7 @@ class FrequencySketch:
         self.block_mask = (self.length >> 3) - 1
         self.sample_size = 10 * maxsize
         self.size = 0
-        self._lock = threading.Lock()
+        self._lock: ContextManager[Any] = threading.Lock()
 
     def increment(self, h: int) -> None:
         """Count one occurrence of the key with hash ``h`` (saturating at 15)."""
@@ -205,17 +205,21 @@ class HeavyHitters:
         self.started = False
         self.rng = SplitMix64(seed)
         self.decay = [math.pow(DECAY_BASE, -float(c)) for c in range(DECAY_LIMIT)]
-        self._lock = threading.Lock()
+        self._lock: ContextManager[Any] = threading.Lock()
 
     # -- time ---------------------------------------------------------------------------
     def _tick(self, now: float) -> None:
+        if not math.isfinite(now):  # a broken clock reading: no halving (and no overflow)
+            return
         if not self.started:
             self.started = True
             self.decay_at = now
             return
-        if now - self.decay_at >= self.half_life:
-            periods = int((now - self.decay_at) / self.half_life)
-            shift = periods if periods < 63 else 63
+        periods = (now - self.decay_at) / self.half_life
+        if periods >= 1.0:
+            # halve once per elapsed half-life; from 63 on every count is 0 and the float
+            # may not even fit a 64-bit int, so the next period starts now
+            shift = int(periods) if periods < 63.0 else 63
             cnt = self.cnt
             for i in range(2 * self.width):
                 cnt[i] >>= shift
@@ -223,7 +227,10 @@ class HeavyHitters:
             for s in range(self.used):
                 counts[s] >>= shift
             self.min_bound >>= shift
-            self.decay_at += periods * self.half_life
+            if shift < 63:
+                self.decay_at += shift * self.half_life
+            else:
+                self.decay_at = now
 
     # -- the stream ---------------------------------------------------------------------
     def add(self, h: int, key: Any, now: float) -> int:
@@ -300,9 +307,11 @@ class HeavyHitters:
             return est
         hashes[s] = h
         counts[s] = est
-        self.keys[s] = key
         self._point(h, g, s)
         self.min_bound = self._table_min()
+        old = self.keys[s]
+        self.keys[s] = key
+        del old  # last: freeing a key may run arbitrary code
         return est
 
     def _table_min(self) -> int:
