@@ -594,15 +594,14 @@ cdef class CacheTable:
         """Assert the structures agree (see the pure twin)."""
         cdef Shard sh
         cdef int r
-        for sh in self.shards:
-            seen = 0
+        for sh in self.shards:   # no user code: identities only
+            linked = set()
             for r, q in enumerate(sh.queues):
-                live = [e for e in q if e is not None and (<Entry>e).region == r]
-                assert len(live) == sh.live_[r] == len(set(map(id, live)))
-                for e in live:
-                    assert sh.d.get(e.key) is e
-                seen += len(live)
-            assert seen == len(sh.d) <= sh.cap
+                live = [id(e) for e in q if (<Entry>e).region == r]
+                assert len(live) == sh.live_[r] == len(set(live))
+                linked.update(live)
+            assert all((<Entry>e).key is k for k, e in sh.d.items())
+            assert linked == {id(e) for e in sh.d.values()} and len(sh.d) <= sh.cap
 
     def state(self):
         """Everything that decides future answers (for the twins' equivalence tests)."""

@@ -113,21 +113,26 @@ class Entry:
 class Shard:
     """One shard: its dict, its three queues and their live sizes and bounds."""
 
-    __slots__ = ("d", "queues", "live", "cap", "wcap", "pcap")
+    __slots__ = ("d", "queues", "live", "_cap", "_wcap", "_pcap")
 
     def __init__(self, cap: int) -> None:
         self.d: Dict[Any, Entry] = {}
         self.queues: Tuple[Deque[Entry], Deque[Entry], Deque[Entry]] = \
             (deque(), deque(), deque())
         self.live = [0, 0, 0]   # live entries per region (the queues also hold tombstones)
-        self.cap = cap
-        self.wcap = 1
-        self.pcap = 0
+        self._cap = cap
+        self._wcap = 1
+        self._pcap = 0
+
+    # read-only, as in the compiled twin (where they bound C indexing)
+    cap = property(lambda self: self._cap)
+    wcap = property(lambda self: self._wcap)
+    pcap = property(lambda self: self._pcap)
 
     def resize(self, share: float) -> None:
-        w = int(self.cap * share)
-        self.wcap = w if w >= 1 else 1
-        self.pcap = int(PROTECTED_SHARE * (self.cap - self.wcap))
+        w = int(self._cap * share)
+        self._wcap = w if w >= 1 else 1
+        self._pcap = int(PROTECTED_SHARE * (self._cap - self._wcap))
 
     def size(self) -> int:
         return self.live[0] + self.live[1] + self.live[2]
@@ -163,7 +168,7 @@ class Shard:
 
     def demote(self) -> None:
         """Protected beyond its share: its CLOCK head goes back to probation."""
-        while self.live[PROTECTED] > self.pcap:
+        while self.live[PROTECTED] > self._pcap:
             self.move(self.clock_head(PROTECTED), PROBATION)
 
     def victim(self) -> Entry:
@@ -225,29 +230,29 @@ class CacheTable:
                  clock: Optional[Callable[[], float]] = None, *, hot_capacity: int = 64,
                  hot_width: int = 1024, hot_half_life: float = 2.0, hot_rate: float = 1.0,
                  window: float = 0.01, adaptive: bool = True, absent: Any = None) -> None:
-        self.maxsize = int(maxsize)
+        self._maxsize = int(maxsize)
         # shards is an upper bound: each shard holds >= MIN_SHARD entries, so its policy
         # sees enough keys to rank them (per-shard queues of a few dozen miss more)
-        self.nshards = max(1, min(int(shards), self.maxsize // MIN_SHARD))
-        self.seed = int(seed) & MASK64
+        self._nshards = max(1, min(int(shards), self._maxsize // MIN_SHARD))
+        self._seed = int(seed) & MASK64
         self.clock = clock if clock is not None else time.monotonic
         self.hot_rate = float(hot_rate)
         self.absent = absent
-        n = self.nshards
-        base, extra = divmod(self.maxsize, n)
+        n = self._nshards
+        base, extra = divmod(self._maxsize, n)
         self.shards = [Shard(base + (1 if s < extra else 0)) for s in range(n)]
         self.window = min(max(float(window), 0.0), MAX_WINDOW)
         self.adaptive = bool(adaptive)
         self.step = -CLIMB_STEP     # Caffeine starts by trying a smaller window
         self.last_ratio = 0.0
-        self.sample_size = 10 * self.maxsize
+        self.sample_size = 10 * self._maxsize
         self.sample_hits = self.sample_requests = 0   # hits and reads when it started
         for sh in self.shards:
             sh.resize(self.window)
-        self.sketch = FrequencySketch(self.maxsize)
+        self.sketch = FrequencySketch(self._maxsize)
         self.hh = HeavyHitters(hot_capacity, hot_width, hot_half_life,
-                               (self.seed ^ 0x5DEECE66D) & MASK64)
-        self.rng = SplitMix64((self.seed * 0x2545F4914F6CDD1D + 1) & MASK64)
+                               (self._seed ^ 0x5DEECE66D) & MASK64)
+        self.rng = SplitMix64((self._seed * 0x2545F4914F6CDD1D + 1) & MASK64)
         self.hits = 0
         self.misses = 0
         self.evictions = 0   # capacity evictions (the victim or the rejected candidate)
@@ -260,14 +265,19 @@ class CacheTable:
         self._lock = threading.RLock()
         self.sketch._lock = self.hh._lock = self._lock
 
+    # read-only, as in the compiled twin (where they bound C indexing)
+    nshards = property(lambda self: self._nshards)
+    maxsize = property(lambda self: self._maxsize)
+    seed = property(lambda self: self._seed)
+
     # -- hashing ------------------------------------------------------------------------
     def hash(self, key: Any) -> int:
         """The seeded 64-bit hash used for the shard and the sketches (TypeError if
         ``key`` is unhashable)."""
-        return key_hash(key, self.seed)
+        return key_hash(key, self._seed)
 
     def shard_of(self, key: Any) -> int:
-        return key_hash(key, self.seed) % self.nshards
+        return key_hash(key, self._seed) % self._nshards
 
     # -- the read path (no shard lock) --------------------------------------------------
     def get(self, key: Any, default: Any = None) -> Any:
@@ -275,8 +285,8 @@ class CacheTable:
         return self.get_at(key, default, self.clock())
 
     def get_at(self, key: Any, default: Any, now: float) -> Any:
-        h = key_hash(key, self.seed)
-        e = self.shards[h % self.nshards].d.get(key)
+        h = key_hash(key, self._seed)
+        e = self.shards[h % self._nshards].d.get(key)
         with self._lock:
             self.sketch._increment(h)
             self.hh._add(h, key, now)
@@ -296,8 +306,8 @@ class CacheTable:
         """Like ``get``, for loading callers: the stored value (``absent`` included),
         ``MISS``, or ``REFRESH`` when the entry is fresh but past its refresh point, its key
         is hot and nobody refreshes it yet (this caller now owns the refresh)."""
-        h = key_hash(key, self.seed)
-        e = self.shards[h % self.nshards].d.get(key)
+        h = key_hash(key, self._seed)
+        e = self.shards[h % self._nshards].d.get(key)
         with self._lock:
             self.sketch._increment(h)
             self.hh._add(h, key, now)
@@ -313,7 +323,7 @@ class CacheTable:
             return e.value
 
     def _entry(self, key: Any) -> Optional[Entry]:
-        return self.shards[key_hash(key, self.seed) % self.nshards].d.get(key)
+        return self.shards[key_hash(key, self._seed) % self._nshards].d.get(key)
 
     def peek(self, key: Any, now: float) -> Any:
         """The stored value if fresh, else ``MISS``; counts nothing."""
@@ -338,8 +348,8 @@ class CacheTable:
         """Store ``value`` for ``key``. A present key is updated in place (and counts as
         read); a new one enters its shard's window, whose overflow goes through admission.
         Returns True (the new entry is always held until it leaves the window)."""
-        h = key_hash(key, self.seed)
-        sh = self.shards[h % self.nshards]
+        h = key_hash(key, self._seed)
+        sh = self.shards[h % self._nshards]
         e = sh.d.get(key)   # user code, before anything changes
         if e is not None:
             with self._lock:
@@ -352,7 +362,7 @@ class CacheTable:
                 self._climb()
             while True:
                 with self._lock:
-                    if sh.size() < sh.cap:
+                    if sh.size() < sh._cap:
                         break
                     loser, cand, why = self._plan(sh, now)
                 try:
@@ -396,13 +406,13 @@ class CacheTable:
         """Room for one more entry in a full shard, decided without user code: the entry
         that must leave (still linked), the window candidate that then moves to probation
         (or None), and why the first leaves."""
-        while sh.live[WINDOW] > sh.wcap:  # the window shrank: the main region has room
+        while sh.live[WINDOW] > sh._wcap:  # the window shrank: the main region has room
             sh.move(sh.clock_head(WINDOW), PROBATION)
-        if sh.size() < sh.cap:    # (never after the loop above: the shard is full)
+        if sh.size() < sh._cap:    # (never after the loop above: the shard is full)
             raise AssertionError("_plan on a shard with room")
-        if sh.live[WINDOW] < sh.wcap or sh.live[WINDOW] == sh.cap:
+        if sh.live[WINDOW] < sh._wcap or sh.live[WINDOW] == sh._cap:
             # the window grew (the main region gives an entry up) or is all there is
-            loser = sh.victim() if sh.live[WINDOW] < sh.wcap else sh.clock_head(WINDOW)
+            loser = sh.victim() if sh.live[WINDOW] < sh._wcap else sh.clock_head(WINDOW)
             return loser, None, EXPIRED if not now < loser.expires_at else EVICTED
         cand = sh.clock_head(WINDOW)
         if not now < cand.expires_at:
@@ -452,8 +462,8 @@ class CacheTable:
 
     def delete(self, key: Any) -> bool:
         """Remove ``key``; True if it was held (fresh or not)."""
-        h = key_hash(key, self.seed)
-        sh = self.shards[h % self.nshards]
+        h = key_hash(key, self._seed)
+        sh = self.shards[h % self._nshards]
         e = sh.d.pop(key, None)   # user code: if it raises, nothing has changed
         if e is None:
             return False
@@ -508,7 +518,7 @@ class CacheTable:
 
     def frequency(self, key: Any) -> int:
         """The admission sketch's count for ``key`` (0..15)."""
-        return self.sketch.frequency(key_hash(key, self.seed))
+        return self.sketch.frequency(key_hash(key, self._seed))
 
     def counters(self) -> Tuple[int, int, int, int, int]:
         return self.hits, self.misses, self.evictions, self.rejected, self.expirations
@@ -516,15 +526,14 @@ class CacheTable:
     def check(self) -> None:
         """Assert the structures agree (for tests): every dict entry is live in exactly one
         queue of its region, the live counts are right and the shard is within bounds."""
-        for sh in self.shards:
-            seen = 0
+        for sh in self.shards:   # no user code: identities only
+            linked = set()
             for region, q in enumerate(sh.queues):
-                live = [e for e in q if e.region == region]
-                assert len(live) == sh.live[region] == len(set(map(id, live)))
-                for e in live:
-                    assert sh.d.get(e.key) is e
-                seen += len(live)
-            assert seen == len(sh.d) <= sh.cap
+                live = [id(e) for e in q if e.region == region]
+                assert len(live) == sh.live[region] == len(set(live))
+                linked.update(live)
+            assert all(e.key is k for k, e in sh.d.items())
+            assert linked == {id(e) for e in sh.d.values()} and len(sh.d) <= sh._cap
 
     def state(self) -> tuple[Any, ...]:
         """Everything that decides future answers (for the twins' equivalence tests)."""
@@ -534,7 +543,7 @@ class CacheTable:
                 sorted((repr(k), e.value, e.expires_at, e.refresh_at, e.region, e.ref,
                         e.refreshing) for k, e in sh.d.items()),
                 [[e.key for e in q if e.region == r] for r, q in enumerate(sh.queues)],
-                sh.wcap, sh.pcap))
+                sh._wcap, sh._pcap))
         return (shards, self.counters(), self.window, self.step, self.last_ratio,
                 self.rng.state, self.sketch.state(), self.hh.state())
 
