@@ -126,6 +126,17 @@ def test_table_expiry_is_now_ge_expires_at(kernels):
     assert t.counters()[:2] == (1, 1)
 
 
+def test_table_needs_room_for_one_entry(kernels):
+    ct = kernels("cachetable")
+    with pytest.raises(ValueError, match="maxsize"):
+        ct.CacheTable(0, 1, 1, lambda: 0.0)
+    t = ct.CacheTable(1, 1, 1, lambda: 0.0)
+    for k in range(5):
+        t.put(k, k, 9.0, 9.0, 0.0)
+        assert t.peek(k, 0.0) == k and len(t) == 1
+    t.check()
+
+
 def test_table_bounded_and_scan_resistant(kernels):
     ct = kernels("cachetable")
     t = ct.CacheTable(100, 4, 7, lambda: 0.0)

@@ -289,6 +289,8 @@ cdef class CacheTable:
         cdef long long n, base, extra, s
         cdef Shard sh
         self.maxsize = int(maxsize)
+        if self.maxsize < 1:  # a shard with no room has nothing to evict
+            raise ValueError(f"maxsize must be >= 1, got {maxsize!r}")
         n = max(1, min(int(shards), self.maxsize // MIN_SHARD_))  # see the pure twin
         self.nshards = n
         self.seed = int(seed) & 0xFFFFFFFFFFFFFFFF

@@ -231,6 +231,8 @@ class CacheTable:
                  hot_width: int = 1024, hot_half_life: float = 2.0, hot_rate: float = 1.0,
                  window: float = 0.01, adaptive: bool = True, absent: Any = None) -> None:
         self._maxsize = int(maxsize)
+        if self._maxsize < 1:  # a shard with no room has nothing to evict
+            raise ValueError(f"maxsize must be >= 1, got {maxsize!r}")
         # shards is an upper bound: each shard holds >= MIN_SHARD entries, so its policy
         # sees enough keys to rank them (per-shard queues of a few dozen miss more)
         self._nshards = max(1, min(int(shards), self._maxsize // MIN_SHARD))
