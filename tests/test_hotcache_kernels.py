@@ -521,13 +521,13 @@ def test_the_window_grows_for_a_moving_hot_set_and_stays_small_otherwise(kernels
     """Hill climbing: a hot set that moves every 5x capacity requests wants recency (a big
     window); a stationary Zipf wants frequency (about 1 %)."""
     ct = kernels("cachetable")
-    moving = _trace(50_000, 200_000, 1000, 3)
-    fixed, _ = _replay(ct, moving, 200, adaptive=False)
-    adaptive, window = _replay(ct, moving, 200)
+    moving = _trace(25_000, 100_000, 500, 3)
+    fixed, _ = _replay(ct, moving, 100, adaptive=False)
+    adaptive, window = _replay(ct, moving, 100)
     assert adaptive >= fixed + 0.02 and window > 0.2
-    still = _trace(50_000, 200_000, 0, 4)
-    fixed, _ = _replay(ct, still, 200, adaptive=False)
-    adaptive, window = _replay(ct, still, 200)
+    still = _trace(25_000, 100_000, 0, 4)
+    fixed, _ = _replay(ct, still, 100, adaptive=False)
+    adaptive, window = _replay(ct, still, 100)
     assert adaptive >= fixed - 0.01 and window < 0.15  # the climber costs a little here
 
 
