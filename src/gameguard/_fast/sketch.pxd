@@ -13,16 +13,17 @@ cdef uint64_t key_fingerprint(object key, uint64_t seed) except? 0
 
 cdef class FrequencySketch:
     cdef uint64_t *table
-    cdef public long long length, block_mask, sample_size, size
+    cdef readonly long long length, block_mask, sample_size, size  # readonly: they bound C indexing
     cdef void increment_c(self, uint64_t h) noexcept
     cdef int frequency_c(self, uint64_t h) noexcept
     cdef void reset_c(self) noexcept
 
 cdef class HeavyHitters:
-    cdef public long long k, width, used, min_bound
-    cdef public double half_life, decay_at
-    cdef public bint started
-    cdef public SplitMix64 rng
+    # readonly: k, width and used bound C indexing (bounds checks are off)
+    cdef readonly long long k, width, used, min_bound
+    cdef readonly double half_life, decay_at
+    cdef readonly bint started
+    cdef readonly SplitMix64 rng
     cdef uint64_t *fp
     cdef int64_t *cnt
     cdef int64_t *ptr

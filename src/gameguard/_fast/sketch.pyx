@@ -238,21 +238,28 @@ cdef class HeavyHitters:
 
     # -- time ---------------------------------------------------------------------------
     cdef void tick_c(self, double now) noexcept:
-        cdef long long periods, i
+        cdef double periods
+        cdef long long i
         cdef int shift
+        if not isfinite(now):  # a broken clock reading: no halving (and no undefined cast)
+            return
         if not self.started:
             self.started = True
             self.decay_at = now
             return
-        if now - self.decay_at >= self.half_life:
-            periods = <long long>((now - self.decay_at) / self.half_life)
-            shift = <int>periods if periods < 63 else 63
+        periods = (now - self.decay_at) / self.half_life
+        if periods >= 1.0:
+            # cast only below 63: beyond it every count is 0 and the next period starts now
+            shift = <int>periods if periods < 63.0 else 63
             for i in range(2 * self.width):
                 self.cnt[i] >>= shift
             for i in range(self.used):
                 self.counts[i] >>= shift
             self.min_bound >>= shift
-            self.decay_at += <double>periods * self.half_life
+            if shift < 63:
+                self.decay_at += <double>shift * self.half_life
+            else:
+                self.decay_at = now
 
     # -- the stream ---------------------------------------------------------------------
     cdef long long add_c(self, uint64_t h, object key, double now) noexcept:

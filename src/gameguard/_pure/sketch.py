@@ -22,7 +22,7 @@ import math
 import struct
 import threading
 from array import array
-from typing import Any, List, Tuple
+from typing import Any, ContextManager, List, Tuple
 
 import xxhash
 
@@ -118,12 +118,17 @@ class FrequencySketch:
 
     def __init__(self, maxsize: int) -> None:
         maxsize = max(int(maxsize), 1)
-        self.length = max(ceil_pow2(maxsize), 8)
-        self.table = array("Q", bytes(8 * self.length))
-        self.block_mask = (self.length >> 3) - 1
-        self.sample_size = 10 * maxsize
+        self._length = max(ceil_pow2(maxsize), 8)
+        self.table = array("Q", bytes(8 * self._length))
+        self._block_mask = (self._length >> 3) - 1
+        self._sample_size = 10 * maxsize
         self.size = 0
-        self._lock = threading.Lock()
+        self._lock: ContextManager[Any] = threading.Lock()
+
+    # read-only, as in the compiled twin (where they bound C indexing)
+    length = property(lambda self: self._length)
+    block_mask = property(lambda self: self._block_mask)
+    sample_size = property(lambda self: self._sample_size)
 
     def increment(self, h: int) -> None:
         """Count one occurrence of the key with hash ``h`` (saturating at 15)."""
@@ -132,7 +137,7 @@ class FrequencySketch:
 
     def _increment(self, h: int) -> None:
         table = self.table
-        block = ((h & 0xFFFFFFFF) & self.block_mask) << 3
+        block = ((h & 0xFFFFFFFF) & self._block_mask) << 3
         counter_hash = h >> 32
         added = False
         for i in range(4):
@@ -145,13 +150,13 @@ class FrequencySketch:
                 added = True
         if added:
             self.size += 1
-            if self.size == self.sample_size:
+            if self.size == self._sample_size:
                 self._reset()
 
     def frequency(self, h: int) -> int:
         """Estimated occurrences of ``h`` since the sketch last aged (0..15)."""
         table = self.table
-        block = ((h & 0xFFFFFFFF) & self.block_mask) << 3
+        block = ((h & 0xFFFFFFFF) & self._block_mask) << 3
         counter_hash = h >> 32
         best = 15
         for i in range(4):
@@ -164,7 +169,7 @@ class FrequencySketch:
     def _reset(self) -> None:
         table = self.table
         odd = 0
-        for i in range(self.length):
+        for i in range(self._length):
             w = table[i]
             odd += bin(w & ONE_MASK).count("1")
             table[i] = (w >> 1) & RESET_MASK
@@ -189,41 +194,51 @@ class HeavyHitters:
     """
 
     def __init__(self, k: int, width: int, half_life: float, seed: int) -> None:
-        self.k = int(k)
-        self.width = ceil_pow2(max(int(width), 2))
+        self._k = int(k)
+        self._width = ceil_pow2(max(int(width), 2))
         self.half_life = float(half_life)
-        n = 2 * self.width
+        n = 2 * self._width
         self.fp = array("Q", bytes(8 * n))
         self.cnt = array("q", bytes(8 * n))
         self.ptr = array("q", [-1]) * n
-        self.hashes = array("Q", bytes(8 * self.k))
-        self.counts = array("q", bytes(8 * self.k))
-        self.keys: List[Any] = [None] * self.k
+        self.hashes = array("Q", bytes(8 * self._k))
+        self.counts = array("q", bytes(8 * self._k))
+        self.keys: List[Any] = [None] * self._k
         self.used = 0
         self.min_bound = 0
         self.decay_at = 0.0
         self.started = False
         self.rng = SplitMix64(seed)
         self.decay = [math.pow(DECAY_BASE, -float(c)) for c in range(DECAY_LIMIT)]
-        self._lock = threading.Lock()
+        self._lock: ContextManager[Any] = threading.Lock()
+
+    k = property(lambda self: self._k)          # read-only, as in the compiled twin
+    width = property(lambda self: self._width)
 
     # -- time ---------------------------------------------------------------------------
     def _tick(self, now: float) -> None:
+        if not math.isfinite(now):  # a broken clock reading: no halving (and no overflow)
+            return
         if not self.started:
             self.started = True
             self.decay_at = now
             return
-        if now - self.decay_at >= self.half_life:
-            periods = int((now - self.decay_at) / self.half_life)
-            shift = periods if periods < 63 else 63
+        periods = (now - self.decay_at) / self.half_life
+        if periods >= 1.0:
+            # halve once per elapsed half-life; from 63 on every count is 0 and the float
+            # may not even fit a 64-bit int, so the next period starts now
+            shift = int(periods) if periods < 63.0 else 63
             cnt = self.cnt
-            for i in range(2 * self.width):
+            for i in range(2 * self._width):
                 cnt[i] >>= shift
             counts = self.counts
             for s in range(self.used):
                 counts[s] >>= shift
             self.min_bound >>= shift
-            self.decay_at += periods * self.half_life
+            if shift < 63:
+                self.decay_at += shift * self.half_life
+            else:
+                self.decay_at = now
 
     # -- the stream ---------------------------------------------------------------------
     def add(self, h: int, key: Any, now: float) -> int:
@@ -234,12 +249,12 @@ class HeavyHitters:
     def _add(self, h: int, key: Any, now: float) -> int:
         self._tick(now)
         g = mix64((h + GOLDEN) & MASK64)
-        mask = self.width - 1
+        mask = self._width - 1
         fp, cnt, ptr = self.fp, self.cnt, self.ptr
         est = 0
         hint = -1
         for j in range(2):
-            i = j * self.width + ((g >> (32 * j)) & mask)
+            i = j * self._width + ((g >> (32 * j)) & mask)
             c = cnt[i]
             if c == 0:
                 fp[i] = h
@@ -270,7 +285,7 @@ class HeavyHitters:
             if est > counts[hint]:
                 counts[hint] = est
             return est
-        if self.used == self.k and est <= self.min_bound:
+        if self.used == self._k and est <= self.min_bound:
             return est
         # may enter: find it (a lost pointer) or the smallest slot
         hashes = self.hashes
@@ -290,7 +305,7 @@ class HeavyHitters:
             self._point(h, g, found)
             self.min_bound = self._table_min()
             return est
-        if self.used < self.k:
+        if self.used < self._k:
             s = self.used
             self.used += 1
         elif est > mval:
@@ -300,28 +315,30 @@ class HeavyHitters:
             return est
         hashes[s] = h
         counts[s] = est
-        self.keys[s] = key
         self._point(h, g, s)
         self.min_bound = self._table_min()
+        old = self.keys[s]
+        self.keys[s] = key
+        del old  # last: freeing a key may run arbitrary code
         return est
 
     def _table_min(self) -> int:
-        if self.used < self.k:
+        if self.used < self._k:
             return 0
         return min(self.counts)
 
     def _point(self, h: int, g: int, slot: int) -> None:
-        mask = self.width - 1
+        mask = self._width - 1
         for j in range(2):
-            i = j * self.width + ((g >> (32 * j)) & mask)
+            i = j * self._width + ((g >> (32 * j)) & mask)
             if self.cnt[i] > 0 and self.fp[i] == h:
                 self.ptr[i] = slot
 
     def _slot_of(self, h: int) -> int:
         g = mix64((h + GOLDEN) & MASK64)
-        mask = self.width - 1
+        mask = self._width - 1
         for j in range(2):
-            i = j * self.width + ((g >> (32 * j)) & mask)
+            i = j * self._width + ((g >> (32 * j)) & mask)
             p = self.ptr[i]
             if self.cnt[i] > 0 and self.fp[i] == h and p >= 0 and self.hashes[p] == h:
                 return p
@@ -341,10 +358,10 @@ class HeavyHitters:
     def estimate(self, h: int) -> int:
         """HeavyKeeper's count estimate for ``h`` (no update)."""
         g = mix64((h + GOLDEN) & MASK64)
-        mask = self.width - 1
+        mask = self._width - 1
         est = 0
         for j in range(2):
-            i = j * self.width + ((g >> (32 * j)) & mask)
+            i = j * self._width + ((g >> (32 * j)) & mask)
             if self.cnt[i] > 0 and self.fp[i] == h and self.cnt[i] > est:
                 est = self.cnt[i]
         return est
@@ -380,12 +397,12 @@ class HeavyHitters:
 
     def clear(self) -> None:
         with self._lock:
-            n = 2 * self.width
+            n = 2 * self._width
             for i in range(n):
                 self.fp[i] = 0
                 self.cnt[i] = 0
                 self.ptr[i] = -1
-            for s in range(self.k):
+            for s in range(self._k):
                 self.hashes[s] = 0
                 self.counts[s] = 0
                 self.keys[s] = None
