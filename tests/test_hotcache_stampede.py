@@ -518,19 +518,24 @@ def test_sync_get_or_load_on_the_loop_thread_does_not_wait_for_a_task(twin):
     assert cache.get("k") == "async"  # the leader finished later and stored its value
 
 
-def test_sync_wait_on_a_loop_thread_warns(twin):
-    cache = HotKeyCache(clock=ManualClock())
-    release = threading.Event()
-    entered = threading.Event()
+def start_held_leader(cache, value):
+    """A thread leading the load of "k", held inside its loader until ``release.set()``."""
+    release, entered = threading.Event(), threading.Event()
 
-    def slow_loader(key):
+    def loader(key):
         entered.set()
         release.wait(30)
-        return "thread"
+        return value
 
-    leader = threading.Thread(target=lambda: cache.get_or_load("k", slow_loader), daemon=True)
+    leader = threading.Thread(target=lambda: cache.get_or_load("k", loader), daemon=True)
     leader.start()
     entered.wait(30)
+    return release, leader
+
+
+def test_sync_wait_on_a_loop_thread_warns(twin):
+    cache = HotKeyCache(clock=ManualClock())
+    release, leader = start_held_leader(cache, "thread")
 
     async def main():
         def free_the_leader():  # once this loop's thread waits (or after the bound)
@@ -563,17 +568,7 @@ def test_a_loader_that_loads_its_own_key_fails_instead_of_waiting(twin):
 
 def test_set_and_delete_free_later_callers_from_a_stuck_load(twin):
     cache = HotKeyCache(clock=ManualClock())
-    release = threading.Event()
-    entered = threading.Event()
-
-    def stuck(key):
-        entered.set()
-        release.wait(30)
-        return "stale"
-
-    leader = threading.Thread(target=lambda: cache.get_or_load("k", stuck), daemon=True)
-    leader.start()
-    entered.wait(30)
+    release, leader = start_held_leader(cache, "stale")
     cache.delete("k")
     assert bounded(lambda: cache.get_or_load("k", lambda k: "fresh")) == "fresh"
     cache.delete("k")
