@@ -2,9 +2,9 @@
 """The memoised coroutine function's hit path (compiled twin of
 ``gameguard._pure.cachecall``; see it for the design).
 
-On a hit the call makes the key, looks it up in the table and returns a :class:`Ready`
-(from a free list) whose ``am_send`` slot reports the value as PYGEN_RETURN: no coroutine,
-no frame, no StopIteration.
+On a hit the kernel's ``CachedCall`` makes the key and looks it up, and a :class:`Ready`
+(from a free list) is returned whose ``am_send`` slot reports the value as PYGEN_RETURN:
+no coroutine, no frame, no StopIteration.
 """
 import types
 
@@ -23,12 +23,10 @@ cdef extern from "Python.h":
     ctypedef struct AwaitTypeSlots "PyTypeObject":
         AsyncSlots *tp_as_async
 
-from gameguard._fast.cachetable import MISS, REFRESH
+from gameguard._fast.cachetable import CachedCall
 
 __all__ = ["AsyncCachedCall", "Ready"]
 
-cdef object MISS_ = MISS
-cdef object REFRESH_ = REFRESH
 
 
 @cython.freelist(16)
@@ -89,37 +87,42 @@ cdef inline Ready _ready(object value):
     return r
 
 
+@cython.final
+cdef class _Pending:
+    """What the inner ``CachedCall`` returns on a miss: the slow path's coroutine."""
+    cdef object coro
+
+
+@cython.final
+cdef class _MarkSlow:
+    """The inner ``CachedCall``'s ``slow``: the public layer's, its coroutine marked."""
+    cdef object slow
+
+    def __call__(self, key, marker, args, kwargs):
+        cdef _Pending p = _Pending.__new__(_Pending)
+        p.coro = self.slow(key, marker, args, kwargs)
+        return p
+
+
 cdef class AsyncCachedCall:
-    """A memoised coroutine function: a hit returns a :class:`Ready`, a miss or a due
-    refresh the coroutine ``slow(key, marker, args, kwargs)``. Keys as ``CachedCall``."""
+    """A memoised coroutine function: ``CachedCall``'s keying and lookup, with a hit
+    answered by :class:`Ready` and a miss by the coroutine ``slow`` returns."""
 
     cdef readonly object func
-    cdef object lookup, absent, keyfunc, make_key, slow, absent_out
+    cdef object inner
     cdef dict __dict__
 
     def __init__(self, func, table, keyfunc, make_key, slow, absent_out):
+        cdef _MarkSlow mark = _MarkSlow.__new__(_MarkSlow)
+        mark.slow = slow
         self.func = func
-        self.lookup = table.lookup
-        self.absent = table.absent
-        self.keyfunc = keyfunc
-        self.make_key = make_key
-        self.slow = slow
-        self.absent_out = absent_out
+        self.inner = CachedCall(func, table, keyfunc, make_key, mark, absent_out)
 
     def __call__(self, *args, **kwargs):
-        cdef object key
-        if self.keyfunc is not None:
-            key = self.keyfunc(*args, **kwargs)
-        elif kwargs:
-            key = self.make_key(args, kwargs)
-        elif len(args) == 1 and (type(args[0]) is str or type(args[0]) is int):
-            key = args[0]
-        else:
-            key = args
-        v = self.lookup(key)
-        if v is MISS_ or v is REFRESH_:
-            return self.slow(key, v, args, kwargs)
-        return _ready(self.absent_out if v is self.absent else v)
+        r = self.inner(*args, **kwargs)
+        if type(r) is _Pending:
+            return (<_Pending>r).coro
+        return _ready(r)
 
     def __get__(self, obj, objtype):
         if obj is None:
