@@ -333,9 +333,11 @@ def test_ttl_message_allows_inf(twin):
     with pytest.raises(ConfigurationError) as info:
         cache.set("k", 1, ttl=-1)
     assert "finite" not in str(info.value) and "inf" in str(info.value)
-    with pytest.raises(ConfigurationError) as info:
-        HotKeyCache(ttl=0)
-    assert "finite" not in str(info.value) and "ttl" in str(info.value)
+    for kw in ({"ttl": 0}, {"negative_ttl": -2.0}):
+        with pytest.raises(ConfigurationError) as info:
+            HotKeyCache(**kw)
+        assert "finite" not in str(info.value) and next(iter(kw)) in str(info.value)
+    assert HotKeyCache(negative_ttl=float("inf")).negative_ttl == float("inf")
     cache.set("k", 1, ttl=float("inf"))
     assert cache.get_or_load("j", lambda k: 2, ttl=float("inf")) == 2
     assert cache.expires_at("j") == float("inf")

@@ -73,13 +73,15 @@ class _Absent:
 ABSENT: Any = _Absent()
 
 
-def _check_ttl(value: Any) -> float:
-    """A per-call or default ``ttl``: a number > 0, ``float("inf")`` allowed."""
+def _check_ttl(value: Any, param: str = "ttl") -> float:
+    """A lifetime (``ttl``, per call or default, or ``negative_ttl``): a number > 0,
+    ``float("inf")`` allowed."""
     try:
-        return check_positive("ttl", value, allow_inf=True)
+        return check_positive(param, value, allow_inf=True)
     except ConfigurationError:  # its message says "finite", which inf need not be
         raise ConfigurationError(
-            f"ttl must be a number > 0 (float('inf'): never expires), got {value!r}") from None
+            f"{param} must be a number > 0 (float('inf'): never expires), got {value!r}"
+        ) from None
 
 
 class _Flight:
@@ -191,7 +193,7 @@ class HotKeyCache(Generic[V]):
             raise ConfigurationError(f"ttl_jitter must be a number in [0, 1), got {ttl_jitter!r}")
         self.ttl_jitter = float(ttl_jitter)
         self.negative_ttl = None if negative_ttl is None else \
-            check_positive("negative_ttl", negative_ttl, allow_inf=True)
+            _check_ttl(negative_ttl, "negative_ttl")
         if isinstance(refresh_ahead, bool) or not isinstance(refresh_ahead, (int, float)) \
                 or not 0.0 < refresh_ahead <= 1.0:
             raise ConfigurationError(
