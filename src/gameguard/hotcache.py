@@ -88,8 +88,8 @@ class _Flight:
     """One in-flight load of one key, shared by the threads and tasks that wait for it.
     Waiters register under the shard's lock; the thread Event is made only when a thread
     actually waits (creating one costs more than the rest of a miss). ``owner`` is the
-    leader's thread and ``task`` its asyncio task (None for a sync leader): a waiter on that
-    thread could never be woken, as the leader cannot run while it blocks."""
+    leader's thread and ``task`` its asyncio task (None for a sync leader): a sync waiter on
+    that thread could never be woken, as the leader cannot run while it blocks."""
 
     __slots__ = ("value", "exc", "abandoned", "done", "event", "futures", "owner", "task")
 
