@@ -279,11 +279,18 @@ def test_async_cashews(benchmark):
 
 # -- instruction counts (callgrind) -------------------------------------------------------------
 def _instr_case(case: str):
-    """A one-argument callable doing one call of ``case``."""
+    """A one-argument callable doing one call of ``case`` (for ``a...`` cases, one call
+    whose result is awaited)."""
     kind = "pure" if case.endswith("_pure") else "fast"
     base = case[:-5] if case.endswith("_pure") else case
     if base == "bare":
         return handler
+    if base == "abare":
+        return ahandler
+    if base == "acached":
+        f = _cache(kind).cached(ahandler)
+        asyncio.run(f(KEY))
+        return f
     if base == "get":
         cache = _cache(kind)
         cache.set(KEY, 1)
@@ -313,7 +320,7 @@ def _instr_case(case: str):
 
 
 INSTR_CASES = ["bare", "get", "get_pure", "cached", "lru_cache", "ttlcache_get",
-               "cachetools_cached", "miss"]
+               "cachetools_cached", "miss", "abare", "acached", "acached_pure"]
 
 
 if __name__ == "__main__":
@@ -323,5 +330,11 @@ if __name__ == "__main__":
     import sys
     case, n = sys.argv[1], int(sys.argv[2])
     f = _instr_case(case)
-    for _ in range(n):
-        f(KEY)
+    if case.startswith("a"):  # abare, acached[_pure]: n awaited calls in one loop
+        async def many() -> None:
+            for _ in range(n):
+                await f(KEY)
+        asyncio.run(many())
+    else:
+        for _ in range(n):
+            f(KEY)

@@ -437,3 +437,138 @@ def test_hit_ratio_beats_lru_on_zipf_08(twin):
         else:
             cache.get_or_load(k, lambda key: key)
     assert hits / len(trace) >= lru_ratio + 0.05
+
+
+# -- never None for a loader that returned a value ------------------------------------------
+class SteppingClock:
+    """A clock whose next read after ``jump_after_next_read`` returns the new time: the
+    entry expires between the refresh-ahead lookup and the read that follows it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.pending = None
+
+    def __call__(self) -> float:
+        now = self.now
+        if self.pending is not None:
+            self.now, self.pending = self.pending, None
+        return now
+
+    def jump_after_next_read(self, to: float) -> None:
+        self.pending = to
+
+
+def _hot_near_expiry(clock: SteppingClock, **kw) -> HotKeyCache:
+    """A cache whose key "k" (value "old", expiring at 10.0, refresh point 9.99) is hot."""
+    cache = HotKeyCache(clock=clock, ttl=10.0, ttl_jitter=0.0, refresh_ahead=0.999, **kw)
+    cache.set("k", "old")
+    while clock.now < 9.99:
+        clock.now += 0.001
+        cache.get("k")  # plain reads make it hot and never refresh
+    clock.now = 9.995
+    clock.jump_after_next_read(10.0)  # the lookup sees 9.995 (refresh due), then expiry
+    return cache
+
+
+def test_async_refresh_racing_expiry_returns_the_loaded_value(twin):
+    clock = SteppingClock()
+    cache = _hot_near_expiry(clock)
+
+    async def aloader(key):
+        return "new"
+
+    assert asyncio.run(cache.get_or_load_async("k", aloader)) == "new"
+    assert cache.get("k") == "new"
+
+
+def test_sync_refresh_racing_expiry_returns_the_loaded_value(twin):
+    clock = SteppingClock()
+    cache = _hot_near_expiry(clock)
+    assert cache.get_or_load("k", lambda key: "new") == "new"
+
+
+def test_async_cached_refresh_racing_expiry_returns_the_loaded_value(twin):
+    clock = SteppingClock()
+    cache = _hot_near_expiry(clock)
+
+    @cache.cached(key=lambda item: item)
+    async def fetch(item):
+        return "new"
+
+    assert asyncio.run(fetch("k")) == "new"
+
+
+# -- the async decorator's hit path -----------------------------------------------------------
+@pytest.mark.asyncio
+async def test_cached_async_hit_is_a_finished_awaitable(twin):
+    import inspect
+    cache = make()
+    calls = []
+
+    @cache.cached
+    async def fetch(x, scale=10):
+        """Fetch docs."""
+        calls.append(x)
+        return x * scale
+
+    assert inspect.iscoroutinefunction(fetch) and asyncio.iscoroutinefunction(fetch)
+    assert fetch.__doc__ == "Fetch docs." and fetch.__wrapped__ is not None
+    assert str(inspect.signature(fetch)) == "(x, scale=10)" and fetch.cache is cache
+    miss = fetch(4)
+    assert inspect.isawaitable(miss) and await miss == 40
+    hit = fetch(4)
+    assert asyncio.iscoroutine(hit)  # create_task and gather take it like a coroutine
+    assert await hit == 40 and await hit == 40  # done: awaiting again gives the value
+    assert await asyncio.create_task(fetch(4)) == 40
+    assert await asyncio.gather(fetch(4), fetch(4)) == [40, 40]
+    assert await fetch(4, scale=3) == 12 and await fetch(4, scale=3) == 12
+    assert await fetch(x=4) == 40 and calls == [4, 4, 4]  # keyword calls have their own key
+    assert cache.get(4) == 40
+    with pytest.raises(ZeroDivisionError):
+        fetch(4).throw(ZeroDivisionError)
+    fetch(4).close()  # nothing to release
+
+
+@pytest.mark.asyncio
+async def test_cached_async_method_tuple_keys_and_absent(twin):
+    cache = make(negative_ttl=5.0)
+    calls = []
+
+    class Shop:
+        @cache.cached
+        async def stock(self, item):
+            calls.append(item)
+            return ABSENT if item == "ghost" else 5
+
+    shop = Shop()
+    assert await shop.stock("a") == 5 and await shop.stock("a") == 5
+    assert await shop.stock("ghost") is ABSENT and await shop.stock("ghost") is ABSENT
+    assert calls == ["a", "ghost"] and cache.get((shop, "a")) == 5
+
+    quiet = make(negative_ttl=5.0, none_is_absent=True)
+
+    @quiet.cached
+    async def find(a, b):
+        calls.append((a, b))
+
+    assert await find(1, 2) is None and await find(1, 2) is None
+    assert calls[-1] == (1, 2) and calls.count((1, 2)) == 1
+
+
+@pytest.mark.asyncio
+async def test_cached_async_errors_are_not_cached(twin):
+    cache = make()
+    calls = []
+
+    @cache.cached
+    async def flaky(x):
+        calls.append(x)
+        if len(calls) == 1:
+            raise ConnectionError("db down")
+        return x
+
+    with pytest.raises(ConnectionError):
+        await flaky("a")
+    assert await flaky("a") == "a" and await flaky("a") == "a" and len(calls) == 2
+    with pytest.raises(TypeError):
+        flaky([1])  # unhashable key: raised at the call, as the sync wrapper does

@@ -15,26 +15,36 @@ Bounded at ``maxsize`` with TinyLFU admission (see :mod:`gameguard._pure.cacheta
 """
 from __future__ import annotations
 
-import asyncio
 import functools
-import inspect
 import logging
 import random
 import secrets
 import threading
-from typing import (Any, Awaitable, Callable, Dict, Hashable, List, Optional, Set, Tuple,
-                    TypeVar, Union)
+import typing
+from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Coroutine, Dict, Generic,
+                    Hashable, List, Optional, Protocol, Set, Tuple, overload)
 
 from . import _impl
+from ._checks import check_clock, check_int, check_name, check_non_negative, check_positive
+from ._loop import warn_if_loop_thread
 from .clock import Clock, monotonic
 from .errors import ConfigurationError
-from ._checks import check_clock, check_int, check_name, check_non_negative, check_positive
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from typing_extensions import ParamSpec, TypeVar
+
+    V = TypeVar("V", default=Any)   # the cached values' type; HotKeyCache() is HotKeyCache[Any]
+    R = TypeVar("R")
+    K = TypeVar("K", bound=Hashable)
+    P = ParamSpec("P")
+else:  # annotation-only names stay out of the import (typing_extensions costs milliseconds)
+    V = typing.TypeVar("V")
 
 __all__ = ["HotKeyCache", "ABSENT"]
 
 log = logging.getLogger("gameguard")
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 class _Absent:
@@ -63,22 +73,38 @@ class _Absent:
 ABSENT: Any = _Absent()
 
 
+def _check_ttl(value: Any, param: str = "ttl") -> float:
+    """A lifetime (``ttl``, per call or default, or ``negative_ttl``): a number > 0,
+    ``float("inf")`` allowed."""
+    try:
+        return check_positive(param, value, allow_inf=True)
+    except ConfigurationError:  # its message says "finite", which inf need not be
+        raise ConfigurationError(
+            f"{param} must be a number > 0 (float('inf'): never expires), got {value!r}"
+        ) from None
+
+
 class _Flight:
     """One in-flight load of one key, shared by the threads and tasks that wait for it.
     Waiters register under the shard's lock; the thread Event is made only when a thread
-    actually waits (creating one costs more than the rest of a miss)."""
+    actually waits (creating one costs more than the rest of a miss). ``owner`` is the
+    leader's thread and ``task`` its asyncio task (None for a sync leader): a sync waiter on
+    that thread could never be woken, as the leader cannot run while it blocks."""
 
-    __slots__ = ("value", "exc", "abandoned", "event", "futures", "store")
+    __slots__ = ("value", "exc", "abandoned", "done", "event", "futures", "owner", "task")
 
-    def __init__(self) -> None:
+    def __init__(self, task: Optional["asyncio.Task[Any]"] = None) -> None:
         self.value: Any = None
         self.exc: Optional[BaseException] = None
         self.abandoned = False   # the leader was cancelled/interrupted: a waiter takes over
+        self.done = False
         self.event: Optional[threading.Event] = None
-        self.futures: List[Tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]] = []
-        self.store = True        # False once the key was deleted/set meanwhile
+        self.futures: List[Tuple["asyncio.AbstractEventLoop", "asyncio.Future[None]"]] = []
+        self.owner = threading.get_ident()
+        self.task = task
 
-    def wake(self, futures: List[Tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]]) -> None:
+    def wake(self, futures: List[Tuple["asyncio.AbstractEventLoop",
+                                       "asyncio.Future[None]"]]) -> None:
         if self.event is not None:
             self.event.set()
         for loop, fut in futures:
@@ -87,10 +113,21 @@ class _Flight:
             except RuntimeError:  # that loop is closed: its waiter is gone
                 pass
 
+    def outcome(self) -> Any:
+        """The shared result for a woken waiter (the leader's exception is raised)."""
+        if self.exc is not None:
+            raise self.exc
+        return self.value
+
 
 def _resolve(fut: "asyncio.Future[None]") -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+def _recursive(key: Any) -> RuntimeError:
+    return RuntimeError(f"the loader of {key!r} loads {key!r} again (a recursive load "
+                        "waits for itself for ever)")
 
 
 def _make_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
@@ -106,7 +143,18 @@ def _make_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
 _KWMARK = object()
 
 
-class HotKeyCache:
+class CachedDecorator(Protocol):
+    """What ``cache.cached(key=..., ttl=...)`` returns: it keeps the decorated signature."""
+
+    @overload
+    def __call__(self, func: Callable[P, Coroutine[Any, Any, R]], /
+                 ) -> Callable[P, Coroutine[Any, Any, R]]: ...
+
+    @overload
+    def __call__(self, func: Callable[P, R], /) -> Callable[P, R]: ...
+
+
+class HotKeyCache(Generic[V]):
     """A bounded, sharded TTL cache for values read by many players at once.
 
     ``get`` of a present, fresh entry takes no lock: a dict lookup in the key's shard, an
@@ -114,9 +162,9 @@ class HotKeyCache:
     take the shard's lock. ``get_or_load`` runs one loader per key at a time (threads and
     asyncio tasks alike) and refreshes hot keys ahead of expiry. An entry is gone when
     ``now >= expires_at`` with ``expires_at = set time + ttl * (1 + ttl_jitter * u)``, ``u``
-    uniform in [-1, 1] (DESIGN §4.1).
+    uniform in [-1, 1].
 
-    Parameters beyond DESIGN §4: ``refresh_ahead`` (fraction of an entry's lifetime after
+    Parameters beyond the basics: ``refresh_ahead`` (fraction of an entry's lifetime after
     which a hot key is reloaded: 0.8), ``hot_rate`` (reads per second from which a key
     counts as hot: 1.0), ``hot_capacity`` (keys tracked by the heavy-hitter sketch: 64),
     ``hot_half_life`` (seconds; counts are halved this often: 2.0), ``none_is_absent``
@@ -124,8 +172,10 @@ class HotKeyCache:
     jitter seed; default random per cache) and ``rng`` (a zero-argument callable returning
     uniform floats in [0, 1) for the jitter).
 
-    Keys must be hashable (``TypeError`` otherwise). Memory: at most ``maxsize`` entries,
-    plus ~8 bytes per entry of sketch and a fixed ~40 KB heavy-hitter table.
+    Generic in its values: ``HotKeyCache[Player]`` types ``get``, ``set`` and the loaders;
+    a plain ``HotKeyCache()`` is ``HotKeyCache[Any]``. Keys must be hashable (``TypeError``
+    otherwise). Memory: at most ``maxsize`` entries, plus ~8 bytes per entry of sketch and a
+    fixed ~40 KB heavy-hitter table.
     """
 
     def __init__(self, maxsize: int = 100_000, ttl: float = 60.0, *, shards: int = 64,
@@ -136,14 +186,14 @@ class HotKeyCache:
                  seed: Optional[int] = None,
                  rng: Optional[Callable[[], float]] = None) -> None:
         self.maxsize = check_int("maxsize", maxsize, 1)
-        self.ttl = check_positive("ttl", ttl, allow_inf=True)
+        self.ttl = _check_ttl(ttl)
         self.shards = check_int("shards", shards, 1, 1 << 16)
         if isinstance(ttl_jitter, bool) or not isinstance(ttl_jitter, (int, float)) \
                 or not 0.0 <= ttl_jitter < 1.0:
             raise ConfigurationError(f"ttl_jitter must be a number in [0, 1), got {ttl_jitter!r}")
         self.ttl_jitter = float(ttl_jitter)
         self.negative_ttl = None if negative_ttl is None else \
-            check_positive("negative_ttl", negative_ttl, allow_inf=True)
+            _check_ttl(negative_ttl, "negative_ttl")
         if isinstance(refresh_ahead, bool) or not isinstance(refresh_ahead, (int, float)) \
                 or not 0.0 < refresh_ahead <= 1.0:
             raise ConfigurationError(
@@ -168,6 +218,7 @@ class HotKeyCache:
         self._rng: Callable[[], float] = rng if rng is not None else random.Random(seed).random
         mod = _impl.kernel("cachetable")
         self._kmod = mod
+        self._callmod = _impl.kernel("cachecall")
         self._MISS, self._REFRESH = mod.MISS, mod.REFRESH
         self._core = mod.CacheTable(
             self.maxsize, self.shards, self.seed, clock, hot_capacity=hot_capacity,
@@ -179,12 +230,19 @@ class HotKeyCache:
         self._tasks: Set["asyncio.Task[Any]"] = set()
         self._loads = 0
         self._coalesced = 0
+        self._duplicates = 0
         self._refreshes = 0
         self._refresh_failures = 0
         # the hit path: straight into the kernel, no Python frame of ours in between
         self.get = self._core.get  # type: ignore[method-assign]
 
     # -- reading ------------------------------------------------------------------------
+    @overload
+    def get(self, key: Hashable) -> Optional[V]: ...
+
+    @overload
+    def get(self, key: Hashable, default: R) -> V | R: ...
+
     def get(self, key: Hashable, default: Any = None) -> Any:  # replaced per instance
         """The fresh value cached for ``key``, else ``default``. Lock-free; O(1)."""
         return self._core.get(key, default)
@@ -203,39 +261,33 @@ class HotKeyCache:
 
     # -- writing ------------------------------------------------------------------------
     def _lifetime(self, ttl: Optional[float]) -> float:
-        if ttl is None:
-            ttl = self.ttl
-        else:
-            ttl = check_positive("ttl", ttl, allow_inf=True)
+        ttl = self.ttl if ttl is None else ttl
         if self.ttl_jitter == 0.0:
             return ttl
         return ttl * (1.0 + self.ttl_jitter * (2.0 * self._rng() - 1.0))
 
     def _put(self, key: Any, value: Any, ttl: Optional[float], now: float) -> None:
-        """Store under the shard lock (held by the caller)."""
+        """Store under the shard lock (held by the caller); ``ttl`` is already checked."""
         life = self._lifetime(ttl)
         expires = now + life
         self._core.put(key, value, expires, now + self.refresh_ahead * life, now)
 
-    def set(self, key: Hashable, value: Any, ttl: Optional[float] = None) -> None:
+    def set(self, key: Hashable, value: V, ttl: Optional[float] = None) -> None:
         """Cache ``value`` for ``ttl`` seconds (default: the cache's), jittered. A load in
-        flight for ``key`` no longer stores its result."""
+        flight for ``key`` no longer stores its result; later misses do not wait for it."""
         if ttl is not None:
-            check_positive("ttl", ttl, allow_inf=True)
+            ttl = _check_ttl(ttl)
         s = self._core.shard_of(key)
         with self._locks[s]:
-            fl = self._flights[s].get(key)
-            if fl is not None:
-                fl.store = False
+            self._flights[s].pop(key, None)
             self._put(key, value, ttl, self._clock())
 
     def delete(self, key: Hashable) -> bool:
-        """Drop ``key``; True if an entry was held. A load in flight no longer stores."""
+        """Drop ``key``; True if an entry was held. A load in flight no longer stores its
+        result; later misses start a new one."""
         s = self._core.shard_of(key)
         with self._locks[s]:
-            fl = self._flights[s].get(key)
-            if fl is not None:
-                fl.store = False
+            self._flights[s].pop(key, None)
             return bool(self._core.delete(key))
 
     def clear(self) -> None:
@@ -243,8 +295,7 @@ class HotKeyCache:
             lock.acquire()
         try:
             for flights in self._flights:
-                for fl in flights.values():
-                    fl.store = False
+                flights.clear()
             self._core.clear()
         finally:
             for lock in self._locks:
@@ -281,22 +332,28 @@ class HotKeyCache:
             self._put(key, value, ttl, now)
 
     # -- singleflight (threads) ---------------------------------------------------------
-    def get_or_load(self, key: Hashable, loader: Callable[[Any], Any],
-                    ttl: Optional[float] = None) -> Any:
+    def get_or_load(self, key: K, loader: Callable[[K], V], ttl: Optional[float] = None) -> V:
         """The cached value for ``key``, else ``loader(key)``, cached for ``ttl``.
 
         Concurrent misses on one key (threads or tasks) run ``loader`` once and all get its
         result or its exception; nothing is cached on an exception. A hot key past its
         refresh point is reloaded by one caller while the others keep the current value.
+        ``ttl`` is checked before anything is loaded. On an event loop's thread, a miss
+        whose load a task of that loop leads cannot wait for it (the task cannot run
+        meanwhile): it runs ``loader`` itself (``stats()["duplicate_loads"]``); waiting
+        for another thread's load there warns (``RuntimeWarning``). A loader that loads its
+        own key again gets a ``RuntimeError`` instead of waiting for itself.
         """
         if not callable(loader):
             raise TypeError(f"loader must be callable, got {loader!r}")
+        if ttl is not None:
+            ttl = _check_ttl(ttl)
         v = self._core.lookup(key)
         if v is self._MISS:
-            return self._load(key, loader, ttl)
+            return self._load(key, loader, ttl)  # type: ignore[no-any-return]
         if v is self._REFRESH:
-            return self._refresh(key, loader, ttl)
-        return self._out(v)
+            return self._refresh(key, loader, ttl)  # type: ignore[no-any-return]
+        return self._out(v)  # type: ignore[no-any-return]
 
     def _load(self, key: Any, loader: Callable[[Any], Any], ttl: Optional[float]) -> Any:
         s = self._core.shard_of(key)
@@ -307,33 +364,53 @@ class HotKeyCache:
                 if v is not self._MISS:
                     return self._out(v)
                 fl = flights.get(key)
-                leader = fl is None
                 if fl is None:
                     fl = flights[key] = _Flight()
                     self._loads += 1
+                    event = None
+                elif fl.owner == threading.get_ident():
+                    if fl.task is None:  # this very thread leads it: the loader recursed
+                        raise _recursive(key)
+                    self._loads += 1     # a task of the loop on this thread leads it
+                    self._duplicates += 1
+                    fl = event = None
                 else:
                     self._coalesced += 1
                     if fl.event is None:
                         fl.event = threading.Event()
                     event = fl.event
-            if leader:
+            if fl is None:
+                return self._out(self._load_alone(s, key, loader, ttl))
+            if event is None:
                 return self._out(self._lead(s, key, fl, loader, ttl, refresh=False))
+            warn_if_loop_thread(f"get_or_load({key!r}) waiting for another thread's load",
+                                "get_or_load_async", stacklevel=4)
             event.wait()
-            if fl.abandoned:
-                continue
-            if fl.exc is not None:
-                raise fl.exc
-            return self._out(fl.value)
+            if not fl.abandoned:
+                return self._out(fl.outcome())
+
+    @staticmethod
+    def _call_loader(loader: Callable[[Any], Any], key: Any) -> Any:
+        value = loader(key)
+        if hasattr(type(value), "__await__"):
+            close = getattr(value, "close", None)
+            if close is not None:
+                close()
+            raise TypeError("the loader returned an awaitable: use get_or_load_async")
+        return value
+
+    def _load_alone(self, s: int, key: Any, loader: Callable[[Any], Any],
+                    ttl: Optional[float]) -> Any:
+        """Load beside a flight this thread cannot wait for, and store the result."""
+        value = self._call_loader(loader, key)
+        with self._locks[s]:
+            self._store_result(key, value, ttl, self._clock())
+        return value
 
     def _lead(self, s: int, key: Any, fl: _Flight, loader: Callable[[Any], Any],
               ttl: Optional[float], refresh: bool) -> Any:
         try:
-            value = loader(key)
-            if hasattr(type(value), "__await__"):
-                close = getattr(value, "close", None)
-                if close is not None:
-                    close()
-                raise TypeError("the loader returned an awaitable: use get_or_load_async")
+            value = self._call_loader(loader, key)
         except Exception as exc:
             self._finish(s, key, fl, exc=exc, refresh=refresh)
             raise
@@ -346,20 +423,33 @@ class HotKeyCache:
     def _finish(self, s: int, key: Any, fl: _Flight, *, value: Any = None,
                 exc: Optional[BaseException] = None, abandoned: bool = False,
                 ttl: Optional[float] = None, refresh: bool = False) -> None:
+        """End a flight: store the result (unless ``set``/``delete`` detached it), then wake
+        every waiter, whatever fails. A result that cannot be stored (a user clock or rng
+        raised, say) becomes the error every waiter and the leader get."""
+        error: Optional[BaseException] = None
         with self._locks[s]:
-            now = self._clock()
-            if exc is None and not abandoned:
-                if fl.store:
-                    self._store_result(key, value, ttl, now)
-            elif refresh:
-                self._core.end_refresh(key, now)
-                if exc is not None:
-                    self._refresh_failures += 1
-            if self._flights[s].get(key) is fl:
-                del self._flights[s][key]
-            fl.value, fl.exc, fl.abandoned = value, exc, abandoned
+            flights = self._flights[s]
+            current = flights.get(key) is fl
+            if current:
+                del flights[key]
+            try:
+                if exc is None and not abandoned:
+                    if current:
+                        self._store_result(key, value, ttl, self._clock())
+                elif refresh:
+                    self._core.end_refresh(key, self._clock())
+                    if exc is not None:
+                        self._refresh_failures += 1
+            except BaseException as err:
+                if exc is None and not abandoned:
+                    error = exc = err
+                else:  # keep the loader's own exception; this one is only logged
+                    log.warning("cleaning up the failed load of %r failed", key, exc_info=True)
+            fl.value, fl.exc, fl.abandoned, fl.done = value, exc, abandoned, True
             futures, fl.futures = fl.futures, []
         fl.wake(futures)
+        if error is not None:
+            raise error
 
     def _refresh(self, key: Any, loader: Callable[[Any], Any], ttl: Optional[float]) -> Any:
         """This caller owns the refresh of a fresh hot key: reload it inline; on failure
@@ -385,10 +475,18 @@ class HotKeyCache:
             return self._out(old)
 
     # -- singleflight (asyncio) ---------------------------------------------------------
-    async def get_or_load_async(self, key: Hashable,
-                                loader: Callable[[Any], Union[Awaitable[Any], Any]],
+    @overload
+    async def get_or_load_async(self, key: K, loader: Callable[[K], Awaitable[V]],
+                                ttl: Optional[float] = None) -> V: ...
+
+    @overload
+    async def get_or_load_async(self, key: K, loader: Callable[[K], V],
+                                ttl: Optional[float] = None) -> V: ...
+
+    async def get_or_load_async(self, key: Any, loader: Callable[[Any], Any],
                                 ttl: Optional[float] = None) -> Any:
         """``get_or_load`` for coroutines: ``await loader(key)`` (a sync loader works too).
+        Returns the loaded value (never ``None`` for a loader that returned something else).
 
         If the task running the loader is cancelled, a waiting task takes over the load;
         a cancelled waiter leaves the others waiting. A hot key's refresh runs in a
@@ -396,15 +494,18 @@ class HotKeyCache:
         """
         if not callable(loader):
             raise TypeError(f"loader must be callable, got {loader!r}")
+        if ttl is not None:
+            ttl = _check_ttl(ttl)
         v = self._core.lookup(key)
+        if v is self._REFRESH:
+            v = self._refresh_async(key, loader, ttl)
         if v is self._MISS:
             return await self._load_async(key, loader, ttl)
-        if v is self._REFRESH:
-            return self._refresh_async(key, loader, ttl)
         return self._out(v)
 
     async def _load_async(self, key: Any, loader: Callable[[Any], Any],
                           ttl: Optional[float]) -> Any:
+        import asyncio
         s = self._core.shard_of(key)
         lock, flights = self._locks[s], self._flights[s]
         loop = asyncio.get_running_loop()
@@ -416,8 +517,11 @@ class HotKeyCache:
                 fl = flights.get(key)
                 fut: Optional["asyncio.Future[None]"] = None
                 if fl is None:
-                    fl = flights[key] = _Flight()
+                    fl = flights[key] = _Flight(asyncio.current_task())
                     self._loads += 1
+                elif fl.owner == threading.get_ident() and (
+                        fl.task is None or fl.task is asyncio.current_task()):
+                    raise _recursive(key)  # its leader is this very caller
                 else:
                     fut = loop.create_future()
                     fl.futures.append((loop, fut))
@@ -433,11 +537,8 @@ class HotKeyCache:
                     except ValueError:
                         pass
                 raise
-            if fl.abandoned:
-                continue
-            if fl.exc is not None:
-                raise fl.exc
-            return self._out(fl.value)
+            if not fl.abandoned:
+                return self._out(fl.outcome())
 
     async def _lead_async(self, s: int, key: Any, fl: _Flight, loader: Callable[[Any], Any],
                           ttl: Optional[float], refresh: bool) -> Any:
@@ -456,20 +557,35 @@ class HotKeyCache:
 
     def _refresh_async(self, key: Any, loader: Callable[[Any], Any],
                        ttl: Optional[float]) -> Any:
+        """Start the background refresh of a hot key; the stored value now, or ``MISS``
+        if it expired or was deleted since the lookup (the caller then loads it)."""
+        import asyncio
         s = self._core.shard_of(key)
         with self._locks[s]:
             now = self._clock()
             old = self._core.peek(key, now)
             if old is self._MISS or key in self._flights[s]:
                 self._core.end_refresh(key, now)
-                return self._out(old) if old is not self._MISS else None
+                return old
             fl = self._flights[s][key] = _Flight()
             self._loads += 1
             self._refreshes += 1
-        task = asyncio.get_running_loop().create_task(self._refresh_task(s, key, fl, loader, ttl))
+        coro = self._refresh_task(s, key, fl, loader, ttl)
+        try:
+            fl.task = task = asyncio.get_running_loop().create_task(coro)
+        except BaseException:
+            coro.close()
+            self._finish(s, key, fl, abandoned=True, refresh=True)
+            raise
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return self._out(old)
+        # a task cancelled before it ever ran never enters _lead_async: end its flight here
+        task.add_done_callback(lambda t: self._task_done(t, s, key, fl))
+        return old
+
+    def _task_done(self, task: "asyncio.Task[Any]", s: int, key: Any, fl: _Flight) -> None:
+        self._tasks.discard(task)
+        if not fl.done:
+            self._finish(s, key, fl, abandoned=True, refresh=True)
 
     async def _refresh_task(self, s: int, key: Any, fl: _Flight, loader: Callable[[Any], Any],
                             ttl: Optional[float]) -> None:
@@ -480,48 +596,64 @@ class HotKeyCache:
                         exc_info=True)
 
     # -- decorator ----------------------------------------------------------------------
-    def cached(self, func: Optional[F] = None, /, *,
+    @overload
+    def cached(self, func: Callable[P, Coroutine[Any, Any, R]], /
+               ) -> Callable[P, Coroutine[Any, Any, R]]: ...
+
+    @overload
+    def cached(self, func: Callable[P, R], /) -> Callable[P, R]: ...
+
+    @overload
+    def cached(self, func: None = None, /, *, key: Optional[Callable[..., Hashable]] = None,
+               ttl: Optional[float] = None) -> CachedDecorator: ...
+
+    def cached(self, func: Optional[Callable[..., Any]] = None, /, *,
                key: Optional[Callable[..., Hashable]] = None,
                ttl: Optional[float] = None) -> Any:
         """Memoise a sync or async function in this cache, with singleflight and
-        refresh-ahead. ``key(*args, **kwargs)`` makes the cache key (default: the single
-        str/int argument, else the arguments as a tuple). Usable bare (``@cache.cached``)
-        or called (``@cache.cached(key=..., ttl=...)``). Share a cache between functions
-        only with keys that cannot collide."""
+        refresh-ahead; the wrapper keeps the signature (for type checkers too) and has
+        ``__wrapped__`` and ``cache``. ``key(*args, **kwargs)`` makes the cache key
+        (default: the single str/int argument, else the arguments as a tuple). Usable bare
+        (``@cache.cached``) or called (``@cache.cached(key=..., ttl=...)``). Share a cache
+        between functions only with keys that cannot collide.
+
+        An async hit is looked up when the function is called and answered by an awaitable
+        that is already done (no coroutine is made); a miss awaits the load."""
         if key is not None and not callable(key):
             raise ConfigurationError(f"key must be callable or None, got {key!r}")
         if ttl is not None:
-            check_positive("ttl", ttl, allow_inf=True)
+            ttl = _check_ttl(ttl)
 
-        def decorate(fn: F) -> F:
+        def decorate(fn: Callable[..., Any]) -> Any:
+            import inspect
             if not callable(fn):
                 raise TypeError(f"cached() decorates a function, got {fn!r}")
+            MISS = self._MISS
             if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
                     getattr(fn, "__call__", None)):
-                lookup, MISS, REFRESH, out = self._core.lookup, self._MISS, self._REFRESH, self._out
-
-                async def acached(*args: Any, **kwargs: Any) -> Any:
-                    k = _make_key(args, kwargs) if key is None else key(*args, **kwargs)
-                    v = lookup(k)
-                    if v is MISS or v is REFRESH:
-                        loader = lambda _k: fn(*args, **kwargs)  # noqa: E731
-                        if v is MISS:
-                            return await self._load_async(k, loader, ttl)
-                        return self._refresh_async(k, loader, ttl)
-                    return out(v)
-                wrapper: Any = acached
+                async def aslow(k: Any, v: Any, args: tuple[Any, ...],
+                                kwargs: dict[str, Any]) -> Any:
+                    loader = lambda _k: fn(*args, **kwargs)  # noqa: E731
+                    if v is not MISS:  # REFRESH
+                        v = self._refresh_async(k, loader, ttl)
+                        if v is not MISS:
+                            return self._out(v)
+                    return await self._load_async(k, loader, ttl)
+                wrapper = self._callmod.AsyncCachedCall(
+                    fn, self._core, key, _make_key, aslow, self._out(ABSENT))
+                _look_like_coroutine_function(wrapper, fn)
             else:
                 def slow(k: Any, v: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
                     loader = lambda _k: fn(*args, **kwargs)  # noqa: E731
-                    if v is self._MISS:
+                    if v is MISS:
                         return self._load(k, loader, ttl)
                     return self._refresh(k, loader, ttl)
                 # the hit path (key, lookup, expiry) runs in the kernel's CachedCall
                 wrapper = self._kmod.CachedCall(
                     fn, self._core, key, _make_key, slow, self._out(ABSENT))
-            functools.update_wrapper(wrapper, fn)
+                functools.update_wrapper(wrapper, fn)
             wrapper.cache = self
-            return wrapper  # type: ignore[no-any-return]
+            return wrapper
 
         if func is not None:
             return decorate(func)
@@ -537,17 +669,31 @@ class HotKeyCache:
     def stats(self) -> Dict[str, Any]:
         """Counters since creation: ``hits``, ``misses`` (reads), ``loads`` (loader calls,
         refreshes included), ``coalesced`` (callers that waited for another's load),
-        ``refreshes``, ``refresh_failures``, ``evictions`` (capacity), ``rejected`` (of
-        those, new keys refused by admission), ``expirations``, ``size``, ``maxsize``,
-        ``hot_keys`` (top 10). Read counters are exact in the compiled build; in the pure
-        build they are kept under the kernel's lock too."""
+        ``duplicate_loads`` (of the loads, those run beside a load that the caller, on the
+        event loop's thread, could not wait for), ``refreshes``, ``refresh_failures``,
+        ``evictions`` (capacity), ``rejected`` (of those, new keys refused by admission),
+        ``expirations``, ``size``, ``maxsize``, ``hot_keys`` (top 10). Read counters are
+        exact in the compiled build; in the pure build they are kept under the kernel's
+        lock too."""
         hits, misses, evictions, rejected, expirations = self._core.counters()
         return {"name": self.name, "hits": hits, "misses": misses, "loads": self._loads,
-                "coalesced": self._coalesced, "refreshes": self._refreshes,
-                "refresh_failures": self._refresh_failures, "evictions": evictions,
-                "rejected": rejected, "expirations": expirations, "size": len(self._core),
-                "maxsize": self.maxsize, "hot_keys": self.hot_keys(10)}
+                "coalesced": self._coalesced, "duplicate_loads": self._duplicates,
+                "refreshes": self._refreshes, "refresh_failures": self._refresh_failures,
+                "evictions": evictions, "rejected": rejected, "expirations": expirations,
+                "size": len(self._core), "maxsize": self.maxsize,
+                "hot_keys": self.hot_keys(10)}
 
     def __repr__(self) -> str:
         return (f"<HotKeyCache {self.name!r} size={len(self._core)}/{self.maxsize} "
                 f"ttl={self.ttl!r}>")
+
+
+def _look_like_coroutine_function(wrapper: Any, fn: Callable[..., Any]) -> None:
+    """``functools.update_wrapper``, plus ``fn``'s code object and defaults, so that
+    ``inspect.iscoroutinefunction(wrapper)`` stays true (frameworks dispatch on it)."""
+    functools.update_wrapper(wrapper, fn)
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        wrapper.__code__ = code
+        wrapper.__defaults__ = getattr(fn, "__defaults__", None)
+        wrapper.__kwdefaults__ = getattr(fn, "__kwdefaults__", None)
