@@ -388,10 +388,10 @@ def measure(case: str, n1: int = 20_000, n2: int = 120_000) -> float:
             ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
              __file__, case, str(n)],
             env={**os.environ, "PYTHONHASHSEED": "0"}, capture_output=True, text=True)
-        m = re.search(r"Collected : (\d+)", out.stderr)
+        m = re.search(r"(?:Collected :|I\s+refs:)\s*([\d,]+)", out.stderr)
         if out.returncode != 0 or not m:
             raise RuntimeError(f"{case}: {out.stderr[-500:]}")
-        counts.append(int(m.group(1)))
+        counts.append(int(m.group(1).replace(",", "")))
     return (counts[1] - counts[0]) / (n2 - n1)
 
 
