@@ -153,8 +153,15 @@ class TokenBucketKernel(GuardKernel):
             self.tokens = self.capacity if t > self.capacity else t
             self.last = now
 
-    rate = property(lambda self: self._rate, doc="Refill per second (set by configure).")
-    capacity = property(lambda self: self._capacity, doc="Most tokens held.")
+    @property
+    def rate(self) -> float:
+        """Refill per second (changed by configure only)."""
+        return self._rate
+
+    @property
+    def capacity(self) -> float:
+        """Most tokens held."""
+        return self._capacity
 
     def configure(self, now: float, rate: float, capacity: float) -> None:
         """Settle at the old rate up to ``now``, then switch; tokens are clipped to the new
@@ -267,8 +274,15 @@ class LeakyBucketKernel(GuardKernel):
             self.level = 0.0 if t < 0.0 else t
             self.last = now
 
-    rate = property(lambda self: self._rate, doc="Drain per second (set by configure).")
-    capacity = property(lambda self: self._capacity, doc="Most the meter holds.")
+    @property
+    def rate(self) -> float:
+        """Drain per second (changed by configure only)."""
+        return self._rate
+
+    @property
+    def capacity(self) -> float:
+        """Most the meter holds."""
+        return self._capacity
 
     def configure(self, now: float, rate: float, capacity: float) -> None:
         """Settle at the old rate up to ``now``, then switch. The level is kept: lowering it
@@ -419,11 +433,26 @@ class HybridKernel:
         self.clock = clock
 
     # indices into the modes: read-only (the compiled twin indexes a C array with them)
-    nmodes = property(lambda self: self._nmodes)
-    mode = property(lambda self: self._mode, doc="Index of the mode in force.")
-    calm_mode = property(lambda self: self._calm_mode)
-    dense_mode = property(lambda self: self._dense_mode)
-    frame_index = property(lambda self: self._frame_index)
+    @property
+    def nmodes(self) -> int:
+        return self._nmodes
+
+    @property
+    def mode(self) -> int:
+        """Index of the mode in force."""
+        return self._mode
+
+    @property
+    def calm_mode(self) -> int:
+        return self._calm_mode
+
+    @property
+    def dense_mode(self) -> int:
+        return self._dense_mode
+
+    @property
+    def frame_index(self) -> int:
+        return self._frame_index
 
     def _rates(self) -> None:
         w = self.shares[self._mode]
