@@ -1,40 +1,22 @@
 """The waiting machinery shared by the token and leaky buckets: reservations in the kernel,
-then a sleep that follows the guard's clock; argument checks shared by every limiter."""
+then a sleep that follows the guard's clock (a ``ManualClock`` advances instead of blocking;
+a real wait is cut into slices of at most ``threading.TIMEOUT_MAX``, so any timeout works)."""
 from __future__ import annotations
 
-import math
 import threading
 import time
-from typing import TYPE_CHECKING, Any, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from ..clock import async_sleeper, sleeper
 from ..errors import ConfigurationError, RateLimitExceeded
-from .._checks import check_non_negative, check_positive
-from ..guard import Guard
+from .._loop import warn_if_loop_thread
+from ._common import (CostOneGuard, Setting, changed, check_cost, check_rate_capacity,
+                      check_timeout, guard_cost_error, retry)
 
 if TYPE_CHECKING:
     import asyncio
 
 _EPS = 2.220446049250313e-16
-
-
-def _check_cost(cost: Any, capacity: float) -> float:
-    c = check_positive("cost", cost)
-    if c > capacity:
-        raise ConfigurationError(
-            f"cost must be at most capacity={capacity!r} (it could never be admitted), "
-            f"got {cost!r}")
-    return c
-
-
-def _check_timeout(timeout: Any) -> float:
-    if timeout is None:
-        return math.inf
-    return check_non_negative("timeout", timeout)
-
-
-def _retry(seconds: float) -> Optional[float]:
-    return None if math.isinf(seconds) else max(0.0, float(seconds))
 
 
 def _set_if_pending(fut: "asyncio.Future[None]") -> None:
@@ -55,17 +37,57 @@ class _Waiter:
         self.loop: Optional["asyncio.AbstractEventLoop"] = None
 
 
-class _PacedGuard(Guard):
+#: the longest single real wait: a longer one is taken in slices (threading refuses more)
+_SLICE = min(threading.TIMEOUT_MAX, 86400.0)
+
+
+class _PacedGuard(CostOneGuard):
     """Reservation-and-wait shared by :class:`TokenBucket` and :class:`LeakyBucket`.
 
     ``acquire`` reserves in the kernel (taking budget on credit), then sleeps until its
     deadline. Waiters are kept in reservation order; one that leaves without being granted
     (cancellation, KeyboardInterrupt) refunds its reservation, and every waiter behind it
     moves up by ``cost / rate`` (as in aiolimiter), so nobody is delayed by it.
+
+    ``rate`` and ``capacity`` are live settings: read them, change them with
+    :meth:`configure`.
     """
 
-    rate: float
-    capacity: float
+    rate = Setting()
+    capacity = Setting()
+    _rate: float
+    _capacity: float
+    _default_capacity = False  # capacity=None means max(rate, 1.0)
+
+    def configure(self, **changes: Any) -> None:
+        """Change ``rate`` and/or ``capacity`` live, with the constructor's checks, all or
+        nothing (an unknown setting is a :class:`ConfigurationError`).
+
+        The bucket is settled at the old rate up to now, then switched; tokens are clipped
+        to a smaller capacity (a leaky level is kept: lowering it would free room). Callers
+        queued in ``acquire`` hold reservations made at the old rate: what each still
+        waits for is rescaled to the new rate (a cut makes them wait longer, past their
+        ``timeout`` if need be; a raise lets them go sooner), so no budget is minted and
+        none of them is lost.
+        """
+        new = changed(self, changes, {"rate": self._rate, "capacity": self._capacity})
+        rate, capacity = check_rate_capacity(new["rate"], new["capacity"],
+                                             self._default_capacity)
+        self._check_bound([("capacity", capacity)])
+        with self._cond:
+            now = self._now()
+            old = self._rate
+            self._kernel.configure(now, rate, capacity)
+            self._rate, self._capacity = rate, capacity
+            for w in self._waiters:
+                w.shift = w.cost / rate
+                if w.deadline > now:
+                    w.deadline = now + (w.deadline - now) * (old / rate)
+                self._wake(w)
+            self._cond.notify_all()
+
+    def _guard_error(self) -> Optional[ConfigurationError]:
+        return guard_cost_error(self.name, "capacity", self._capacity)
 
     def _init_waiting(self) -> None:
         self._cond = threading.Condition(threading.Lock())
@@ -74,14 +96,14 @@ class _PacedGuard(Guard):
         self._asleep = async_sleeper(self._clock)
 
     def _cost(self, cost: Any) -> float:
-        return _check_cost(cost, self.capacity)
+        return check_cost(cost, self._capacity)
 
     def _wait_needed(self, now: float, cost: float) -> float:
         raise NotImplementedError
 
     def _reserve(self, cost: Any, timeout: Any) -> Optional[_Waiter]:
         c = self._cost(cost)
-        max_wait = _check_timeout(timeout)
+        max_wait = check_timeout(timeout)
         with self._cond:
             now = self._now()
             delay = self._kernel.reserve(now, c, max_wait)
@@ -89,10 +111,10 @@ class _PacedGuard(Guard):
                 wait = self._wait_needed(now, c)
                 raise RateLimitExceeded(
                     f"{self.name!r}: cost {c!r} needs a wait of {wait:.6g}s, more than "
-                    f"timeout={timeout!r}", retry_after=_retry(wait), name=self.name)
+                    f"timeout={timeout!r}", retry_after=retry(wait), name=self.name)
             if delay == 0.0:
                 return None
-            w = _Waiter(now + delay, c, c / self.rate)
+            w = _Waiter(now + delay, c, c / self._rate)
             self._waiters.append(w)
             return w
 
@@ -133,14 +155,19 @@ class _PacedGuard(Guard):
 
     def _wait_sync(self, w: _Waiter) -> None:
         real = self._sleep is time.sleep
+        warned = False
         while True:
             now = self._now()
             if self._reached(w, now):
                 return
             remaining = w.deadline - now
             if real:
-                with self._cond:  # a waiter ahead that leaves wakes us early
-                    self._cond.wait(remaining)
+                if not warned:  # right before really blocking
+                    warned = True
+                    warn_if_loop_thread(f"{type(self).__name__}.acquire",
+                                        "await acquire_async(...)", stacklevel=4)
+                with self._cond:  # a waiter ahead that leaves (or configure) wakes us early
+                    self._cond.wait(min(remaining, _SLICE))
             else:
                 self._sleep(remaining)
 
@@ -157,7 +184,7 @@ class _PacedGuard(Guard):
                 fut: asyncio.Future[None] = loop.create_future()
                 with self._cond:
                     w.fut, w.loop = fut, loop
-                handle = loop.call_later(remaining, _set_if_pending, fut)
+                handle = loop.call_later(min(remaining, _SLICE), _set_if_pending, fut)
                 try:
                     await fut
                 finally:
@@ -201,10 +228,13 @@ class _PacedGuard(Guard):
         return len(self._waiters)
 
     def _rejection(self, now: float) -> Any:
-        if self.capacity < 1.0:
-            return ConfigurationError(
-                f"{self.name!r}: a guarded call costs 1 but capacity={self.capacity!r}; "
-                "use try_acquire(cost) with smaller costs or raise capacity")
+        err = self._guard_error()
+        if err is not None:
+            return err
         return RateLimitExceeded(
-            f"rate limit {self.name!r} exceeded", retry_after=_retry(
+            f"rate limit {self.name!r} exceeded", retry_after=retry(
                 self._kernel.retry_after(now)), name=self.name)
+
+    def _snapshot(self) -> Dict[str, Any]:
+        return {"name": self.name, "rate": self._rate, "capacity": self._capacity,
+                "waiting": self.waiting}

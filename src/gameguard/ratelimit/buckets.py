@@ -6,7 +6,8 @@ from typing import Any, Callable, Dict, Optional
 from .. import _impl
 from ..clock import Clock
 from ..errors import ConfigurationError
-from .._checks import check_name, check_non_negative, check_positive
+from .._checks import check_name, check_non_negative
+from ._common import check_rate_capacity
 from ._waiting import _PacedGuard
 
 
@@ -25,25 +26,26 @@ class TokenBucket(_PacedGuard):
       (first come, first served; later ``try_acquire`` callers do not overtake waiters).
     * ``@bucket``, ``with bucket:``, ``async with bucket:`` take 1 token or raise
       :class:`RateLimitExceeded` with ``retry_after``.
+    * ``configure(rate=..., capacity=...)`` changes the limits live.
     """
+
+    _default_capacity = True
 
     def __init__(self, rate: float, capacity: Optional[float] = None, *,
                  initial: Optional[float] = None, clock: Optional[Clock] = None,
                  name: Optional[str] = None,
                  fallback: Optional[Callable[..., Any]] = None) -> None:
-        self.rate = check_positive("rate", rate)
-        self.capacity = (max(self.rate, 1.0) if capacity is None
-                         else check_positive("capacity", capacity))
+        self._rate, self._capacity = check_rate_capacity(rate, capacity, True)
         if initial is None:
-            start = self.capacity
+            start = self._capacity
         else:
             start = check_non_negative("initial", initial)
-            if start > self.capacity:
+            if start > self._capacity:
                 raise ConfigurationError(
-                    f"initial must be at most capacity={self.capacity!r}, got {initial!r}")
+                    f"initial must be at most capacity={self._capacity!r}, got {initial!r}")
         self._init_guard(check_name(name, "token_bucket"), clock, fallback)
         self._kernel = _impl.kernel("bucket").TokenBucketKernel(
-            self.rate, self.capacity, start, self._now(), self._clock)
+            self._rate, self._capacity, start, self._now(), self._clock)
         #: ``try_acquire(cost=1) -> bool``: the kernel's own method (one lookup, one C call)
         self.try_acquire = self._kernel.try_acquire  # type: ignore[method-assign]
         self._init_waiting()
@@ -66,8 +68,8 @@ class TokenBucket(_PacedGuard):
         return float(self._kernel.delay_at(now, cost))
 
     def snapshot(self) -> Dict[str, Any]:
-        return {"name": self.name, "rate": self.rate, "capacity": self.capacity,
-                "tokens": self.tokens, "waiting": self.waiting}
+        """The settings in force, tokens now and waiters."""
+        return {**self._snapshot(), "tokens": self.tokens}
 
     def __repr__(self) -> str:
         return f"TokenBucket(rate={self.rate!r}, capacity={self.capacity!r}, name={self.name!r})"
@@ -82,16 +84,16 @@ class LeakyBucket(_PacedGuard):
     through, evenly spaced: a call leaves when the bucket has drained everything before it,
     so consecutive shaped calls are at least ``cost/rate`` apart (Sentinel's uniform-rate
     queue). A call whose wait would pass ``timeout`` is refused at once, taking nothing.
+    ``configure(rate=..., capacity=...)`` changes the limits live.
     """
 
     def __init__(self, rate: float, capacity: float = 1, *, clock: Optional[Clock] = None,
                  name: Optional[str] = None,
                  fallback: Optional[Callable[..., Any]] = None) -> None:
-        self.rate = check_positive("rate", rate)
-        self.capacity = check_positive("capacity", capacity)
+        self._rate, self._capacity = check_rate_capacity(rate, capacity, False)
         self._init_guard(check_name(name, "leaky_bucket"), clock, fallback)
         self._kernel = _impl.kernel("bucket").LeakyBucketKernel(
-            self.rate, self.capacity, self._now(), self._clock)
+            self._rate, self._capacity, self._now(), self._clock)
         #: ``try_acquire(cost=1) -> bool``: the kernel's own method (one lookup, one C call)
         self.try_acquire = self._kernel.try_acquire  # type: ignore[method-assign]
         self._init_waiting()
@@ -110,11 +112,11 @@ class LeakyBucket(_PacedGuard):
         return float(self._kernel.level_at(self._now()))
 
     def _wait_needed(self, now: float, cost: float) -> float:
-        return float(self._kernel.level_at(now)) / self.rate
+        return float(self._kernel.level_at(now)) / self._rate
 
     def snapshot(self) -> Dict[str, Any]:
-        return {"name": self.name, "rate": self.rate, "capacity": self.capacity,
-                "level": self.level, "waiting": self.waiting}
+        """The settings in force, the level now and waiters."""
+        return {**self._snapshot(), "level": self.level}
 
     def __repr__(self) -> str:
         return f"LeakyBucket(rate={self.rate!r}, capacity={self.capacity!r}, name={self.name!r})"

@@ -7,30 +7,36 @@ from .. import _impl
 from ..clock import Clock
 from ..errors import ConfigurationError, RateLimitExceeded
 from .._checks import check_int, check_name, check_positive
-from ..guard import Guard
-from ._waiting import _check_cost, _retry
+from ._common import CostOneGuard, Setting, check_cost, guard_cost_error, retry
 
 _KINDS = {"burst": 0, "steady": 1}
 
 
-class _KindGuard(Guard):
+class _KindGuard(CostOneGuard):
     """One traffic kind of a :class:`HybridLimiter` as a guard (``hybrid.steady``)."""
 
     def __init__(self, owner: "HybridLimiter", kind: int) -> None:
         self._owner = owner
         self.kind = ("burst", "steady")[kind]
+        self._param = ("capacity", "leak_capacity")[kind]
         self._init_guard(f"{owner.name}.{self.kind}", owner._clock, owner._fallback)
         self._kernel = owner._core.view(kind)
         #: ``try_acquire(cost=1) -> bool`` for this kind (the kernel's method)
         self.try_acquire = self._kernel.try_acquire
 
-    def _rejection(self, now: float) -> RateLimitExceeded:
+    def _guard_error(self) -> Optional[ConfigurationError]:
+        return guard_cost_error(self._owner.name, self._param, getattr(self._owner, self._param))
+
+    def _rejection(self, now: float) -> Any:
+        err = self._guard_error()
+        if err is not None:
+            return err
         return RateLimitExceeded(
             f"rate limit {self._owner.name!r} exceeded for {self.kind} traffic",
-            retry_after=_retry(self._kernel.retry_after(now)), name=self._owner.name)
+            retry_after=retry(self._kernel.retry_after(now)), name=self._owner.name)
 
 
-class HybridLimiter(Guard):
+class HybridLimiter(CostOneGuard):
     """The MOBA limiter: bursty skill casts and steady heartbeats over one budget.
 
     The budget is ``R = token_rate + leak_rate`` per second; the scene mode's burst share
@@ -49,8 +55,16 @@ class HybridLimiter(Guard):
     at most ``capacity + leak_capacity + R*T``, whatever the switches.
 
     ``@hybrid`` / ``with hybrid:`` guard burst traffic; ``hybrid.steady`` (and
-    ``hybrid.burst``) are guards for one kind. All O(1) per call.
+    ``hybrid.burst``) are guards for one kind. All O(1) per call. The settings are fixed
+    at construction (read-only attributes); ``set_mode`` is the live control.
     """
+
+    token_rate = Setting(live=False)
+    leak_rate = Setting(live=False)
+    capacity = Setting(live=False)
+    leak_capacity = Setting(live=False)
+    dense_rate = Setting(live=False)
+    frame = Setting(live=False)
 
     def __init__(self, token_rate: float = 50.0, leak_rate: float = 30.0,
                  capacity: float = 100.0, *, leak_capacity: float = 5.0,
@@ -59,10 +73,10 @@ class HybridLimiter(Guard):
                  dense_frames: int = 3, calm_frames: int = 30, frame: float = 0.1,
                  clock: Optional[Clock] = None, name: Optional[str] = None,
                  fallback: Optional[Callable[..., Any]] = None) -> None:
-        self.token_rate = check_positive("token_rate", token_rate)
-        self.leak_rate = check_positive("leak_rate", leak_rate)
-        self.capacity = check_positive("capacity", capacity)
-        self.leak_capacity = check_positive("leak_capacity", leak_capacity)
+        self._token_rate = check_positive("token_rate", token_rate)
+        self._leak_rate = check_positive("leak_rate", leak_rate)
+        self._capacity = check_positive("capacity", capacity)
+        self._leak_capacity = check_positive("leak_capacity", leak_capacity)
         modes = {"laning": 0.30, "teamfight": 0.85} if modes is None else modes
         if not isinstance(modes, Mapping) or not 1 <= len(modes) <= 16:
             raise ConfigurationError(
@@ -78,27 +92,51 @@ class HybridLimiter(Guard):
                     f"modes[{mname!r}] must be a burst share in [0, 1], got {share!r}")
             self._names.append(mname)
             shares.append(float(share))
-        self.modes: Dict[str, float] = dict(zip(self._names, shares))
+        self._modes: Dict[str, float] = dict(zip(self._names, shares))
         for param, value in (("calm_mode", calm_mode), ("dense_mode", dense_mode)):
-            if value not in self.modes:
+            if value not in self._modes:
                 raise ConfigurationError(
-                    f"{param} must be one of {sorted(self.modes)}, got {value!r}")
-        self.calm_mode, self.dense_mode = calm_mode, dense_mode
-        self.dense_rate = check_positive("dense_rate", dense_rate)
-        self.dense_frames = check_int("dense_frames", dense_frames, 1, 1 << 30)
-        self.calm_frames = check_int("calm_frames", calm_frames, 1, 1 << 30)
-        self.frame = check_positive("frame", frame)
+                    f"{param} must be one of {sorted(self._modes)}, got {value!r}")
+        self._calm_mode, self._dense_mode = calm_mode, dense_mode
+        self._dense_rate = check_positive("dense_rate", dense_rate)
+        self._dense_frames = check_int("dense_frames", dense_frames, 1, 1 << 30)
+        self._calm_frames = check_int("calm_frames", calm_frames, 1, 1 << 30)
+        self._frame = check_positive("frame", frame)
         self._init_guard(check_name(name, "hybrid_limiter"), clock, fallback)
         self._module = _impl.kernel("bucket")
         self._core = self._module.HybridKernel(
-            self.token_rate, self.leak_rate, self.capacity, self.leak_capacity, shares,
-            self._names.index(calm_mode), self._names.index(dense_mode), self.dense_rate,
-            self.dense_frames, self.calm_frames, self.frame, self._now(), self._clock)
+            self._token_rate, self._leak_rate, self._capacity, self._leak_capacity, shares,
+            self._names.index(calm_mode), self._names.index(dense_mode), self._dense_rate,
+            self._dense_frames, self._calm_frames, self._frame, self._now(), self._clock)
         self._kernel = self._core.view(0)
         #: ``try_acquire(kind="burst", cost=1) -> bool``: the kernel's own method
         self.try_acquire = self._core.try_acquire  # type: ignore[method-assign]
         self.burst = _KindGuard(self, 0)
         self.steady = _KindGuard(self, 1)
+
+    @property
+    def modes(self) -> Dict[str, float]:
+        """Mode names and their burst shares (a copy: fixed at construction)."""
+        return dict(self._modes)
+
+    @property
+    def calm_mode(self) -> str:
+        return self._calm_mode
+
+    @property
+    def dense_mode(self) -> str:
+        return self._dense_mode
+
+    @property
+    def dense_frames(self) -> int:
+        return self._dense_frames
+
+    @property
+    def calm_frames(self) -> int:
+        return self._calm_frames
+
+    def _guard_error(self) -> Optional[ConfigurationError]:
+        return self.burst._guard_error()
 
     @staticmethod
     def _kind(kind: Any) -> int:
@@ -121,7 +159,7 @@ class HybridLimiter(Guard):
         """Seconds until ``cost`` of ``kind`` would fit, at the rates of the current mode
         (a later mode switch changes it); ``inf`` if that kind has no rate in this mode."""
         k = self._kind(kind)
-        c = _check_cost(cost, self.capacity if k == 0 else self.leak_capacity)
+        c = check_cost(cost, self._capacity if k == 0 else self._leak_capacity)
         return float(self._core.delay_at(self._now(), k, c))
 
     @property
@@ -140,9 +178,9 @@ class HybridLimiter(Guard):
         if name == "auto":
             self._core.unpin(now)
             return
-        if not isinstance(name, str) or name not in self.modes:
+        if not isinstance(name, str) or name not in self._modes:
             raise ConfigurationError(
-                f"name must be 'auto' or one of {sorted(self.modes)}, got {name!r}")
+                f"name must be 'auto' or one of {sorted(self._modes)}, got {name!r}")
         self._core.set_mode(now, self._names.index(name), True)
 
     def rates(self) -> Dict[str, float]:
@@ -167,7 +205,7 @@ class HybridLimiter(Guard):
                              "steady": int(core.rejected_steady)},
                 "switches": int(core.switches), "switched_at": float(core.switched_at)}
 
-    def _rejection(self, now: float) -> RateLimitExceeded:
+    def _rejection(self, now: float) -> Any:
         return self.burst._rejection(now)
 
     def __repr__(self) -> str:
