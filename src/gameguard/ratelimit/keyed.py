@@ -15,11 +15,15 @@ from ._common import (CostOneGuard, Setting, changed, check_cost, check_rate_cap
                       guard_cost_error, retry)
 
 if TYPE_CHECKING:
-    from typing_extensions import ParamSpec
+    from typing_extensions import ParamSpec, Protocol
 
     P = ParamSpec("P")
     R = TypeVar("R")
-    Decorator = Callable[[Callable[P, R]], Callable[P, R]]
+
+    class KeyedDecorator(Protocol):
+        """What ``limit(key=...)`` returns: it keeps the decorated function's signature."""
+
+        def __call__(self, func: Callable[P, R], /) -> Callable[P, R]: ...
 
 #: Secret seed of the keyed tables' XXH64 fingerprints, drawn once per process: a client
 #: who cannot learn it cannot choose keys that share a slot.
@@ -197,7 +201,7 @@ class KeyedLimiter(CostOneGuard):
             retry_after=retry(self._table.delay_at(now, key, cost)), name=self.name, key=key)
 
     def limit(self, key: Callable[..., Any], cost: float = 1,
-              fallback: Optional[Callable[..., Any]] = None) -> "Decorator[P, R]":
+              fallback: Optional[Callable[..., Any]] = None) -> "KeyedDecorator":
         """Decorator: each call is limited under ``key(*args, **kwargs)``.
 
         A call over its key's budget does not run: ``fallback(*args, **kwargs)`` (this
@@ -243,7 +247,7 @@ class KeyedLimiter(CostOneGuard):
     @overload  # type: ignore[override]
     def __call__(self, func: None = None, /, *, key: Optional[Callable[..., Any]] = None,
                  cost: float = 1,
-                 fallback: Optional[Callable[..., Any]] = None) -> "Decorator[P, R]": ...
+                 fallback: Optional[Callable[..., Any]] = None) -> "KeyedDecorator": ...
     @overload
     def __call__(self, func: "Callable[P, R]", /, *, key: Optional[Callable[..., Any]] = None,
                  cost: float = 1,
