@@ -5,11 +5,12 @@ Every method does the same float operations in the same order as the pure twin. 
 state updates make no Python-level call (a custom clock is called *before* them), so each
 call is atomic under the GIL without a lock. See the pure twin for the semantics.
 """
-from libc.math cimport floor
+cimport cython
+from libc.math cimport floor, fabs
 from posix.time cimport timespec, clock_getres
 
 from gameguard._fast.arith cimport (_tb_level, _tb_wait, _lv_level, _lv_fits,
-                                    _lv_wait, cost_double as _as_double, MAX_INDEX)
+                                    _lv_wait, cost_double as _as_double, MAX_INDEX, EPS)
 from gameguard._fast.kernel cimport (GuardKernel, REJECT_, CLOCK_MONOTONIC_COARSE_,
                                      monotonic_coarse, monotonic_precise as _monotonic)
 
@@ -66,6 +67,14 @@ cdef long long _frame_of(double now, double frame) except? -1:
     return <long long>floor(q)
 
 
+cdef inline void _frame_bounds(long long index, double frame, double *lo, double *hi) noexcept:
+    # twin of frame_bounds: readings surely in frame ``index``, a few ulps inside its edges
+    cdef double a = <double>index * frame
+    cdef double b = <double>(index + 1) * frame
+    lo[0] = a + fabs(a) * (8.0 * EPS)
+    hi[0] = b - fabs(b) * (8.0 * EPS)
+
+
 cdef inline bint _coarse_ok(double rate, double capacity, double cost) noexcept:
     # the lag rule makes a bucket act at worst like one COARSE_LAG * rate smaller: used only
     # while that is a sliver of the room a call leaves (0.8 % of the default capacity of
@@ -73,6 +82,7 @@ cdef inline bint _coarse_ok(double rate, double capacity, double cost) noexcept:
     return COARSE_LAG * rate <= CAPACITY_SHARE * (capacity - cost)
 
 
+@cython.final  # direct (inlinable) calls of its cdef methods, no vtable
 cdef class TokenBucketKernel(GuardKernel):
     """``tokens`` refill at ``rate`` up to ``capacity``; see the pure twin."""
 
@@ -179,6 +189,7 @@ cdef class TokenBucketKernel(GuardKernel):
         return _tb_wait(self.tokens, self.last, now, self.rate, self.capacity, 1.0)
 
 
+@cython.final  # direct (inlinable) calls of its cdef methods, no vtable
 cdef class LeakyBucketKernel(GuardKernel):
     """``level`` drains at ``rate`` (counted at ``last``); see the pure twin."""
 
@@ -281,6 +292,7 @@ cdef class LeakyBucketKernel(GuardKernel):
         return _lv_wait(self.level, self.last, now, self.rate, self.capacity, 1.0)
 
 
+@cython.final  # direct (inlinable) calls of its cdef methods, no vtable
 cdef class HybridKernel:
     """Burst token bucket + steady leaky meter over one budget; see the pure twin.
 
@@ -297,6 +309,7 @@ cdef class HybridKernel:
     cdef readonly long long rejected_burst, rejected_steady
     cdef readonly object clock
     cdef double _shares[MAX_MODES_]
+    cdef double _lo, _hi  # readings surely in frame frame_index (the coarse path's test)
 
     def __init__(self, double token_rate, double leak_rate, double capacity,
                  double leak_capacity, shares, int calm_mode, int dense_mode,
@@ -326,6 +339,7 @@ cdef class HybridKernel:
         self.burst_tokens = capacity
         self.steady_level = 0.0
         self.frame_index = _frame_of(now, frame)
+        _frame_bounds(self.frame_index, frame, &self._lo, &self._hi)
         self.burst_last = now
         self.steady_last = now
         self.switched_at = now
@@ -389,6 +403,7 @@ cdef class HybridKernel:
                     self._switch(self.calm_mode, <double>(self.frame_index + 1 + k) * self.frame)
             self.calm_streak += gap
         self.frame_index = index
+        _frame_bounds(index, self.frame, &self._lo, &self._hi)
         self.frame_count = 0
 
     cdef inline int _poll(self, double now) except -1:
@@ -413,11 +428,10 @@ cdef class HybridKernel:
         self.rejected_steady += 1
         return False
 
-    cdef int _take_lagged(self, double now, double cost, double lag) noexcept:
+    cdef inline int _take_lagged(self, double now, double cost, double lag) noexcept:
         # see the pure twin's take_lagged: 1 admitted, 0 refused, -1 undecided
-        cdef double q = (now + lag) / self.frame
         cdef double t, rate, cap
-        if not (-MAX_INDEX < q < MAX_INDEX) or floor(q) != <double>self.frame_index:
+        if not (self._lo <= now + lag < self._hi):  # NaN and inf too
             return -1
         if now > self.steady_last:
             t = self.steady_level - (now - self.steady_last) * self.steady_rate
@@ -462,7 +476,7 @@ cdef class HybridKernel:
             return _monotonic()
         return self.clock()
 
-    cdef int _take_now(self, int kind, double c) except -1:
+    cdef inline int _take_now(self, int kind, double c) except -1:
         """A call at the kernel's clock. Default clock, burst traffic: decided at the coarse
         reading where the true time is known to be in the current frame (a refusal is
         decided again at the exact time); else at the exact time."""
@@ -489,7 +503,8 @@ cdef class HybridKernel:
             k = STEADY_
         else:
             k = _kind_index(kind)
-        self._check(k, c)
+        if not (c > 0.0 and c <= (self.capacity if k == BURST_ else self.leak_capacity)):
+            self._check(k, c)  # raises
         return self._take_now(k, c) == 1
 
     def acquire_at(self, double now, int kind, double cost):
@@ -523,6 +538,7 @@ cdef class HybridKernel:
         return HybridView(self, kind)
 
 
+@cython.final  # direct (inlinable) calls of its cdef methods, no vtable
 cdef class HybridView(GuardKernel):
     """One traffic kind of a :class:`HybridKernel`, as a guard kernel (cost 1 per call)."""
 
@@ -535,8 +551,10 @@ cdef class HybridView(GuardKernel):
 
     def try_acquire(self, object cost=1.0):
         cdef double c = _as_double(cost)
-        self.core._check(self.kind, c)
-        return self.core._take_now(self.kind, c) == 1
+        cdef HybridKernel core = self.core
+        if not (c > 0.0 and c <= (core.capacity if self.kind == BURST_ else core.leak_capacity)):
+            core._check(self.kind, c)  # raises
+        return core._take_now(self.kind, c) == 1
 
     cpdef long long enter(self, double now):
         return 0 if self.core._take(now, self.kind, 1.0) == 1 else REJECT_

@@ -69,6 +69,15 @@ def frame_of(now: float, frame: float) -> int:
     return int(_floor(q))
 
 
+def frame_bounds(index: int, frame: float) -> tuple[float, float]:
+    """``[lo, hi)``: readings that are surely in frame ``index`` (floor(x / frame) == index),
+    a few ulps inside its edges so rounding cannot put one in a neighbour; a reading near
+    an edge is left to the exact path."""
+    lo = float(index) * frame
+    hi = float(index + 1) * frame
+    return lo + abs(lo) * (8 * _EPS), hi - abs(hi) * (8 * _EPS)
+
+
 def bad_cost(cost: float, capacity: float) -> None:
     raise ConfigurationError(f"cost must be a number in (0, capacity={capacity!r}], got {cost!r}")
 
@@ -419,6 +428,7 @@ class HybridKernel:
         self.steady_level = 0.0
         now = float(now)
         self._frame_index = frame_of(now, self.frame)
+        self._lo, self._hi = frame_bounds(self._frame_index, self.frame)
         self.burst_last = now   # when burst_tokens were counted
         self.steady_last = now  # when steady_level was counted
         self.switched_at = now
@@ -507,6 +517,7 @@ class HybridKernel:
                     self._switch(self._calm_mode, float(self._frame_index + 1 + k) * self.frame)
             self.calm_streak += gap
         self._frame_index = index
+        self._lo, self._hi = frame_bounds(index, self.frame)
         self.frame_count = 0
 
     def _poll(self, now: float) -> None:
@@ -570,8 +581,7 @@ class HybridKernel:
         """
         now, cost, lag = float(now), float(cost), float(lag)
         with self._lock:
-            q = (now + lag) / self.frame
-            if not -MAX_INDEX < q < MAX_INDEX or _floor(q) != self._frame_index:
+            if not self._lo <= now + lag < self._hi:  # NaN and inf too
                 return -1
             if now > self.steady_last:
                 t = self.steady_level - (now - self.steady_last) * self.steady_rate
