@@ -3,9 +3,9 @@
 
 One C array of fixed-size entries ``{fingerprint, a, last}`` (24 bytes), open addressing
 with linear probing, evictions by whole-table mark-and-compact passes; no Python object
-per key. Keys are
-identified by a 64-bit seeded XXH64 fingerprint (implemented here, bit-identical to the
-``xxhash`` package the pure twin calls). Lookups compare fingerprints only, so no
+per key. Keys are identified by the cache's seeded fingerprint (``key_fingerprint``,
+cimported from ``gameguard._fast.sketch``: one rule for the limiter and the cache).
+Lookups compare fingerprints only, so no
 user ``__eq__`` runs inside an update: each call is atomic under the GIL. See the pure
 twin for the eviction rules.
 """

@@ -9,15 +9,16 @@ reduction, so the table need not be a power of two). The table starts at 64 slot
 grows up to ``ceil(1.25 * max_keys)`` slots (load factor ≤ 0.8), so memory is bounded by
 ``max_keys``: 30 bytes per key when full.
 
-**Keys.** A key is identified by a 64-bit XXH64 fingerprint seeded with a per-process
-secret, over a canonical encoding: an ``int`` in the int64 range → its 8 little-endian
-bytes; a ``str`` → UTF-8; ``bytes`` → themselves; anything else → ``repr(key)`` (after
-``hash(key)``, so an unhashable key is a ``TypeError``). Each encoding has its own seed
-variant, so ``1``, ``"1"`` and ``b"1"`` are different keys. Python's own ``hash()`` would
-not do: ints hash to themselves modulo 2**61-1, so a client choosing ids could pile every
-key into one probe chain whatever seed is mixed in afterwards. With a secret seed the
-attacker cannot predict slots; two distinct keys share a bucket with probability 2**-64.
-Comparing fingerprints only also means no user ``__eq__`` runs inside an update.
+**Keys.** A key is identified by a 64-bit fingerprint seeded with a per-process secret:
+the cache's ``key_hash`` (``_pure/sketch.py``; compiled: ``key_fingerprint`` of
+``_fast/sketch.pxd``), so the limiter and :class:`~gameguard.HotKeyCache` agree on key
+identity: equal keys are one key (``1``, ``1.0``, ``True``), ``str``/``bytes`` by their
+bytes, tuples element by element; other hashables through ``hash()`` mixed with the seed.
+Python's own ``hash()`` alone would not do for ints: they hash to themselves modulo
+2**61-1, so a client choosing ids could pile every key into one probe chain. With a secret
+seed the attacker cannot predict slots; two distinct keys share a bucket with probability
+2**-64 (for keys hashed through ``hash()``: when their ``hash()`` collides). Comparing
+fingerprints only also means no user ``__eq__`` runs inside an update.
 
 **Eviction** (DESIGN §4.1). A key is *reclaimable* when dropping it loses nothing (its
 bucket has refilled: tokens back to capacity, or the leaky level drained) or it has been
