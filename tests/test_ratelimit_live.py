@@ -274,3 +274,10 @@ def test_refused_wait_still_raises_rate_limit_exceeded(twin):
     b = TokenBucket(1, 1, initial=0, clock=ManualClock())
     with pytest.raises(RateLimitExceeded):
         b.acquire(timeout=0.5)
+
+
+def test_keyed_limiter_says_it_needs_a_key(twin):
+    """pipeline() refuses guards with _needs_key (the protocol's check); a bound key is fine."""
+    k = KeyedLimiter(5, clock=ManualClock())
+    assert KeyedLimiter._needs_key is True and getattr(k.bind("p"), "_needs_key", False) is False
+    assert not getattr(TokenBucket(5), "_needs_key", False)

@@ -144,7 +144,23 @@ def lv_wait(level: float, last: float, now: float, rate: float, capacity: float,
     return d
 
 
-class TokenBucketKernel(GuardKernel):
+class _Bucket(GuardKernel):
+    """``rate`` and ``capacity``, read-only (``configure`` changes them), as in the
+    compiled twin."""
+
+    _rate: float
+    _capacity: float
+
+    @property
+    def rate(self) -> float:
+        return self._rate
+
+    @property
+    def capacity(self) -> float:
+        return self._capacity
+
+
+class TokenBucketKernel(_Bucket):
     """``tokens`` refill at ``rate`` up to ``capacity``; ``last`` is when they were counted."""
 
     def __init__(self, rate: float, capacity: float, initial: float, now: float,
@@ -161,16 +177,6 @@ class TokenBucketKernel(GuardKernel):
             t = self.tokens + (now - self.last) * self.rate
             self.tokens = self.capacity if t > self.capacity else t
             self.last = now
-
-    @property
-    def rate(self) -> float:
-        """Refill per second (changed by configure only)."""
-        return self._rate
-
-    @property
-    def capacity(self) -> float:
-        """Most tokens held."""
-        return self._capacity
 
     def configure(self, now: float, rate: float, capacity: float) -> None:
         """Settle at the old rate up to ``now``, then switch; tokens are clipped to the new
@@ -265,7 +271,7 @@ class TokenBucketKernel(GuardKernel):
         return self.delay_at(now, 1.0)
 
 
-class LeakyBucketKernel(GuardKernel):
+class LeakyBucketKernel(_Bucket):
     """``level`` drains at ``rate`` per second (counted at ``last``); holds ``capacity``."""
 
     def __init__(self, rate: float, capacity: float, now: float,
@@ -282,16 +288,6 @@ class LeakyBucketKernel(GuardKernel):
             t = self.level - (now - self.last) * self.rate
             self.level = 0.0 if t < 0.0 else t
             self.last = now
-
-    @property
-    def rate(self) -> float:
-        """Drain per second (changed by configure only)."""
-        return self._rate
-
-    @property
-    def capacity(self) -> float:
-        """Most the meter holds."""
-        return self._capacity
 
     def configure(self, now: float, rate: float, capacity: float) -> None:
         """Settle at the old rate up to ``now``, then switch. The level is kept: lowering it
