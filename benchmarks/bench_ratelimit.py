@@ -357,8 +357,8 @@ def test_async_aiolimiter(benchmark: Any) -> None:
 
 # -- callgrind instruction counts ---------------------------------------------------------------
 CASES = (["bare"] + [f"{w}_{t}" for w in OURS for t in ("fast", "pure")] +
-         ["hybridkind_fast"] + [f"{w}_fast_deny" for w in OURS] + PEERS + ["keyed_fast_1M", "bare_1M",
-                                                     "single_fast_1M"])
+         ["hybridkind_fast"] + [f"{w}_fast_deny" for w in OURS] + PEERS +
+         ["keyed_fast_1M", "bare_1M", "single_fast_1M"])
 
 
 def run_case(case: str, n: int) -> None:

@@ -25,7 +25,8 @@ def test_hybrid_indices_are_read_only(kernels, field):
 @pytest.mark.parametrize("field", ["rate", "capacity"])
 def test_bucket_settings_are_read_only_on_the_kernel(kernels, field):
     bucket = kernels("bucket")
-    for k in (bucket.TokenBucketKernel(1.0, 2.0, 2.0, 0.0), bucket.LeakyBucketKernel(1.0, 2.0, 0.0)):
+    for k in (bucket.TokenBucketKernel(1.0, 2.0, 2.0, 0.0),
+              bucket.LeakyBucketKernel(1.0, 2.0, 0.0)):
         with pytest.raises(AttributeError):
             setattr(k, field, 1000.0)
 
@@ -75,7 +76,8 @@ def test_a_user_clock_returning_nan_raises_instead_of_corrupting(twin):
 @pytest.mark.parametrize("bad", [None, "1", b"1", object()])
 def test_try_acquire_type_errors_name_cost(twin, bad):
     clock = ManualClock()
-    for call in (TokenBucket(5, clock=clock).try_acquire, LeakyBucket(5, 2, clock=clock).try_acquire,
+    for call in (TokenBucket(5, clock=clock).try_acquire,
+                 LeakyBucket(5, 2, clock=clock).try_acquire,
                  HybridLimiter(clock=clock).burst.try_acquire,
                  lambda c: HybridLimiter(clock=clock).try_acquire("burst", c),
                  lambda c: KeyedLimiter(5, clock=clock).try_acquire("k", c)):
