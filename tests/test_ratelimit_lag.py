@@ -90,8 +90,8 @@ def test_near_capacity_the_lag_rule_withholds_rather_than_mints(kernels):
        seed=st.integers(0, 2**32 - 1))
 def test_lagged_reads_cost_at_most_a_sliver_of_capacity(kernels, rate, headroom, load, cost,
                                                         seed):
-    """Where the compiled path uses it (LAG * rate <= (capacity - cost) / 32), the lag rule acts like
-    a bucket at most LAG * rate tokens smaller, so against the exact clock it refuses at most
+    """Where the compiled path uses it (LAG * rate <= (capacity - cost) / 32), the lag rule acts
+    like a bucket at most LAG * rate tokens smaller, so against the exact clock it refuses at most
     two such bands more (one withheld, one possibly still in the bucket when the run ends),
     plus, where a call costs more than the band, at most one call per fill-and-drain
     episode: a few percent of the calls at worst, whatever the load."""

@@ -112,8 +112,8 @@ def test_hybrid_twins(shares: list, frame: float, dense_frames: int, calm_frames
         assert same(out[0], out[1]), (op, now, out)
     for attr in ("burst_tokens", "steady_level", "burst_last", "steady_last", "mode", "pinned",
                  "switches", "switched_at", "frame_index", "frame_count", "dense_streak",
-                 "calm_streak", "admitted_burst", "admitted_steady", "rejected_burst", "rejected_steady",
-                 "burst_rate", "steady_rate"):
+                 "calm_streak", "admitted_burst", "admitted_steady", "rejected_burst",
+                 "rejected_steady", "burst_rate", "steady_rate"):
         assert getattr(kernels[0], attr) == getattr(kernels[1], attr), attr
 
 
