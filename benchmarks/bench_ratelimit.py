@@ -90,6 +90,9 @@ def gameguard_check(what: str, twin: str, permit: bool) -> Callable[[Any], Any]:
                 h.try_acquire("burst")
             burst = h.burst.try_acquire
             return burst  # type: ignore[no-any-return]
+        if what == "hybridkind":  # called as f("burst"): HybridLimiter.try_acquire itself
+            hk = HybridLimiter(rate, rate, BIG, frame=3600.0, dense_rate=BIG)
+            return hk.try_acquire  # type: ignore[no-any-return]
         if what == "keyed":  # called as f(1): key 1, cost 1
             k = KeyedLimiter(rate, cap)
             if not permit:
@@ -163,6 +166,17 @@ def test_gameguard(benchmark: Any, what: str, twin: str, permit: bool) -> None:
     assert f(1) is permit
     benchmark.group = "ratelimit-permit" if permit else "ratelimit-deny"
     benchmark(loop1(f))
+
+
+@pytest.mark.parametrize("twin", ["fast", "pure"])
+def test_gameguard_hybrid_try_acquire(benchmark: Any, twin: str) -> None:
+    """``HybridLimiter.try_acquire("burst")`` itself (the kind named, as callers write it);
+    the bare call takes the same argument."""
+    with _twin(twin):
+        f = gameguard_check("hybridkind", twin, True)
+    assert f("burst") is True
+    benchmark.group = "ratelimit-permit"
+    benchmark(loop1(f, "burst"))
 
 
 @pytest.mark.benchmark(group="ratelimit-permit")
@@ -343,8 +357,8 @@ def test_async_aiolimiter(benchmark: Any) -> None:
 
 # -- callgrind instruction counts ---------------------------------------------------------------
 CASES = (["bare"] + [f"{w}_{t}" for w in OURS for t in ("fast", "pure")] +
-         [f"{w}_fast_deny" for w in OURS] + PEERS + ["keyed_fast_1M", "bare_1M",
-                                                     "single_fast_1M"])
+         ["hybridkind_fast"] + [f"{w}_fast_deny" for w in OURS] + PEERS +
+         ["keyed_fast_1M", "bare_1M", "single_fast_1M"])
 
 
 def run_case(case: str, n: int) -> None:
@@ -372,6 +386,11 @@ def run_case(case: str, n: int) -> None:
         for i in range(n):
             f(ks[i % m])
         return
+    if case == "hybridkind_fast":
+        f = gameguard_check("hybridkind", "fast", True)
+        for _ in range(n):
+            f("burst")
+        return
     if case in PEERS:
         f = peer_check(case, permit=True)
     else:
@@ -388,10 +407,10 @@ def measure(case: str, n1: int = 20_000, n2: int = 120_000) -> float:
             ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
              __file__, case, str(n)],
             env={**os.environ, "PYTHONHASHSEED": "0"}, capture_output=True, text=True)
-        m = re.search(r"Collected : (\d+)", out.stderr)
+        m = re.search(r"(?:Collected :|I\s+refs:)\s*([\d,]+)", out.stderr)
         if out.returncode != 0 or not m:
             raise RuntimeError(f"{case}: {out.stderr[-500:]}")
-        counts.append(int(m.group(1)))
+        counts.append(int(m.group(1).replace(",", "")))
     return (counts[1] - counts[0]) / (n2 - n1)
 
 

@@ -22,7 +22,8 @@ def same(a: Any, b: Any) -> bool:
 
 
 bucket_ops = st.lists(st.tuples(
-    st.sampled_from(["acq", "delay", "level", "reserve", "refund", "enter", "retry"]),
+    st.sampled_from(["acq", "delay", "level", "reserve", "refund", "enter", "retry",
+                     "configure"]),
     dts, fractions, st.sampled_from([0.0, 0.05, 1.0, math.inf])), max_size=80)
 
 
@@ -55,6 +56,10 @@ def _drive(kernels: List[Any], ops: list, now: float, cap: float) -> None:
         cost = frac * cap
         if op == "acq":
             out = [k.acquire_at(now, cost) for k in kernels]
+        elif op == "configure":  # a live change: rate up or down, capacity down to 3/4
+            rate, capacity = kernels[0].rate * (0.5 + frac), kernels[0].capacity
+            capacity = capacity if max_wait else max(capacity * 0.75, cap)
+            out = [k.configure(now, rate, capacity) for k in kernels]
         elif op == "delay":
             out = [k.delay_at(now, cost) for k in kernels]
         elif op == "level":
@@ -105,10 +110,10 @@ def test_hybrid_twins(shares: list, frame: float, dense_frames: int, calm_frames
         else:
             out = [k.poll(now) for k in kernels]
         assert same(out[0], out[1]), (op, now, out)
-    for attr in ("burst_tokens", "steady_level", "last", "mode", "pinned", "switches",
-                 "switched_at", "frame_index", "frame_count", "dense_streak", "calm_streak",
-                 "admitted_burst", "admitted_steady", "rejected_burst", "rejected_steady",
-                 "burst_rate", "steady_rate"):
+    for attr in ("burst_tokens", "steady_level", "burst_last", "steady_last", "mode", "pinned",
+                 "switches", "switched_at", "frame_index", "frame_count", "dense_streak",
+                 "calm_streak", "admitted_burst", "admitted_steady", "rejected_burst",
+                 "rejected_steady", "burst_rate", "steady_rate"):
         assert getattr(kernels[0], attr) == getattr(kernels[1], attr), attr
 
 
@@ -122,7 +127,7 @@ keys = st.one_of(st.integers(0, 30), st.integers(-2 ** 70, 2 ** 70),
        max_keys=st.integers(1, 40), idle=st.sampled_from([math.inf, 0.5, 3.0]),
        seed=st.integers(0, 2 ** 64 - 1),
        ops=st.lists(st.tuples(st.sampled_from(["acq", "acq", "acq", "delay", "level",
-                                               "purge", "contains"]),
+                                               "purge", "contains", "configure"]),
                               dts.filter(lambda d: d >= 0), keys, fractions), max_size=150))
 def test_keyed_twins(kind: int, rate: float, cap: float, max_keys: int, idle: float,
                      seed: int, ops: list) -> None:
@@ -140,6 +145,10 @@ def test_keyed_twins(kind: int, rate: float, cap: float, max_keys: int, idle: fl
             out = [t.level_at(now, key) for t in tables]
         elif op == "purge":
             out = [t.purge(now) for t in tables]
+        elif op == "configure":  # rate up or down, capacity down, settled key by key
+            rate = tables[0].rate * (0.5 + frac)
+            capacity = max(tables[0].capacity * (0.5 + frac / 2), cap / 2)
+            out = [t.configure(now, rate, capacity, idle) for t in tables]
         else:
             out = [key in t for t in tables]
         assert same(out[0], out[1]), (op, now, key, out)

@@ -2,12 +2,18 @@
 # the bucket (single limiters, hybrid) and keyed kernels. Twin of the functions of the same
 # names in gameguard/_pure/bucket.py (the pure keyed kernel imports those).
 from libc.math cimport nextafter, fabs, INFINITY
+from cpython.float cimport PyFloat_CheckExact, PyFloat_AS_DOUBLE, PyFloat_AsDouble
+from cpython.long cimport PyLong_CheckExact, PyLong_AsDouble
 
 cdef extern from *:
     """
     #define GG_DBL_EPS 2.220446049250313e-16
+    #define GG_MAX_INDEX 4611686018427387904.0
     """
     double EPS "GG_DBL_EPS"
+    # 2**62: a clock reading whose frame index (or time) is past it is refused (twin:
+    # MAX_INDEX in _pure/bucket.py); converting it to a C integer would be undefined
+    double MAX_INDEX "GG_MAX_INDEX"
 
 
 cdef inline double _tb_level(double tokens, double last, double now, double rate,
@@ -73,3 +79,17 @@ cdef inline double _lv_wait(double level, double last, double now, double rate,
         d = _step(d, now, i)
         i += 1
     return d
+
+
+cdef inline double cost_double(object x) except? -1.0:
+    """A ``cost`` argument as a C double, with the pure twin's ``as_double`` rules: a
+    TypeError naming ``cost`` for ``None``, strings and other non-numbers."""
+    if PyFloat_CheckExact(x):
+        return PyFloat_AS_DOUBLE(x)
+    if PyLong_CheckExact(x):
+        return PyLong_AsDouble(x)
+    if isinstance(x, (str, bytes, bytearray)) or not hasattr(x, "__float__") and \
+            not hasattr(x, "__index__"):
+        raise TypeError(f"cost must be a real number, not {type(x).__name__}")
+    return PyFloat_AsDouble(x)
+

@@ -5,14 +5,14 @@ Every method does the same float operations in the same order as the pure twin. 
 state updates make no Python-level call (a custom clock is called *before* them), so each
 call is atomic under the GIL without a lock. See the pure twin for the semantics.
 """
-from libc.math cimport floor
+cimport cython
+from libc.math cimport floor, fabs
 from posix.time cimport timespec, clock_getres
 
 from gameguard._fast.arith cimport (_tb_level, _tb_wait, _lv_level, _lv_fits,
-                                    _lv_wait)
+                                    _lv_wait, cost_double as _as_double, MAX_INDEX, EPS)
 from gameguard._fast.kernel cimport (GuardKernel, REJECT_, CLOCK_MONOTONIC_COARSE_,
-                                     as_double as _as_double, monotonic_coarse,
-                                     monotonic_precise as _monotonic)
+                                     monotonic_coarse, monotonic_precise as _monotonic)
 
 from gameguard.errors import ConfigurationError
 
@@ -58,10 +58,35 @@ cdef int _bad_cost(double cost, double capacity) except -1:
         f"cost must be a number in (0, capacity={capacity!r}], got {cost!r}")
 
 
+cdef long long _frame_of(double now, double frame) except? -1:
+    """Twin of ``frame_of``: the frame index of ``now``; ValueError for a reading whose
+    index is not finite or does not fit (``<long long>`` of it would be undefined)."""
+    cdef double q = now / frame
+    if not (-MAX_INDEX < q < MAX_INDEX):
+        raise ValueError(f"clock reading {now!r} is not a usable time (frame {frame!r})")
+    return <long long>floor(q)
+
+
+cdef inline void _frame_bounds(long long index, double frame, double *lo, double *hi) noexcept:
+    # twin of frame_bounds: readings surely in frame ``index``, a few ulps inside its edges
+    cdef double a = <double>index * frame
+    cdef double b = <double>(index + 1) * frame
+    lo[0] = a + fabs(a) * (8.0 * EPS)
+    hi[0] = b - fabs(b) * (8.0 * EPS)
+
+
+cdef inline bint _coarse_ok(double rate, double capacity, double cost) noexcept:
+    # the lag rule makes a bucket act at worst like one COARSE_LAG * rate smaller: used only
+    # while that is a sliver of the room a call leaves (0.8 % of the default capacity of
+    # one second of rate), else the exact clock decides
+    return COARSE_LAG * rate <= CAPACITY_SHARE * (capacity - cost)
+
+
+@cython.final  # direct (inlinable) calls of its cdef methods, no vtable
 cdef class TokenBucketKernel(GuardKernel):
     """``tokens`` refill at ``rate`` up to ``capacity``; see the pure twin."""
 
-    cdef public double rate, capacity, tokens, last
+    cdef readonly double rate, capacity, tokens, last
     cdef readonly object clock
 
     def __init__(self, double rate, double capacity, double initial, double now, clock=None):
@@ -85,6 +110,14 @@ cdef class TokenBucketKernel(GuardKernel):
             return True
         return False
 
+    def configure(self, double now, double rate, double capacity):
+        """See the pure twin: settle at the old rate, switch, clip tokens."""
+        self._settle(now)
+        self.rate = rate
+        self.capacity = capacity
+        if self.tokens > capacity:
+            self.tokens = capacity
+
     def try_acquire(self, object cost=1.0):
         """Take ``cost`` tokens now. With the default clock: decided at the coarse clock's
         reading (4 ns instead of 25) with the lag rule of :meth:`take_lagged`, and a
@@ -95,10 +128,7 @@ cdef class TokenBucketKernel(GuardKernel):
         if not (c > 0.0 and c <= self.capacity):
             _bad_cost(c, self.capacity)
         if self.clock is None:
-            # the lag rule makes the bucket act at worst like one COARSE_LAG * rate tokens
-            # smaller: used only while that is a sliver of the room a call leaves (0.8 % of
-            # the default capacity of one second of rate), else the exact clock decides
-            if COARSE_LAG * self.rate <= CAPACITY_SHARE * (self.capacity - c) and \
+            if _coarse_ok(self.rate, self.capacity, c) and \
                     self._take_lagged(monotonic_coarse(), c, COARSE_LAG):
                 return True
             now = _monotonic()
@@ -159,10 +189,11 @@ cdef class TokenBucketKernel(GuardKernel):
         return _tb_wait(self.tokens, self.last, now, self.rate, self.capacity, 1.0)
 
 
+@cython.final  # direct (inlinable) calls of its cdef methods, no vtable
 cdef class LeakyBucketKernel(GuardKernel):
     """``level`` drains at ``rate`` (counted at ``last``); see the pure twin."""
 
-    cdef public double rate, capacity, level, last
+    cdef readonly double rate, capacity, level, last
     cdef readonly object clock
 
     def __init__(self, double rate, double capacity, double now, clock=None):
@@ -186,13 +217,45 @@ cdef class LeakyBucketKernel(GuardKernel):
             return True
         return False
 
+    def configure(self, double now, double rate, double capacity):
+        """See the pure twin: settle at the old rate, switch, keep the level."""
+        self._settle(now)
+        self.rate = rate
+        self.capacity = capacity
+
+    cdef inline bint _take_lagged(self, double now, double cost, double lag) noexcept:
+        cdef double t = self.level - (now - self.last) * self.rate if now > self.last else self.level
+        if t < 0.0:
+            t = 0.0
+        if t - lag * self.rate <= 0.0:
+            # may run empty before the true time: settle at its upper bound
+            self.level = t
+            if now + lag > self.last:
+                self.last = now + lag
+        elif now > self.last:
+            self.level = t
+            self.last = now
+        if self.level + cost <= self.capacity:
+            self.level += cost
+            return True
+        return False
+
+    def take_lagged(self, double now, double cost, double lag):
+        """See the pure twin: ``now`` may lag the true time by up to ``lag`` seconds."""
+        return self._take_lagged(now, cost, lag)
+
     def try_acquire(self, object cost=1.0):
-        """Meter ``cost`` now (clock read in C for the default clock)."""
+        """Meter ``cost`` now. With the default clock: decided at the coarse clock's reading
+        with the lag rule of :meth:`take_lagged`, a refusal decided again at the exact time
+        (as the token bucket does)."""
         cdef double now
         cdef double c = _as_double(cost)
         if not (c > 0.0 and c <= self.capacity):
             _bad_cost(c, self.capacity)
         if self.clock is None:
+            if _coarse_ok(self.rate, self.capacity, c) and \
+                    self._take_lagged(monotonic_coarse(), c, COARSE_LAG):
+                return True
             now = _monotonic()
         else:
             now = self.clock()
@@ -229,18 +292,24 @@ cdef class LeakyBucketKernel(GuardKernel):
         return _lv_wait(self.level, self.last, now, self.rate, self.capacity, 1.0)
 
 
+@cython.final  # direct (inlinable) calls of its cdef methods, no vtable
 cdef class HybridKernel:
-    """Burst token bucket + steady leaky meter over one budget; see the pure twin."""
+    """Burst token bucket + steady leaky meter over one budget; see the pure twin.
 
-    cdef public double total_rate, capacity, leak_capacity, frame, threshold
-    cdef public double burst_rate, steady_rate, burst_tokens, steady_level, last
-    cdef public int nmodes, mode, calm_mode, dense_mode, dense_frames, calm_frames
-    cdef public bint pinned
-    cdef public long long frame_index, frame_count, dense_streak, calm_streak, switches
-    cdef public double admitted_burst, admitted_steady, switched_at
-    cdef public long long rejected_burst, rejected_steady
+    Every field is read-only from Python: ``mode`` and the other indices address the
+    ``_shares`` array without bounds checks."""
+
+    cdef readonly double total_rate, capacity, leak_capacity, frame, threshold
+    cdef readonly double burst_rate, steady_rate, burst_tokens, steady_level
+    cdef readonly double burst_last, steady_last
+    cdef readonly int nmodes, mode, calm_mode, dense_mode, dense_frames, calm_frames
+    cdef readonly bint pinned
+    cdef readonly long long frame_index, frame_count, dense_streak, calm_streak, switches
+    cdef readonly double admitted_burst, admitted_steady, switched_at
+    cdef readonly long long rejected_burst, rejected_steady
     cdef readonly object clock
     cdef double _shares[MAX_MODES_]
+    cdef double _lo, _hi  # readings surely in frame frame_index (the coarse path's test)
 
     def __init__(self, double token_rate, double leak_rate, double capacity,
                  double leak_capacity, shares, int calm_mode, int dense_mode,
@@ -257,6 +326,9 @@ cdef class HybridKernel:
         self.leak_capacity = leak_capacity
         self.calm_mode = calm_mode
         self.dense_mode = dense_mode
+        for param, m in (("calm_mode", calm_mode), ("dense_mode", dense_mode)):
+            if not 0 <= m < self.nmodes:
+                raise ValueError(f"{param} index out of range: {m}")
         self.dense_frames = dense_frames
         self.calm_frames = calm_frames
         self.frame = frame
@@ -266,9 +338,11 @@ cdef class HybridKernel:
         self._rates()
         self.burst_tokens = capacity
         self.steady_level = 0.0
-        self.last = now
+        self.frame_index = _frame_of(now, frame)
+        _frame_bounds(self.frame_index, frame, &self._lo, &self._hi)
+        self.burst_last = now
+        self.steady_last = now
         self.switched_at = now
-        self.frame_index = <long long>floor(now / frame)
         self.clock = clock
 
     @property
@@ -281,14 +355,15 @@ cdef class HybridKernel:
         self.steady_rate = (1.0 - w) * self.total_rate
 
     cdef inline void _settle(self, double now) noexcept:
-        cdef double dt, t
-        if now > self.last:
-            dt = now - self.last
-            t = self.burst_tokens + dt * self.burst_rate
+        cdef double t
+        if now > self.burst_last:
+            t = self.burst_tokens + (now - self.burst_last) * self.burst_rate
             self.burst_tokens = self.capacity if t > self.capacity else t
-            t = self.steady_level - dt * self.steady_rate
+            self.burst_last = now
+        if now > self.steady_last:
+            t = self.steady_level - (now - self.steady_last) * self.steady_rate
             self.steady_level = 0.0 if t < 0.0 else t
-            self.last = now
+            self.steady_last = now
 
     cdef void _switch(self, int mode, double at) noexcept:
         # settle at the old rates up to the switch, then change rates only: levels are
@@ -328,13 +403,15 @@ cdef class HybridKernel:
                     self._switch(self.calm_mode, <double>(self.frame_index + 1 + k) * self.frame)
             self.calm_streak += gap
         self.frame_index = index
+        _frame_bounds(index, self.frame, &self._lo, &self._hi)
         self.frame_count = 0
 
-    cdef inline void _poll(self, double now) noexcept:
-        self._end_frames(<long long>floor(now / self.frame))
+    cdef inline int _poll(self, double now) except -1:
+        self._end_frames(_frame_of(now, self.frame))
         self._settle(now)
+        return 0
 
-    cdef bint _take(self, double now, int kind, double cost) noexcept:
+    cdef int _take(self, double now, int kind, double cost) except -1:
         self._poll(now)
         if kind == BURST_:
             self.frame_count += 1
@@ -351,6 +428,39 @@ cdef class HybridKernel:
         self.rejected_steady += 1
         return False
 
+    cdef inline int _take_lagged(self, double now, double cost, double lag) noexcept:
+        # see the pure twin's take_lagged: 1 admitted, 0 refused, -1 undecided
+        cdef double t, rate, cap
+        if not (self._lo <= now + lag < self._hi):  # NaN and inf too
+            return -1
+        if now > self.steady_last:
+            t = self.steady_level - (now - self.steady_last) * self.steady_rate
+            self.steady_level = 0.0 if t < 0.0 else t
+            self.steady_last = now
+        rate = self.burst_rate
+        cap = self.capacity
+        t = self.burst_tokens + (now - self.burst_last) * rate if now > self.burst_last \
+            else self.burst_tokens
+        if t + lag * rate >= cap:
+            # may reach capacity before the true time: settle at its upper bound
+            self.burst_tokens = cap if t > cap else t
+            if now + lag > self.burst_last:
+                self.burst_last = now + lag
+        elif now > self.burst_last:
+            self.burst_tokens = t
+            self.burst_last = now
+        self.frame_count += 1
+        if self.burst_tokens >= cost:
+            self.burst_tokens -= cost
+            self.admitted_burst += cost
+            return 1
+        self.rejected_burst += 1
+        return 0
+
+    def take_lagged(self, double now, double cost, double lag):
+        """See the pure twin: burst traffic at a reading that may lag by up to ``lag``."""
+        return self._take_lagged(now, cost, lag)
+
     cdef int _check(self, int kind, double cost) except -1:
         if kind != BURST_ and kind != STEADY_:
             raise ConfigurationError(f"kind must be BURST (0) or STEADY (1), got {kind!r}")
@@ -366,6 +476,22 @@ cdef class HybridKernel:
             return _monotonic()
         return self.clock()
 
+    cdef inline int _take_now(self, int kind, double c) except -1:
+        """A call at the kernel's clock. Default clock, burst traffic: decided at the coarse
+        reading where the true time is known to be in the current frame (a refusal is
+        decided again at the exact time); else at the exact time."""
+        cdef int r
+        if self.clock is None:
+            if kind == BURST_ and _coarse_ok(self.burst_rate, self.capacity, c):
+                r = self._take_lagged(monotonic_coarse(), c, COARSE_LAG)
+                if r == 1:
+                    return 1
+                if r == 0:  # counted as an attempt already: re-decide without counting twice
+                    self.frame_count -= 1
+                    self.rejected_burst -= 1
+            return self._take(_monotonic(), kind, c)
+        return self._take(self.clock(), kind, c)
+
     def try_acquire(self, object kind="burst", object cost=1.0):
         """Admit ``cost`` of ``kind`` ("burst" or "steady") traffic now (clock read in C for
         the default clock)."""
@@ -377,18 +503,19 @@ cdef class HybridKernel:
             k = STEADY_
         else:
             k = _kind_index(kind)
-        self._check(k, c)
-        return self._take(self._now(), k, c)
+        if not (c > 0.0 and c <= (self.capacity if k == BURST_ else self.leak_capacity)):
+            self._check(k, c)  # raises
+        return self._take_now(k, c) == 1
 
     def acquire_at(self, double now, int kind, double cost):
-        return self._take(now, kind, cost)
+        return self._take(now, kind, cost) == 1
 
     def delay_at(self, double now, int kind, double cost):
         self._poll(now)
         if kind == BURST_:
-            return _tb_wait(self.burst_tokens, self.last, now, self.burst_rate, self.capacity,
-                            cost)
-        return _lv_wait(self.steady_level, self.last, now, self.steady_rate,
+            return _tb_wait(self.burst_tokens, self.burst_last, now, self.burst_rate,
+                            self.capacity, cost)
+        return _lv_wait(self.steady_level, self.steady_last, now, self.steady_rate,
                         self.leak_capacity, cost)
 
     def poll(self, double now):
@@ -411,6 +538,7 @@ cdef class HybridKernel:
         return HybridView(self, kind)
 
 
+@cython.final  # direct (inlinable) calls of its cdef methods, no vtable
 cdef class HybridView(GuardKernel):
     """One traffic kind of a :class:`HybridKernel`, as a guard kernel (cost 1 per call)."""
 
@@ -423,11 +551,13 @@ cdef class HybridView(GuardKernel):
 
     def try_acquire(self, object cost=1.0):
         cdef double c = _as_double(cost)
-        self.core._check(self.kind, c)
-        return self.core._take(self.core._now(), self.kind, c)
+        cdef HybridKernel core = self.core
+        if not (c > 0.0 and c <= (core.capacity if self.kind == BURST_ else core.leak_capacity)):
+            core._check(self.kind, c)  # raises
+        return core._take_now(self.kind, c) == 1
 
     cpdef long long enter(self, double now):
-        return 0 if self.core._take(now, self.kind, 1.0) else REJECT_
+        return 0 if self.core._take(now, self.kind, 1.0) == 1 else REJECT_
 
     cpdef double retry_after(self, double now):
         return self.core.delay_at(now, self.kind, 1.0)

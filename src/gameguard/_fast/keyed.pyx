@@ -3,13 +3,13 @@
 
 One C array of fixed-size entries ``{fingerprint, a, last}`` (24 bytes), open addressing
 with linear probing, evictions by whole-table mark-and-compact passes; no Python object
-per key. Keys are
-identified by a 64-bit seeded XXH64 fingerprint (implemented here, bit-identical to the
-``xxhash`` package the pure twin calls). Lookups compare fingerprints only, so no
+per key. Keys are identified by the cache's seeded fingerprint (``key_fingerprint``,
+cimported from ``gameguard._fast.sketch``: one rule for the limiter and the cache).
+Lookups compare fingerprints only, so no
 user ``__eq__`` runs inside an update: each call is atomic under the GIL. See the pure
 twin for the eviction rules.
 """
-from libc.math cimport INFINITY
+from libc.math cimport INFINITY, fabs
 from libc.stdlib cimport calloc, free
 from libc.stdint cimport uint64_t
 from cpython.exc cimport PyErr_NoMemory
@@ -17,16 +17,13 @@ from cpython.long cimport PyLong_Check
 from cpython.unicode cimport PyUnicode_Check
 from cpython.bytes cimport PyBytes_Check, PyBytes_AS_STRING, PyBytes_GET_SIZE
 
-from gameguard._fast.arith cimport _tb_level, _tb_wait, _lv_level, _lv_wait
-from gameguard._fast.kernel cimport (GuardKernel, REJECT_, as_double as _as_double,
-                                     monotonic_precise as _monotonic)
+from gameguard._fast.arith cimport (_tb_level, _tb_wait, _lv_level, _lv_wait,
+                                    cost_double as _as_double, MAX_INDEX)
+from gameguard._fast.kernel cimport GuardKernel, REJECT_, monotonic_precise as _monotonic
 from gameguard._fast.xxh cimport _xxh64, _xxh64_u64
+from gameguard._fast.sketch cimport key_fingerprint
 
 from gameguard.errors import ConfigurationError
-
-cdef extern from "Python.h":
-    long long PyLong_AsLongLongAndOverflow(object, int *) except? -1
-    const char *PyUnicode_AsUTF8AndSize(object, Py_ssize_t *) except NULL
 
 __all__ = ["TOKEN", "LEAKY", "ENTRY_BYTES", "MIN_SLOTS", "BINS", "KeyedTable", "KeyView",
            "xxh64_int", "xxh64_bytes", "slots_for"]
@@ -46,9 +43,9 @@ cdef struct Entry:
 
 ENTRY_BYTES = sizeof(Entry)
 
-cdef uint64_t SEED_STR = 0x9E3779B97F4A7C15ULL
-cdef uint64_t SEED_BYTES = 0xC2B2AE3D27D4EB4FULL
-cdef uint64_t SEED_OTHER = 0x165667B19E3779F9ULL
+
+cdef int _bad_reading(double now) except -1:
+    raise ValueError(f"clock reading {now!r} is not a usable time")
 
 
 def xxh64_int(long long v, uint64_t seed):
@@ -111,34 +108,10 @@ cdef class KeyedTable(GuardKernel):
         free(self._t)
 
     # -- keys -------------------------------------------------------------------------------
-    cdef uint64_t _fingerprint(self, object key) except? 0:
-        cdef int overflow = 0
-        cdef long long v
-        cdef Py_ssize_t n
-        cdef const char *s
-        cdef uint64_t h
-        cdef bytes b
-        if PyLong_Check(key):
-            v = PyLong_AsLongLongAndOverflow(key, &overflow)
-            if overflow == 0:
-                h = _xxh64_u64(<uint64_t>v, self.seed)
-                return h if h != 0 else 1
-        elif PyUnicode_Check(key):
-            try:
-                s = PyUnicode_AsUTF8AndSize(key, &n)
-            except UnicodeEncodeError:
-                s = NULL  # lone surrogates: hashed through repr() below, as in the twin
-            if s != NULL:
-                h = _xxh64(<const unsigned char *>s, <size_t>n, self.seed ^ SEED_STR)
-                return h if h != 0 else 1
-        elif PyBytes_Check(key):
-            h = _xxh64(<const unsigned char *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
-                       self.seed ^ SEED_BYTES)
-            return h if h != 0 else 1
-        hash(key)  # TypeError for an unhashable key
-        b = repr(key).encode("utf-8", "surrogatepass")
-        h = _xxh64(<const unsigned char *>PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b),
-                   self.seed ^ SEED_OTHER)
+    cdef inline uint64_t _fingerprint(self, object key) except? 0:
+        # the cache's key identity (one rule for both: equal keys are one key); 0 marks an
+        # empty slot, so a key fingerprinted 0 shares 1's
+        cdef uint64_t h = key_fingerprint(key, self.seed)
         return h if h != 0 else 1
 
     def fingerprint(self, key):
@@ -333,9 +306,12 @@ cdef class KeyedTable(GuardKernel):
         return i
 
     cdef bint _take(self, double now, uint64_t fp, double cost) except -1:
-        cdef Py_ssize_t i = self._find(fp)
+        cdef Py_ssize_t i
         cdef Entry *e
         cdef double t
+        if not fabs(now) < MAX_INDEX:  # NaN too: eviction bins times into C ints
+            _bad_reading(now)
+        i = self._find(fp)
         if i < 0:
             i = self._slot_for_new(fp, now)
         e = &self._t[i]
@@ -425,6 +401,29 @@ cdef class KeyedTable(GuardKernel):
         self.sweeps += 1
         self._compact(marked)
         return marked
+
+    def configure(self, double now, double rate, double capacity, double idle_ttl):
+        """Settle every key at the old rate up to ``now`` (O(slots)), then switch; tokens
+        are clipped to the new capacity, leaky levels kept (see the pure twin)."""
+        cdef Py_ssize_t i
+        cdef Entry *e
+        if not fabs(now) < MAX_INDEX:
+            _bad_reading(now)
+        for i in range(self.slots):
+            e = &self._t[i]
+            if e.fp == 0:
+                continue
+            if self.kind == TOKEN_:
+                e.a = _tb_level(e.a, e.last, now, self.rate, self.capacity)
+                if e.a > capacity:
+                    e.a = capacity
+            else:
+                e.a = _lv_level(e.a, e.last, now, self.rate)
+            if now > e.last:
+                e.last = now
+        self.rate = rate
+        self.capacity = capacity
+        self.idle_ttl = idle_ttl
 
     def clear(self):
         cdef Py_ssize_t i

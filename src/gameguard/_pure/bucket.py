@@ -55,6 +55,29 @@ def as_double(param: str, value: Any) -> float:
     return float(value)
 
 
+#: a clock reading whose frame index (or time) is past this is refused: floor() of it would
+#: not fit the compiled twin's 64-bit integers
+MAX_INDEX = 4611686018427387904.0  # 2**62
+
+
+def frame_of(now: float, frame: float) -> int:
+    """The index of the frame holding ``now``; ValueError for a non-finite or absurd reading
+    (the compiled twin would otherwise convert it to an integer undefinedly)."""
+    q = now / frame
+    if not -MAX_INDEX < q < MAX_INDEX:
+        raise ValueError(f"clock reading {now!r} is not a usable time (frame {frame!r})")
+    return int(_floor(q))
+
+
+def frame_bounds(index: int, frame: float) -> tuple[float, float]:
+    """``[lo, hi)``: readings that are surely in frame ``index`` (floor(x / frame) == index),
+    a few ulps inside its edges so rounding cannot put one in a neighbour; a reading near
+    an edge is left to the exact path."""
+    lo = float(index) * frame
+    hi = float(index + 1) * frame
+    return lo + abs(lo) * (8 * _EPS), hi - abs(hi) * (8 * _EPS)
+
+
 def bad_cost(cost: float, capacity: float) -> None:
     raise ConfigurationError(f"cost must be a number in (0, capacity={capacity!r}], got {cost!r}")
 
@@ -121,14 +144,30 @@ def lv_wait(level: float, last: float, now: float, rate: float, capacity: float,
     return d
 
 
-class TokenBucketKernel(GuardKernel):
+class _Bucket(GuardKernel):
+    """``rate`` and ``capacity``, read-only (``configure`` changes them), as in the
+    compiled twin."""
+
+    _rate: float
+    _capacity: float
+
+    @property
+    def rate(self) -> float:
+        return self._rate
+
+    @property
+    def capacity(self) -> float:
+        return self._capacity
+
+
+class TokenBucketKernel(_Bucket):
     """``tokens`` refill at ``rate`` up to ``capacity``; ``last`` is when they were counted."""
 
     def __init__(self, rate: float, capacity: float, initial: float, now: float,
                  clock: Optional[Callable[[], float]] = None) -> None:
         super().__init__()
-        self.rate = float(rate)
-        self.capacity = float(capacity)
+        self._rate = float(rate)
+        self._capacity = float(capacity)
         self.tokens = float(initial)
         self.last = float(now)
         self.clock = clock
@@ -138,6 +177,15 @@ class TokenBucketKernel(GuardKernel):
             t = self.tokens + (now - self.last) * self.rate
             self.tokens = self.capacity if t > self.capacity else t
             self.last = now
+
+    def configure(self, now: float, rate: float, capacity: float) -> None:
+        """Settle at the old rate up to ``now``, then switch; tokens are clipped to the new
+        capacity (never raised), so a change cannot mint budget."""
+        with self._lock:
+            self._settle(float(now))
+            self._rate, self._capacity = float(rate), float(capacity)
+            if self.tokens > self._capacity:
+                self.tokens = self._capacity
 
     def _take(self, now: float, cost: float) -> bool:
         with self._lock:
@@ -223,14 +271,14 @@ class TokenBucketKernel(GuardKernel):
         return self.delay_at(now, 1.0)
 
 
-class LeakyBucketKernel(GuardKernel):
+class LeakyBucketKernel(_Bucket):
     """``level`` drains at ``rate`` per second (counted at ``last``); holds ``capacity``."""
 
     def __init__(self, rate: float, capacity: float, now: float,
                  clock: Optional[Callable[[], float]] = None) -> None:
         super().__init__()
-        self.rate = float(rate)
-        self.capacity = float(capacity)
+        self._rate = float(rate)
+        self._capacity = float(capacity)
         self.level = 0.0
         self.last = float(now)
         self.clock = clock
@@ -241,9 +289,47 @@ class LeakyBucketKernel(GuardKernel):
             self.level = 0.0 if t < 0.0 else t
             self.last = now
 
+    def configure(self, now: float, rate: float, capacity: float) -> None:
+        """Settle at the old rate up to ``now``, then switch. The level is kept: lowering it
+        to a smaller capacity would free room (mint), and it holds the shaper's queue."""
+        with self._lock:
+            self._settle(float(now))
+            self._rate, self._capacity = float(rate), float(capacity)
+
     def _take(self, now: float, cost: float) -> bool:
         with self._lock:
             self._settle(now)
+            if self.level + cost <= self.capacity:
+                self.level += cost
+                return True
+            return False
+
+    def take_lagged(self, now: float, cost: float, lag: float) -> bool:
+        """Meter ``cost`` at a reading ``now`` that may lag the true time by up to ``lag``
+        seconds, never admitting what the exact clock would refuse.
+
+        Draining to an earlier time is exact (drains compose, the clamp at 0 included)
+        and leaves the level higher, so the decision is safe. Only adding ``cost`` early
+        could mint: drained over the lag, it would leave less than the exact bucket, which
+        was clamped at 0 meanwhile. So when the bucket could run empty within ``lag``,
+        the level is kept and ``last`` is settled at ``now + lag``, an upper bound of the
+        true time (withholding at most ``lag * rate`` of drain). ``lag = 0`` is
+        :meth:`acquire_at`.
+        """
+        now, cost, lag = float(now), float(cost), float(lag)
+        with self._lock:
+            t: float = self.level - (now - self.last) * self.rate if now > self.last \
+                else self.level
+            if t < 0.0:
+                t = 0.0
+            if t - lag * self.rate <= 0.0:
+                # may run empty before the true time: settle at its upper bound
+                self.level = t
+                if now + lag > self.last:
+                    self.last = now + lag
+            elif now > self.last:
+                self.level = t
+                self.last = now
             if self.level + cost <= self.capacity:
                 self.level += cost
                 return True
@@ -315,28 +401,33 @@ class HybridKernel:
                  now: float, clock: Optional[Callable[[], float]] = None) -> None:
         import threading
         self._lock = threading.RLock()
-        self.nmodes = len(shares)
-        if not 1 <= self.nmodes <= MAX_MODES:
-            raise ValueError(f"between 1 and {MAX_MODES} modes, got {self.nmodes}")
+        self._nmodes = len(shares)
+        if not 1 <= self._nmodes <= MAX_MODES:
+            raise ValueError(f"between 1 and {MAX_MODES} modes, got {self._nmodes}")
         self.shares = [float(s) for s in shares]
         self.total_rate = float(token_rate) + float(leak_rate)
         self.capacity = float(capacity)
         self.leak_capacity = float(leak_capacity)
-        self.calm_mode = int(calm_mode)
-        self.dense_mode = int(dense_mode)
+        self._calm_mode = int(calm_mode)
+        self._dense_mode = int(dense_mode)
+        for param, m in (("calm_mode", self._calm_mode), ("dense_mode", self._dense_mode)):
+            if not 0 <= m < self._nmodes:
+                raise ValueError(f"{param} index out of range: {m}")
         self.dense_frames = int(dense_frames)
         self.calm_frames = int(calm_frames)
         self.frame = float(frame)
         self.threshold = float(dense_rate) * self.frame
-        self.mode = self.calm_mode
+        self._mode = self._calm_mode
         self.pinned = False
         self._rates()
         self.burst_tokens = self.capacity
         self.steady_level = 0.0
         now = float(now)
-        self.last = now
+        self._frame_index = frame_of(now, self.frame)
+        self._lo, self._hi = frame_bounds(self._frame_index, self.frame)
+        self.burst_last = now   # when burst_tokens were counted
+        self.steady_last = now  # when steady_level was counted
         self.switched_at = now
-        self.frame_index = int(_floor(now / self.frame))
         self.frame_count = 0
         self.dense_streak = 0
         self.calm_streak = 0
@@ -347,34 +438,59 @@ class HybridKernel:
         self.rejected_steady = 0
         self.clock = clock
 
+    # indices into the modes: read-only (the compiled twin indexes a C array with them)
+    @property
+    def nmodes(self) -> int:
+        return self._nmodes
+
+    @property
+    def mode(self) -> int:
+        """Index of the mode in force."""
+        return self._mode
+
+    @property
+    def calm_mode(self) -> int:
+        return self._calm_mode
+
+    @property
+    def dense_mode(self) -> int:
+        return self._dense_mode
+
+    @property
+    def frame_index(self) -> int:
+        return self._frame_index
+
     def _rates(self) -> None:
-        w = self.shares[self.mode]
+        w = self.shares[self._mode]
         self.burst_rate = w * self.total_rate
         self.steady_rate = (1.0 - w) * self.total_rate
 
     def _settle(self, now: float) -> None:
-        if now > self.last:
-            dt = now - self.last
-            t = self.burst_tokens + dt * self.burst_rate
+        # each level has its own ``last``: the coarse path may settle one at an upper bound
+        # of the true time without holding back the other
+        if now > self.burst_last:
+            t = self.burst_tokens + (now - self.burst_last) * self.burst_rate
             self.burst_tokens = self.capacity if t > self.capacity else t
-            t = self.steady_level - dt * self.steady_rate
+            self.burst_last = now
+        if now > self.steady_last:
+            t = self.steady_level - (now - self.steady_last) * self.steady_rate
             self.steady_level = 0.0 if t < 0.0 else t
-            self.last = now
+            self.steady_last = now
 
     def _switch(self, mode: int, at: float) -> None:
         # settle at the old rates up to the switch, then change rates only: levels are
         # never raised, so a switch cannot mint budget
         self._settle(at)
-        if mode != self.mode:
-            self.mode = mode
+        if mode != self._mode:
+            self._mode = mode
             self.switches += 1
             self.switched_at = at
             self._rates()
 
     def _end_frames(self, index: int) -> None:
-        if index <= self.frame_index:
+        if index <= self._frame_index:
             return
-        end = float(self.frame_index + 1) * self.frame
+        end = float(self._frame_index + 1) * self.frame
         if float(self.frame_count) > self.threshold:
             self.dense_streak += 1
             self.calm_streak = 0
@@ -382,25 +498,26 @@ class HybridKernel:
             self.calm_streak += 1
             self.dense_streak = 0
         if not self.pinned:
-            if self.dense_streak >= self.dense_frames and self.mode != self.dense_mode:
-                self._switch(self.dense_mode, end)
-            elif self.calm_streak >= self.calm_frames and self.mode != self.calm_mode:
-                self._switch(self.calm_mode, end)
-        gap = index - self.frame_index - 1  # frames that passed with no call: calm
+            if self.dense_streak >= self.dense_frames and self._mode != self._dense_mode:
+                self._switch(self._dense_mode, end)
+            elif self.calm_streak >= self.calm_frames and self._mode != self._calm_mode:
+                self._switch(self._calm_mode, end)
+        gap = index - self._frame_index - 1  # frames that passed with no call: calm
         if gap > 0:
             self.dense_streak = 0
-            if not self.pinned and self.mode != self.calm_mode:
+            if not self.pinned and self._mode != self._calm_mode:
                 k = self.calm_frames - self.calm_streak
                 if k < 1:
                     k = 1
                 if k <= gap:
-                    self._switch(self.calm_mode, float(self.frame_index + 1 + k) * self.frame)
+                    self._switch(self._calm_mode, float(self._frame_index + 1 + k) * self.frame)
             self.calm_streak += gap
-        self.frame_index = index
+        self._frame_index = index
+        self._lo, self._hi = frame_bounds(index, self.frame)
         self.frame_count = 0
 
     def _poll(self, now: float) -> None:
-        self._end_frames(int(_floor(now / self.frame)))
+        self._end_frames(frame_of(now, self.frame))
         self._settle(now)
 
     def _take(self, now: float, kind: int, cost: float) -> bool:
@@ -447,25 +564,63 @@ class HybridKernel:
     def acquire_at(self, now: float, kind: int, cost: float) -> bool:
         return self._take(float(now), int(kind), float(cost))
 
+    def take_lagged(self, now: float, cost: float, lag: float) -> int:
+        """Burst traffic at a reading ``now`` that may lag the true time by up to ``lag``:
+        1 admitted, 0 refused, -1 undecided (the true time might lie in another frame than
+        the current one: decide at the exact time instead).
+
+        The true time is at least every reading already seen and at most ``now + lag``; when
+        ``now + lag`` is in the current frame, so is the true time, and the attempt is counted
+        where the exact clock would count it, at the mode's rates. The burst tokens then
+        follow :meth:`TokenBucketKernel.take_lagged`; the steady level is only drained,
+        which is exact at an earlier time.
+        """
+        now, cost, lag = float(now), float(cost), float(lag)
+        with self._lock:
+            if not self._lo <= now + lag < self._hi:  # NaN and inf too
+                return -1
+            if now > self.steady_last:
+                t = self.steady_level - (now - self.steady_last) * self.steady_rate
+                self.steady_level = 0.0 if t < 0.0 else t
+                self.steady_last = now
+            rate, cap = self.burst_rate, self.capacity
+            t = self.burst_tokens + (now - self.burst_last) * rate \
+                if now > self.burst_last else self.burst_tokens
+            if t + lag * rate >= cap:
+                # may reach capacity before the true time: settle at its upper bound
+                self.burst_tokens = cap if t > cap else t
+                if now + lag > self.burst_last:
+                    self.burst_last = now + lag
+            elif now > self.burst_last:
+                self.burst_tokens = t
+                self.burst_last = now
+            self.frame_count += 1
+            if self.burst_tokens >= cost:
+                self.burst_tokens -= cost
+                self.admitted_burst += cost
+                return 1
+            self.rejected_burst += 1
+            return 0
+
     def delay_at(self, now: float, kind: int, cost: float) -> float:
         """Seconds until ``cost`` of ``kind`` fits, at the rates of the mode now in force."""
         now, cost = float(now), float(cost)
         with self._lock:
             self._poll(now)
             if kind == BURST:
-                return tb_wait(self.burst_tokens, self.last, now, self.burst_rate,
+                return tb_wait(self.burst_tokens, self.burst_last, now, self.burst_rate,
                                self.capacity, cost)
-            return lv_wait(self.steady_level, self.last, now, self.steady_rate,
+            return lv_wait(self.steady_level, self.steady_last, now, self.steady_rate,
                            self.leak_capacity, cost)
 
     def poll(self, now: float) -> int:
         """Close the frames that ended by ``now``; the mode index in force."""
         with self._lock:
             self._poll(float(now))
-            return self.mode
+            return self._mode
 
     def set_mode(self, now: float, mode: int, pinned: bool) -> None:
-        if not 0 <= mode < self.nmodes:
+        if not 0 <= mode < self._nmodes:
             raise ValueError(f"mode index out of range: {mode}")
         with self._lock:
             self._poll(float(now))

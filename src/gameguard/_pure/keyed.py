@@ -9,15 +9,16 @@ reduction, so the table need not be a power of two). The table starts at 64 slot
 grows up to ``ceil(1.25 * max_keys)`` slots (load factor ≤ 0.8), so memory is bounded by
 ``max_keys``: 30 bytes per key when full.
 
-**Keys.** A key is identified by a 64-bit XXH64 fingerprint seeded with a per-process
-secret, over a canonical encoding: an ``int`` in the int64 range → its 8 little-endian
-bytes; a ``str`` → UTF-8; ``bytes`` → themselves; anything else → ``repr(key)`` (after
-``hash(key)``, so an unhashable key is a ``TypeError``). Each encoding has its own seed
-variant, so ``1``, ``"1"`` and ``b"1"`` are different keys. Python's own ``hash()`` would
-not do: ints hash to themselves modulo 2**61-1, so a client choosing ids could pile every
-key into one probe chain whatever seed is mixed in afterwards. With a secret seed the
-attacker cannot predict slots; two distinct keys share a bucket with probability 2**-64.
-Comparing fingerprints only also means no user ``__eq__`` runs inside an update.
+**Keys.** A key is identified by a 64-bit fingerprint seeded with a per-process secret:
+the cache's ``key_hash`` (``_pure/sketch.py``; compiled: ``key_fingerprint`` of
+``_fast/sketch.pxd``), so the limiter and :class:`~gameguard.HotKeyCache` agree on key
+identity: equal keys are one key (``1``, ``1.0``, ``True``), ``str``/``bytes`` by their
+bytes, tuples element by element; other hashables through ``hash()`` mixed with the seed.
+Python's own ``hash()`` alone would not do for ints: they hash to themselves modulo
+2**61-1, so a client choosing ids could pile every key into one probe chain. With a secret
+seed the attacker cannot predict slots; two distinct keys share a bucket with probability
+2**-64 (for keys hashed through ``hash()``: when their ``hash()`` collides). Comparing
+fingerprints only also means no user ``__eq__`` runs inside an update.
 
 **Eviction** (DESIGN §4.1). A key is *reclaimable* when dropping it loses nothing (its
 bucket has refilled: tokens back to capacity, or the leaky level drained) or it has been
@@ -48,7 +49,8 @@ from typing import Any, Callable, List, Optional, Tuple
 import xxhash
 
 from ..errors import ConfigurationError
-from .bucket import as_double, lv_level, lv_wait, tb_level, tb_wait
+from .bucket import MAX_INDEX, as_double, lv_level, lv_wait, tb_level, tb_wait
+from .sketch import key_hash as _key_hash
 from .kernel import REJECT, GuardKernel
 
 __all__ = ["TOKEN", "LEAKY", "ENTRY_BYTES", "MIN_SLOTS", "BINS", "KeyedTable", "KeyView",
@@ -61,9 +63,6 @@ MIN_SLOTS = 64
 BINS = 256
 
 _MASK = (1 << 64) - 1
-SEED_STR = 0x9E3779B97F4A7C15
-SEED_BYTES = 0xC2B2AE3D27D4EB4F
-SEED_OTHER = 0x165667B19E3779F9
 
 _xxh = xxhash.xxh64_intdigest
 _pack_q = struct.Struct("<q").pack
@@ -116,22 +115,9 @@ class KeyedTable(GuardKernel):
 
     # -- keys -------------------------------------------------------------------------------
     def fingerprint(self, key: Any) -> int:
-        """The key's seeded 64-bit fingerprint (never 0)."""
-        seed = self.seed
-        if isinstance(key, int):
-            if -0x8000000000000000 <= key <= 0x7FFFFFFFFFFFFFFF:
-                return _xxh(_pack_q(key), seed) or 1
-        elif isinstance(key, str):
-            try:
-                b = key.encode("utf-8")
-            except UnicodeEncodeError:  # lone surrogates: hashed through repr() below
-                pass
-            else:
-                return _xxh(b, seed ^ SEED_STR) or 1
-        elif isinstance(key, bytes):
-            return _xxh(key, seed ^ SEED_BYTES) or 1
-        hash(key)  # TypeError for an unhashable key
-        return _xxh(repr(key).encode("utf-8", "surrogatepass"), seed ^ SEED_OTHER) or 1
+        """The key's seeded 64-bit fingerprint (never 0): the cache's ``key_hash``, so the
+        limiter and the cache agree on key identity (equal keys are one key)."""
+        return _key_hash(key, self.seed) or 1
 
     # -- table ------------------------------------------------------------------------------
     @staticmethod
@@ -314,6 +300,8 @@ class KeyedTable(GuardKernel):
         return i
 
     def _take(self, now: float, fp: int, cost: float) -> bool:
+        if not abs(now) < MAX_INDEX:  # NaN too: the compiled eviction bins times into ints
+            raise ValueError(f"clock reading {now!r} is not a usable time")
         with self._lock:
             i = self._find(fp)
             if i < 0:
@@ -401,6 +389,27 @@ class KeyedTable(GuardKernel):
             self.sweeps += 1
             self._compact(marked)
             return marked
+
+    def configure(self, now: float, rate: float, capacity: float, idle_ttl: float) -> None:
+        """Settle every key at the old rate up to ``now`` (O(slots)), then switch. Tokens
+        are clipped to the new capacity (never raised); a leaky level is kept (lowering it
+        would free room)."""
+        now = float(now)
+        if not abs(now) < MAX_INDEX:
+            raise ValueError(f"clock reading {now!r} is not a usable time")
+        with self._lock:
+            a, lasts, cap = self._a, self._last, float(capacity)
+            for i in range(self.slots):
+                if self._fp[i] == 0:
+                    continue
+                if self.kind == TOKEN:
+                    v = tb_level(a[i], lasts[i], now, self.rate, self.capacity)
+                    a[i] = cap if v > cap else v
+                else:
+                    a[i] = lv_level(a[i], lasts[i], now, self.rate)
+                if now > lasts[i]:
+                    lasts[i] = now
+            self.rate, self.capacity, self.idle_ttl = float(rate), cap, float(idle_ttl)
 
     def clear(self) -> None:
         with self._lock:
