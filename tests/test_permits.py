@@ -20,7 +20,10 @@ import gc
 import logging
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from gameguard import _impl
 from gameguard import (AdaptiveThrottle, Bulkhead, CircuitBreaker, CircuitOpenError,
                        ConfigurationError, Guard, KeyedLimiter, ManualClock, RejectedError,
                        pipeline)
@@ -408,3 +411,41 @@ def test_pipeline_refuses_a_guard_that_needs_a_key(twin):
     with pytest.raises(ConfigurationError, match=r"bind\(key\)"):
         pipeline(Bulkhead(3), Keyed(rate=10))
     pipeline(Bulkhead(3), Keyed(rate=10).bind("player-1"))  # one key: a guard like others
+
+
+# -- the twins decide alike through every form -------------------------------------------------
+STEP = st.tuples(st.sampled_from(FORMS), st.sampled_from(["ok", "boom", "ignored"]),
+                 st.sampled_from([0.0, 0.5, 3.0]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(STEP, max_size=25))
+def test_twins_decide_alike_through_every_form(steps):
+    """The same calls, outcomes and clock through pipeline(breaker, bulkhead, breaker) on
+    the fast and the pure twin: the same results, breaker states and permits."""
+    if not _impl.FAST_AVAILABLE:
+        pytest.fail("the compiled twin is not built")
+    seen = []
+    for which in ("fast", "pure"):
+        clock = ManualClock(0.0)
+        with _impl.use(which):
+            outer = CircuitBreaker("outer", clock=clock, consecutive_failures=2,
+                                   open_duration=2.0, ignore=KeyError)
+            bulk = Bulkhead(1, clock=clock)
+            inner = CircuitBreaker("inner", clock=clock, failure_rate=0.5, minimum_calls=2,
+                                   window=4.0, buckets=4, open_duration=1.0)
+            p = pipeline(outer, bulk, inner)
+        trace = []
+        for form, outcome, dt in steps:
+            def body(outcome=outcome):
+                if outcome == "boom":
+                    raise Boom()
+                if outcome == "ignored":
+                    raise KeyError("ignored")
+                return "ok"
+            result = run_form(form, p, body)
+            trace.append((type(result).__name__, getattr(result, "name", None), outer.state,
+                          inner.state, bulk.in_flight))
+            clock.advance(dt)
+        seen.append(trace)
+    assert seen[0] == seen[1]

@@ -26,6 +26,7 @@ from . import _impl
 from .clock import Clock, monotonic
 from ._checks import check_callable, check_clock
 from .errors import ConfigurationError, RejectedError
+from ._pure import call as _pure_call
 
 __all__ = ["Guard", "GuardHooks", "Pipeline", "pipeline", "Classifier", "ExceptionSpec"]
 
@@ -44,10 +45,10 @@ REJECT: int = _k.REJECT
 PENDING_EVENTS: int = _k.PENDING_EVENTS
 PENDING_WAKE: int = _k.PENDING_WAKE
 
-if _impl.USE_EXTENSIONS:  # with / async with: compiled, handing pure-kernel guards to _pure
-    from ._fast import call as _blocks
-else:
-    from ._pure import call as _blocks
+if TYPE_CHECKING:
+    _Base = object
+else:  # with / async with in C when compiled (pure-kernel guards handed to _pure_call)
+    _Base = getattr(_impl.kernel("call"), "GuardBase", object)
 
 
 class GuardHooks(Protocol):
@@ -157,11 +158,10 @@ def _wrap(func: F, guards: Sequence["Guard"], fallback: Optional[Callable[..., A
     return cast(F, wrap(func, tuple(guards), guards[0]._clock, fallback))
 
 
-class _GuardMixin:
+class _GuardMixin(_Base):
     """Decorator and context-manager behaviour shared by :class:`Guard` and :class:`Pipeline`."""
 
     _guards: Tuple["Guard", ...]
-    _chain: Any = None  # the compiled twin's per-object plan for with / async with
 
     @overload
     def __call__(self, func: F, /) -> F: ...
@@ -192,11 +192,11 @@ class _GuardMixin:
         async def __aenter__(self: G) -> G: ...
         async def __aexit__(self, exc_type: Any, exc: Optional[BaseException],
                             tb: Any) -> bool: ...
-    else:
-        __enter__ = _blocks.block_enter
-        __exit__ = _blocks.block_exit
-        __aenter__ = _blocks.block_aenter
-        __aexit__ = _blocks.block_aexit
+    elif _Base is object:  # the compiled base has them as C methods
+        __enter__ = _pure_call.block_enter
+        __exit__ = _pure_call.block_exit
+        __aenter__ = _pure_call.block_aenter
+        __aexit__ = _pure_call.block_aexit
 
 
 class Guard(_GuardMixin):
@@ -252,6 +252,11 @@ class Guard(_GuardMixin):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
+
+
+if TYPE_CHECKING:
+    def _implements_the_hooks(g: Guard) -> GuardHooks:
+        return g  # mypy checks here that Guard (so every guard) satisfies GuardHooks
 
 
 class Pipeline(_GuardMixin):

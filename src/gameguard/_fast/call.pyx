@@ -1,12 +1,12 @@
-# cython: language_level=3
+# cython: language_level=3, boundscheck=False, wraparound=False
 """The guard protocol's common paths in C (compiled twin of ``gameguard._pure.call``).
 
 One :class:`Chain` (guards outermost first, their kernels, the clock) carries the protocol:
 ``admit`` (the single-guard common case inline, everything else through ``take``),
 ``release`` (every permit exactly once, whatever raises), ``exit_ok`` and ``finish``. The
 decorated sync call (:class:`GuardedCall`), the decorated coroutine (:class:`GuardedAsync`
-and its :class:`GuardedAwaitable`) and ``with`` / ``async with`` (``block_*``, installed on
-``Guard``) are that protocol around a call, an await or a block. On the common path
+and its :class:`GuardedAwaitable`) and ``with`` / ``async with`` (:class:`GuardBase`, the
+base of ``Guard``) are that protocol around a call, an await or a block. On the common path
 (default clock, admitted, returns) they read CLOCK_MONOTONIC in C, call ``enter``/``exit``
 through the kernel's vtable and make no Python-level call besides the user's code. Waiting
 for admission, and guards built on the pure twin, go to the Python protocol.
@@ -69,8 +69,7 @@ cdef extern from "Python.h":
         PyObject *context   # the current contextvars.Context
     ThreadState *PyThreadState_Get()
 
-__all__ = ["wrap_sync", "wrap_async", "new_rejection", "monotonic", "block_enter",
-           "block_exit", "block_aenter", "block_aexit"]
+__all__ = ["wrap_sync", "wrap_async", "new_rejection", "monotonic", "GuardBase"]
 
 log = logging.getLogger("gameguard")
 
@@ -240,22 +239,28 @@ cdef class Chain:
         return self.release(tokens, self.n, t1, t1 - t0, exc, outcome, t0)
 
     @cython.final
-    cdef inline object exit_ok(self, long long *tokens, double t0):
-        """The guarded code returned: release every permit as a success. With a C clock
-        (a valid reading, so no kernel refuses it) this is one exit per guard inline."""
+    cdef inline int exit_ok(self, long long *tokens, double t0) except -1:
+        """The guarded code returned: release every permit as a success, then raise the
+        first machinery error if any. With a C clock (a valid reading, so no kernel refuses
+        it) this is one exit per guard inline."""
         cdef double t1
         cdef int j
         cdef GuardKernel k
         if not self.clock_kind:
-            return self.finish(tokens, t0, None)
+            return _surface(self.finish(tokens, t0, None), None)
         t1 = _c_clock(self.clock_kind)
+        if self.n == 1:
+            self.k0.exit(tokens[0], t1, t1 - t0, SUCCESS_)
+            if self.k0.pending:
+                _surface(_serviced(self.guards[0], None), None)
+            return 0
         error = None
         for j in range(self.n - 1, -1, -1):
             k = <GuardKernel>self.kernels[j]
             k.exit(tokens[j], t1, t1 - t0, SUCCESS_)
             if k.pending:
                 error = _serviced(self.guards[j], error)
-        return error
+        return _surface(error, None)
 
     @cython.final
     cdef int give_back(self, long long *tokens, int held, double now) except -1:
@@ -345,9 +350,7 @@ cdef object _guarded_vectorcall(GuardedCall self, PyObject **args, size_t nargsf
         return gg_propagate()
     result = <object>res
     Py_DECREF(result)  # `result` holds its own reference now; drop the one the call gave us
-    error = self.exit_ok(tokens, t0)
-    if error is not None:
-        raise error
+    self.exit_ok(tokens, t0)
     return result
 
 
@@ -465,7 +468,7 @@ cdef class GuardedAwaitable:
         if r == PYGEN_RETURN:
             out = <object>res
             Py_DECREF(out)
-            _surface(self._ended(None, SUCCESS_), None)
+            self._ended(None, SUCCESS_)
             raise StopIteration(out)
         self._raised()
         return gg_propagate()
@@ -476,17 +479,17 @@ cdef class GuardedAwaitable:
                 return self.coro.throw(typ)
             return self.coro.throw(typ, val, tb)
         except StopIteration:
-            _surface(self._ended(None, SUCCESS_), None)
+            self._ended(None, SUCCESS_)
             raise
         except BaseException as exc:
-            _surface(self._ended(exc, SUCCESS_), exc)
+            self._ended(exc, SUCCESS_)
             raise
 
     def close(self):
         try:
             self.coro.close()
         finally:
-            _surface(self._ended(None, IGNORED_), None)
+            self._ended(None, IGNORED_)
 
     @property
     def cr_await(self):
@@ -495,13 +498,15 @@ cdef class GuardedAwaitable:
     def __repr__(self):
         return f"<guarded awaitable {self.coro!r}>"
 
-    cdef object _ended(self, exc, int outcome):
+    cdef int _ended(self, exc, int outcome) except -1:
+        """Release the permits (once) with ``exc``'s outcome, else ``outcome``; a machinery
+        error is raised, or logged when ``exc`` is on its way out."""
         if self.done:
-            return None
+            return 0
         self.done = True
         if exc is None and outcome == SUCCESS_:
             return self.owner.exit_ok(self.tokens, self.t0)
-        return self.owner.finish(self.tokens, self.t0, exc, outcome)
+        return _surface(self.owner.finish(self.tokens, self.t0, exc, outcome), exc)
 
     cdef void _raised(self) noexcept:
         if not self.done:
@@ -527,8 +532,9 @@ cdef PySendResult _awaitable_am_send(PyObject *obj, PyObject *value, PyObject **
         return _raise_in_send(RuntimeError("cannot reuse already awaited coroutine"), result)
     r = PyIter_Send(<PyObject *>self.coro, value, result)
     if r == PYGEN_RETURN:
-        error = self._ended(None, SUCCESS_)
-        if error is not None:  # a machinery error after every permit was released
+        try:
+            self._ended(None, SUCCESS_)
+        except BaseException as error:  # a machinery error after every permit was released
             Py_DECREF(<object>result[0])
             return _raise_in_send(error, result)
     elif r == PYGEN_ERROR:
@@ -619,46 +625,87 @@ cdef PermitStack _stack(bint create):
     return s
 
 
-cdef Chain _chain(owner):
+cdef class GuardBase:
+    """Base of ``Guard`` and ``Pipeline`` when the compiled twin is active: ``with`` and
+    ``async with`` as C methods, with the object's compiled plan in a C field (no Python
+    attribute lookup, no Python frame per block). Subclasses provide ``_guards``."""
+
+    cdef object _plan  # None: not built yet; False: a guard runs on the pure twin; a Chain
+
+    def __enter__(self):
+        """Enter every guard (waiting where a guard waits), or raise the refusing guard's
+        rejection with every permit given back."""
+        cdef Chain c = _chain(self)
+        cdef int i
+        if c is None:
+            return _py.block_enter(self)
+        cdef double t0 = _open_block(c, self, True, &i)
+        if i < c.n:
+            raise c.guards[i]._rejection(t0)
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        """Release this block's permits with the block's outcome; never suppresses."""
+        cdef Chain c = _chain(self)
+        if c is None:
+            return _py.block_exit(self, exc_type, exc, tb)
+        _exit_block(c, self, exc_type, exc)
+        return False
+
+    def __aenter__(self):
+        """Admitted at once: a finished awaitable. A guard that waits: the Python
+        protocol's coroutine."""
+        cdef Chain c = _chain(self)
+        cdef int i
+        if c is None:
+            return _py.block_aenter(self)
+        cdef double t0 = _open_block(c, self, False, &i)
+        if i < c.n:
+            if c.guards[i]._waits:
+                return _aenter_waiting(c, self, t0)
+            raise c.guards[i]._rejection(t0)
+        return c.ready
+
+    def __aexit__(self, exc_type, exc, tb):
+        """Released at once: a finished awaitable of False."""
+        cdef Chain c = _chain(self)
+        if c is None:
+            return _py.block_aexit(self, exc_type, exc, tb)
+        _exit_block(c, self, exc_type, exc)
+        return _DONE_FALSE
+
+
+cdef Chain _chain(GuardBase owner):
     """``owner``'s compiled plan (built on first use), or None when a guard in it runs on
     the pure twin (then the Python protocol serves it)."""
-    c = owner._chain
+    c = owner._plan
     if c is None:
         c = False
-        if all([isinstance(g._kernel, GuardKernel) for g in owner._guards]):
+        guards = tuple(owner._guards)
+        if all([isinstance(g._kernel, GuardKernel) for g in guards]):
             c = Chain.__new__(Chain)
-            (<Chain>c).setup(tuple(owner._guards), owner._guards[0]._clock)
+            (<Chain>c).setup(guards, guards[0]._clock)
             (<Chain>c).ready = _Ready.__new__(_Ready)
             (<_Ready>(<Chain>c).ready).value = owner
-        owner._chain = c
+        owner._plan = c
     return None if c is False else <Chain>c
 
 
-def block_enter(owner):
-    """``owner.__enter__()``: ``owner._guards`` entered (waiting where a guard waits), or
-    the refusing guard's rejection raised with every permit given back."""
-    cdef Chain c = _chain(owner)
-    if c is None:
-        return _py.block_enter(owner)
+cdef double _open_block(Chain c, owner, bint wait, int *refused) except? -1.0:
+    """Enter ``c``'s guards for a block of ``owner``; returns the entry reading. Admitted
+    (``refused`` set to ``n``): the permits go on this context's stack. Else ``refused``
+    is the refusing guard's index and nothing is held."""
     cdef long long tokens[MAX_GUARDS]
     cdef double t0 = c.now()
     cdef PermitStack s = _stack(True)
-    s.reserve()
-    cdef int i = c.admit(t0, tokens, True)
+    s.reserve()  # before entering: pushing afterwards cannot fail
+    cdef int i = c.admit(t0, tokens, wait)
     if i < c.n:
         c.give_back(tokens, i, t0)
-        raise c.guards[i]._rejection(t0)
-    s.push(owner, tokens, c.n, t0)
-    return owner
-
-
-def block_exit(owner, exc_type, exc, tb):
-    """``owner.__exit__(...)``: this block's permits released; never suppresses."""
-    cdef Chain c = _chain(owner)
-    if c is None:
-        return _py.block_exit(owner, exc_type, exc, tb)
-    _exit_block(c, owner, exc_type, exc)
-    return False
+    else:
+        s.push(owner, tokens, c.n, t0)
+    refused[0] = i
+    return t0
 
 
 cdef int _exit_block(Chain c, owner, exc_type, exc) except -1:
@@ -669,31 +716,9 @@ cdef int _exit_block(Chain c, owner, exc_type, exc) except -1:
         raise RuntimeError(f"{owner!r}: __exit__ without a matching __enter__")
     s.pop(owner, tokens, &t0)
     if exc is None and exc_type is None:
-        _surface(c.exit_ok(tokens, t0), None)
-        return 0
+        return c.exit_ok(tokens, t0)
     exc = _py.exception_of(exc_type, exc)
-    _surface(c.finish(tokens, t0, exc), exc)
-    return 0
-
-
-def block_aenter(owner):
-    """``owner.__aenter__()``: admitted at once, a finished awaitable; a guard that waits,
-    the Python protocol's coroutine."""
-    cdef Chain c = _chain(owner)
-    if c is None:
-        return _py.block_aenter(owner)
-    cdef long long tokens[MAX_GUARDS]
-    cdef double t0 = c.now()
-    cdef PermitStack s = _stack(True)
-    s.reserve()
-    cdef int i = c.admit(t0, tokens, False)
-    if i < c.n:
-        c.give_back(tokens, i, t0)
-        if c.guards[i]._waits:
-            return _aenter_waiting(c, owner, t0)
-        raise c.guards[i]._rejection(t0)
-    s.push(owner, tokens, c.n, t0)
-    return c.ready
+    return _surface(c.finish(tokens, t0, exc), exc)
 
 
 async def _aenter_waiting(Chain c, owner, double t0):
@@ -709,15 +734,6 @@ async def _aenter_waiting(Chain c, owner, double t0):
     s.reserve()
     s.push(owner, tokens, c.n, t0)
     return owner
-
-
-def block_aexit(owner, exc_type, exc, tb):
-    """``owner.__aexit__(...)``: released at once; a finished awaitable of False."""
-    cdef Chain c = _chain(owner)
-    if c is None:
-        return _py.block_aexit(owner, exc_type, exc, tb)
-    _exit_block(c, owner, exc_type, exc)
-    return _DONE_FALSE
 
 
 @cython.final
