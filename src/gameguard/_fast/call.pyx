@@ -22,7 +22,7 @@ from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_DECREF
 from cpython.exc cimport PyErr_SetObject
 from cpython.mem cimport PyMem_Realloc, PyMem_Free
-from cpython.contextvars cimport get_value, PyContextVar_Set
+from cpython.contextvars cimport PyContextVar_Get, PyContextVar_Set
 from libc.string cimport memcpy, memmove
 
 from gameguard._fast.kernel cimport (GuardKernel, SUCCESS_, IGNORED_, monotonic_precise,
@@ -586,12 +586,14 @@ cdef class PermitStack:
 
     cdef void push(self, owner, long long *tokens, int n, double t0) noexcept:
         """After :meth:`reserve`."""
+        cdef int i
         cdef Block *b = &self.blocks[self.depth]
         Py_INCREF(owner)
         b.owner = <PyObject *>owner
         b.t0 = t0
         b.n = n
-        memcpy(b.tokens, tokens, n * sizeof(long long))
+        for i in range(n):
+            b.tokens[i] = tokens[i]
         self.depth += 1
 
     cdef int pop(self, owner, long long *tokens, double *t0) except -1:
@@ -601,9 +603,12 @@ cdef class PermitStack:
             i -= 1
         if i < 0:
             raise RuntimeError(f"{owner!r}: __exit__ without a matching __enter__")
-        memcpy(tokens, self.blocks[i].tokens, self.blocks[i].n * sizeof(long long))
+        cdef int j
+        for j in range(self.blocks[i].n):
+            tokens[j] = self.blocks[i].tokens[j]
         t0[0] = self.blocks[i].t0
-        memmove(&self.blocks[i], &self.blocks[i + 1], (self.depth - i - 1) * sizeof(Block))
+        if i < self.depth - 1:  # closed out of order
+            memmove(&self.blocks[i], &self.blocks[i + 1], (self.depth - i - 1) * sizeof(Block))
         self.depth -= 1
         Py_DECREF(owner)  # the caller holds it too
         return 0
@@ -612,14 +617,22 @@ cdef class PermitStack:
 cdef object _stacks = ContextVar("gameguard_blocks")
 
 
-cdef PermitStack _stack(bint create):
+cdef inline PermitStack _stack(bint create):
     """This context's open blocks (``create``: made if there are none)."""
-    cdef PermitStack s = get_value(_stacks)
-    if s is not None and <PyObject *>s.context == PyThreadState_Get().context:
-        return s
+    cdef PyObject *value = NULL
+    cdef PyObject *context = PyThreadState_Get().context
+    PyContextVar_Get(_stacks, NULL, &value)  # a new reference, or NULL
+    if value != NULL:
+        Py_DECREF(<object>value)  # the ContextVar still holds it
+        if <PyObject *>(<PermitStack>value).context == context:
+            return <PermitStack>value
     if not create:
         return None
-    s = PermitStack.__new__(PermitStack)
+    return _new_stack()
+
+
+cdef PermitStack _new_stack():
+    cdef PermitStack s = PermitStack.__new__(PermitStack)
     PyContextVar_Set(_stacks, s)
     s.context = <object>PyThreadState_Get().context
     return s
@@ -632,6 +645,7 @@ cdef class GuardBase:
 
     cdef object _plan  # None: not built yet; False: a guard runs on the pure twin; a Chain
 
+    @cython.binding(False)  # a method descriptor: CPython calls it directly
     def __enter__(self):
         """Enter every guard (waiting where a guard waits), or raise the refusing guard's
         rejection with every permit given back."""
@@ -644,6 +658,7 @@ cdef class GuardBase:
             raise c.guards[i]._rejection(t0)
         return self
 
+    @cython.binding(False)  # a method descriptor: CPython calls it directly
     def __exit__(self, exc_type, exc, tb):
         """Release this block's permits with the block's outcome; never suppresses."""
         cdef Chain c = _chain(self)
@@ -652,6 +667,7 @@ cdef class GuardBase:
         _exit_block(c, self, exc_type, exc)
         return False
 
+    @cython.binding(False)  # a method descriptor: CPython calls it directly
     def __aenter__(self):
         """Admitted at once: a finished awaitable. A guard that waits: the Python
         protocol's coroutine."""
@@ -666,6 +682,7 @@ cdef class GuardBase:
             raise c.guards[i]._rejection(t0)
         return c.ready
 
+    @cython.binding(False)  # a method descriptor: CPython calls it directly
     def __aexit__(self, exc_type, exc, tb):
         """Released at once: a finished awaitable of False."""
         cdef Chain c = _chain(self)
@@ -675,11 +692,16 @@ cdef class GuardBase:
         return _DONE_FALSE
 
 
-cdef Chain _chain(GuardBase owner):
-    """``owner``'s compiled plan (built on first use), or None when a guard in it runs on
-    the pure twin (then the Python protocol serves it)."""
-    c = owner._plan
-    if c is None:
+cdef inline Chain _chain(GuardBase owner):
+    """``owner``'s compiled plan, or None when a guard in it runs on the pure twin (then
+    the Python protocol serves it)."""
+    if type(owner._plan) is Chain:
+        return <Chain>owner._plan
+    return _new_plan(owner)
+
+
+cdef Chain _new_plan(GuardBase owner):
+    if owner._plan is None:
         c = False
         guards = tuple(owner._guards)
         if all([isinstance(g._kernel, GuardKernel) for g in guards]):
@@ -688,10 +710,10 @@ cdef Chain _chain(GuardBase owner):
             (<Chain>c).ready = _Ready.__new__(_Ready)
             (<_Ready>(<Chain>c).ready).value = owner
         owner._plan = c
-    return None if c is False else <Chain>c
+    return None if owner._plan is False else <Chain>owner._plan
 
 
-cdef double _open_block(Chain c, owner, bint wait, int *refused) except? -1.0:
+cdef inline double _open_block(Chain c, owner, bint wait, int *refused) except? -1.0:
     """Enter ``c``'s guards for a block of ``owner``; returns the entry reading. Admitted
     (``refused`` set to ``n``): the permits go on this context's stack. Else ``refused``
     is the refusing guard's index and nothing is held."""
@@ -708,7 +730,7 @@ cdef double _open_block(Chain c, owner, bint wait, int *refused) except? -1.0:
     return t0
 
 
-cdef int _exit_block(Chain c, owner, exc_type, exc) except -1:
+cdef inline int _exit_block(Chain c, owner, exc_type, exc) except -1:
     cdef long long tokens[MAX_GUARDS]
     cdef double t0
     cdef PermitStack s = _stack(False)
