@@ -449,3 +449,32 @@ def test_twins_decide_alike_through_every_form(steps):
             clock.advance(dt)
         seen.append(trace)
     assert seen[0] == seen[1]
+
+
+def test_a_task_started_inside_a_block_keeps_its_own_permits(twin):
+    """A task copies the context of the block that starts it: each must still close its
+    own permit (here the parent's permit is from a stale breaker epoch, the child's not:
+    exiting with the child's would count the parent's failure)."""
+    b = CircuitBreaker(clock=ManualClock(0.0), consecutive_failures=1)
+
+    async def main():
+        entered, release = asyncio.Event(), asyncio.Event()
+
+        async def child():
+            async with b:
+                entered.set()
+                await release.wait()
+
+        with pytest.raises(Boom):
+            async with b:
+                b.force_open()
+                b.reset()                  # a new epoch: the parent's permit is stale now
+                task = asyncio.ensure_future(child())
+                await entered.wait()
+                raise Boom()               # a stale permit's outcome counts for nothing
+        assert b.state == "closed"
+        release.set()
+        await task
+        assert b.state == "closed"
+
+    asyncio.run(main())

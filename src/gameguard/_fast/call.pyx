@@ -241,19 +241,24 @@ cdef class Chain:
     @cython.final
     cdef inline int exit_ok(self, long long *tokens, double t0) except -1:
         """The guarded code returned: release every permit as a success, then raise the
-        first machinery error if any. With a C clock (a valid reading, so no kernel refuses
-        it) this is one exit per guard inline."""
+        first machinery error if any. One guard on a C clock (a valid reading, so no kernel
+        refuses it) is the inline case."""
+        cdef double t1
+        if self.n == 1 and self.clock_kind:
+            t1 = _c_clock(self.clock_kind)
+            self.k0.exit(tokens[0], t1, t1 - t0, SUCCESS_)
+            if self.k0.pending:
+                return _surface(_serviced(self.guards[0], None), None)
+            return 0
+        return self.exit_all(tokens, t0)
+
+    cdef int exit_all(self, long long *tokens, double t0) except -1:
         cdef double t1
         cdef int j
         cdef GuardKernel k
         if not self.clock_kind:
             return _surface(self.finish(tokens, t0, None), None)
         t1 = _c_clock(self.clock_kind)
-        if self.n == 1:
-            self.k0.exit(tokens[0], t1, t1 - t0, SUCCESS_)
-            if self.k0.pending:
-                _surface(_serviced(self.guards[0], None), None)
-            return 0
         error = None
         for j in range(self.n - 1, -1, -1):
             k = <GuardKernel>self.kernels[j]
@@ -617,24 +622,34 @@ cdef class PermitStack:
 cdef object _stacks = ContextVar("gameguard_blocks")
 
 
+# The stack of the context used last: a strong reference, so that context stays alive and
+# no other context can have its address. Read and written only by C code that makes no
+# Python call in between, so under the GIL it is consistent.
+cdef PermitStack _last = None
+
+
 cdef inline PermitStack _stack(bint create):
     """This context's open blocks (``create``: made if there are none)."""
+    if _last is not None and <PyObject *>_last.context == PyThreadState_Get().context:
+        return _last
+    return _find_stack(create)
+
+
+cdef PermitStack _find_stack(bint create):
+    global _last
     cdef PyObject *value = NULL
-    cdef PyObject *context = PyThreadState_Get().context
     PyContextVar_Get(_stacks, NULL, &value)  # a new reference, or NULL
     if value != NULL:
         Py_DECREF(<object>value)  # the ContextVar still holds it
-        if <PyObject *>(<PermitStack>value).context == context:
-            return <PermitStack>value
+        if <PyObject *>(<PermitStack>value).context == PyThreadState_Get().context:
+            _last = <PermitStack>value
+            return _last
     if not create:
         return None
-    return _new_stack()
-
-
-cdef PermitStack _new_stack():
     cdef PermitStack s = PermitStack.__new__(PermitStack)
     PyContextVar_Set(_stacks, s)
     s.context = <object>PyThreadState_Get().context
+    _last = s
     return s
 
 
