@@ -143,6 +143,7 @@ cdef class Chain:
             self.clock_kind, self.read = 2, monotonic_coarse_
         return 0
 
+    @cython.final
     cdef inline double now(self) except? -1.0:
         if self.clock_kind:
             return _c_clock(self.clock_kind)
@@ -173,18 +174,17 @@ cdef class Chain:
         try:
             while i < self.n:
                 k = <GuardKernel>self.kernels[i]
-                g = self.guards[i]
                 if first != NOT_ENTERED:
                     token, first = first, NOT_ENTERED
                 else:
                     token = k.enter(now)
-                if token < 0 and wait and g._waits:
-                    token = g._admit_slow(now)
+                if token < 0 and wait and self.guards[i]._waits:
+                    token = self.guards[i]._admit_slow(now)
                 if token >= 0:
                     tokens[i] = token
                     held = i + 1
                 if k.pending:
-                    g._service()
+                    self.guards[i]._service()
                 if token < 0:
                     return i
                 i += 1
@@ -265,7 +265,7 @@ cdef class Chain:
             k.exit(tokens[j], t1, t1 - t0, SUCCESS_)
             if k.pending:
                 error = _serviced(self.guards[j], error)
-        return _surface(error, None)
+        return 0 if error is None else _surface(error, None)
 
     @cython.final
     cdef int give_back(self, long long *tokens, int held, double now) except -1:
@@ -577,11 +577,15 @@ cdef class PermitStack:
             Py_DECREF(<object>self.blocks[i].owner)
         PyMem_Free(self.blocks)
 
-    cdef int reserve(self) except -1:
-        cdef int cap
-        cdef Block *grown
+    cdef inline int reserve(self) except -1:
+        """Room for one more block."""
         if self.depth < self.cap:
             return 0
+        return self.grow()
+
+    cdef int grow(self) except -1:
+        cdef int cap
+        cdef Block *grown
         cap = self.cap * 2 if self.cap else 4
         grown = <Block *>PyMem_Realloc(self.blocks, cap * sizeof(Block))
         if grown == NULL:
