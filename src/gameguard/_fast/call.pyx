@@ -292,26 +292,15 @@ cdef void _finish_raised(Chain c, long long *tokens, double t0) noexcept:
 
 
 # -- decorated sync calls ----------------------------------------------------------------------
-cdef class GuardedCall(Chain):
-    """A guarded sync function. Keeps ``__wrapped__``, ``__name__``, ``__doc__`` and the
-    signature (through ``__wrapped__``), and binds like a function when used as a method."""
+cdef class _Wrapper(Chain):
+    """A guarded function: keeps ``__wrapped__``, ``__name__``, ``__doc__`` and the
+    signature (through ``__wrapped__``), binds like a function when used as a method, and
+    is called through CPython's vectorcall protocol (the subclass sets ``vectorcall``)."""
 
     cdef readonly object func
     cdef object fallback
-    cdef object fallback0        # what answers a rejection by guards[0] (None: raise)
-    cdef object rejection0       # guards[0]._rejection, bound once
     cdef vectorcallfunc vectorcall   # found by CPython through tp_vectorcall_offset
     cdef dict __dict__
-
-    def __cinit__(self):
-        self.vectorcall = <vectorcallfunc>_guarded_vectorcall
-
-    def __init__(self, func, tuple guards, clock, fallback):
-        self.setup(guards, clock)
-        self.func = func
-        self.fallback = fallback
-        self.fallback0 = guards[0]._fallback if guards[0]._fallback is not None else fallback
-        self.rejection0 = guards[0]._rejection
 
     def __call__(self, *args, **kwargs):  # the tuple-calling path (PyObject_Call)
         return PyVectorcall_Call(self, args, kwargs)
@@ -323,6 +312,23 @@ cdef class GuardedCall(Chain):
 
     def __repr__(self):
         return f"<guarded {self.func!r}>"
+
+
+cdef class GuardedCall(_Wrapper):
+    """A guarded sync function."""
+
+    cdef object fallback0        # what answers a rejection by guards[0] (None: raise)
+    cdef object rejection0       # guards[0]._rejection, bound once
+
+    def __cinit__(self):
+        self.vectorcall = <vectorcallfunc>_guarded_vectorcall
+
+    def __init__(self, func, tuple guards, clock, fallback):
+        self.setup(guards, clock)
+        self.func = func
+        self.fallback = fallback
+        self.fallback0 = guards[0]._fallback if guards[0]._fallback is not None else fallback
+        self.rejection0 = guards[0]._rejection
 
 
 cdef object _refused_fallback(Chain c, int i, double now, long long *tokens, fallback):
@@ -377,15 +383,10 @@ cdef tuple _pack(PyObject **args, size_t nargsf, PyObject *kwnames):
 
 
 # -- decorated coroutines ----------------------------------------------------------------------
-cdef class GuardedAsync(Chain):
+cdef class GuardedAsync(_Wrapper):
     """A guarded coroutine function. Calling it enters the guards in C and returns a
     :class:`GuardedAwaitable` over the user's coroutine; a refused call returns the Python
     protocol's coroutine (it waits, answers with the fallback, or raises when awaited)."""
-
-    cdef readonly object func
-    cdef object fallback
-    cdef vectorcallfunc vectorcall
-    cdef dict __dict__
 
     def __cinit__(self):
         self.vectorcall = <vectorcallfunc>_async_vectorcall
@@ -394,17 +395,6 @@ cdef class GuardedAsync(Chain):
         self.setup(guards, clock)
         self.func = func
         self.fallback = fallback
-
-    def __call__(self, *args, **kwargs):  # the tuple-calling path (PyObject_Call)
-        return PyVectorcall_Call(self, args, kwargs)
-
-    def __get__(self, obj, objtype):
-        if obj is None:
-            return self
-        return types.MethodType(self, obj)
-
-    def __repr__(self):
-        return f"<guarded {self.func!r}>"
 
 
 cdef object _async_vectorcall(GuardedAsync self, PyObject **args, size_t nargsf,
@@ -821,14 +811,13 @@ cdef _install_slots():
     tp.tp_as_async.am_send = <sendfunc>_awaitable_am_send
     tp = <AwaitTypeSlots *>_Ready
     tp.tp_as_async.am_send = <sendfunc>_ready_am_send
-    cdef GuardedCall probe = GuardedCall.__new__(GuardedCall)
-    cdef TypeSlots *ts = <TypeSlots *>GuardedCall
-    ts.tp_vectorcall_offset = <Py_ssize_t>(<char *>&probe.vectorcall - <char *><PyObject *>probe)
-    ts.tp_flags |= Py_TPFLAGS_HAVE_VECTORCALL
-    cdef GuardedAsync aprobe = GuardedAsync.__new__(GuardedAsync)
-    ts = <TypeSlots *>GuardedAsync
-    ts.tp_vectorcall_offset = <Py_ssize_t>(<char *>&aprobe.vectorcall - <char *><PyObject *>aprobe)
-    ts.tp_flags |= Py_TPFLAGS_HAVE_VECTORCALL
+    cdef _Wrapper probe = GuardedCall.__new__(GuardedCall)
+    cdef Py_ssize_t offset = <char *>&probe.vectorcall - <char *><PyObject *>probe
+    cdef TypeSlots *ts
+    for cls in (GuardedCall, GuardedAsync):
+        ts = <TypeSlots *><PyObject *>cls
+        ts.tp_vectorcall_offset = offset
+        ts.tp_flags |= Py_TPFLAGS_HAVE_VECTORCALL
 
 _install_slots()
 
