@@ -97,6 +97,49 @@ def test_purgatory_sync(benchmark, loop_calls):
     benchmark(loop_calls(f))
 
 
+# -- with: a block around the same call ---------------------------------------------------------
+def _with_loop(g):
+    def run() -> None:
+        for _ in range(LOOP):
+            with g:
+                handler(1)
+    return run
+
+
+@pytest.mark.benchmark(group="with-sync")
+def test_bare_call_for_with(benchmark, loop_calls):
+    benchmark(loop_calls(handler))
+
+
+@pytest.mark.benchmark(group="with-sync")
+@pytest.mark.parametrize("kind", ["fast", "pure"])
+def test_with_breaker(benchmark, kind):
+    with _twin(kind):
+        b = gg.CircuitBreaker("bench")
+    benchmark(_with_loop(b))
+
+
+@pytest.mark.benchmark(group="with-sync")
+def test_with_bulkhead(benchmark):
+    with _twin("fast"):
+        b = gg.Bulkhead(64)
+    benchmark(_with_loop(b))
+
+
+@pytest.mark.benchmark(group="with-sync")
+def test_with_pipeline_breaker_bulkhead(benchmark):
+    with _twin("fast"):
+        p = gg.pipeline(gg.CircuitBreaker("b"), gg.Bulkhead(64))
+    benchmark(_with_loop(p))
+
+
+@pytest.mark.benchmark(group="with-sync")
+def test_with_threading_lock(benchmark):
+    """For scale: the cheapest context manager CPython has (a C lock)."""
+    import threading
+    benchmark(_with_loop(threading.Lock()))
+
+
 # -- sync: rejection path (breaker open) ------------------------------------------------------
 def _reject_loop(f):
     def run() -> None:
@@ -200,6 +243,45 @@ def test_gameguard_bulkhead_async(benchmark, kind):
     with _twin(kind):
         f = gg.Bulkhead(64, max_wait=1.0)(ahandler)
     _bench_async(benchmark, f)
+
+
+@pytest.mark.benchmark(group="async-with")
+def test_bare_awaited_coroutine_for_async_with(benchmark):
+    _bench_async_blocks(benchmark, None)
+
+
+@pytest.mark.benchmark(group="async-with")
+@pytest.mark.parametrize("kind", ["fast", "pure"])
+def test_async_with_breaker(benchmark, kind):
+    with _twin(kind):
+        b = gg.CircuitBreaker("bench")
+    _bench_async_blocks(benchmark, b)
+
+
+@pytest.mark.benchmark(group="async-with")
+def test_async_with_bulkhead(benchmark):
+    with _twin("fast"):
+        b = gg.Bulkhead(64)
+    _bench_async_blocks(benchmark, b)
+
+
+def _bench_async_blocks(benchmark, g):
+    """LOOP blocks ``async with g: await ahandler(1)`` in one coroutine (None: the bare
+    awaits), so the figure is the block's cost over the awaited call it guards."""
+    loop = asyncio.new_event_loop()
+
+    async def bare() -> None:
+        for _ in range(LOOP):
+            await ahandler(1)
+
+    async def blocks() -> None:
+        for _ in range(LOOP):
+            async with g:
+                await ahandler(1)
+    try:
+        benchmark(lambda: loop.run_until_complete(bare() if g is None else blocks()))
+    finally:
+        loop.close()
 
 
 @pytest.mark.benchmark(group="async")

@@ -6,7 +6,8 @@ calls is the exact per-call instruction count (interpreter start-up cancels out)
     PYTHONHASHSEED=0 valgrind --tool=callgrind --callgrind-out-file=/dev/null \
         .venv/bin/python benchmarks/instructions.py CASE N
 
-`python benchmarks/instructions.py --report` does this for every case and prints a table.
+`python benchmarks/instructions.py --report [CASE ...]` does this for every case (or those
+named) and prints a table: ``async_*`` cases as multiples of ``bare_await``, the rest of ``bare``.
 """
 from __future__ import annotations
 
@@ -54,11 +55,47 @@ def build(case: str):  # -> a zero-argument callable doing one call
 
 
 CASES = ["bare", "breaker", "breaker_slowcalls", "throttle", "bulkhead", "pipeline",
-         "breaker_pure", "throttle_pure", "bulkhead_pure", "circuitbreaker", "pybreaker",
+         "with_breaker", "with_bulkhead", "bare_await", "async_with_breaker",
+         "async_with_bulkhead", "breaker_pure", "with_breaker_pure", "async_with_breaker_pure", "throttle_pure", "bulkhead_pure", "circuitbreaker", "pybreaker",
          "purgatory"]
 
 
+async def ahandler(x: int) -> int:
+    return x
+
+
+def run_blocks(case: str, n: int) -> None:
+    """``with g: handler(1)`` / ``async with g: await ahandler(1)`` n times, the loop in the
+    same frame as the block (a helper function per block would add a call to every count)."""
+    import asyncio
+
+    import gameguard as gg
+    from gameguard import _impl
+
+    twin = "pure" if case.endswith("_pure") else "fast"
+    base = case[:-5] if case.endswith("_pure") else case
+    with _impl.use(twin):
+        g = gg.CircuitBreaker("b") if "breaker" in base else gg.Bulkhead(8)
+    if base.startswith("with_"):
+        for _ in range(n):
+            with g:
+                handler(1)
+        return
+
+    async def blocks() -> None:
+        if base == "bare_await":
+            for _ in range(n):
+                await ahandler(1)
+        else:
+            for _ in range(n):
+                async with g:
+                    await ahandler(1)
+    asyncio.run(blocks())
+
+
 def run(case: str, n: int) -> None:
+    if case.startswith(("with_", "async_with_", "bare_await")):
+        return run_blocks(case, n)
     f = build(case)
     for _ in range(n):
         f(1)
@@ -78,15 +115,16 @@ def measure(case: str, n1: int = 20_000, n2: int = 120_000) -> float:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--report"]:
-        bare = None
-        for case in CASES:
+    if sys.argv[1] == "--report":  # --report [CASE ...]: async cases compare to bare_await
+        bare: dict[str, float] = {}
+        for case in sys.argv[2:] or CASES:
             try:
                 per_call = measure(case)
             except subprocess.CalledProcessError:
-                print(f"{case:20s} (not installed)")
+                print(f"{case:24s} (not installed)")
                 continue
-            bare = bare or per_call
-            print(f"{case:20s} {per_call:10.1f} instructions/call  {per_call / bare:5.2f}x bare")
+            group = "bare_await" if case.startswith(("async_", "bare_await")) else "bare"
+            ref = bare.get(group) or bare.setdefault(group, measure(group))
+            print(f"{case:24s} {per_call:10.1f} instructions/call  {per_call / ref:5.2f}x {group}")
     else:
         run(sys.argv[1], int(sys.argv[2]))

@@ -1,30 +1,39 @@
 """The one guard protocol: decorators, ``with``, ``async with`` and ``pipeline``.
 
-Every primitive is a :class:`Guard` over a kernel with two steps, *enter* (admit or reject,
-returning a token) and *exit* (record outcome and duration, release). Wrappers are chosen
-once, at decoration time: sync functions get the compiled call wrapper when the kernels are
-compiled, coroutine functions an ``async def`` wrapper that makes one kernel call on each
-side of the ``await``.
+Every primitive is a :class:`Guard`: a kernel with two steps, *enter* (admit or reject,
+returning a permit token) and *exit* (record outcome and duration, release), plus the
+policy around it. Decorators, ``with``, ``async with`` and ``pipeline(...)`` are written
+once over that protocol, in each language: ``_pure/call.py`` (Python, the reference) and
+``_fast/call.pyx`` (the compiled common paths). Wrappers are chosen once, at decoration
+time. A permit, once taken, is released exactly once on every path.
+
+Adding a guard kind
+-------------------
+One public module with a :class:`Guard` subclass and one kernel pair
+(``_pure/<name>.py`` and ``_fast/<name>.pyx``, same class and signatures, subclassing
+``GuardKernel``). The subclass calls ``self._init_guard(name, clock, fallback)``, sets
+``self._kernel = _impl.kernel("<name>").<Kernel>(...)`` and implements the hooks of
+:class:`GuardHooks` it needs; :class:`Guard` gives every other hook a default. Nothing else
+changes: both wrappers, ``with`` and ``pipeline`` only ever talk to those hooks.
 """
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
-from contextvars import ContextVar
-from typing import (Any, Awaitable, Callable, Literal, Optional, Sequence, Tuple, Type, TypeVar,
-                    Union, cast, overload)
+from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Optional, Protocol, Sequence,
+                    Tuple, Type, TypeVar, Union, cast, overload)
 
 from . import _impl
 from .clock import Clock, monotonic
 from ._checks import check_callable, check_clock
 from .errors import ConfigurationError, RejectedError
+from ._pure import call as _pure_call
 
-__all__ = ["Guard", "Pipeline", "pipeline", "Classifier", "ExceptionSpec"]
+__all__ = ["Guard", "GuardHooks", "Pipeline", "pipeline", "Classifier", "ExceptionSpec"]
 
 log = logging.getLogger("gameguard")
 
 F = TypeVar("F", bound=Callable[..., Any])
+G = TypeVar("G")
 ExceptionSpec = Union[Type[BaseException], Tuple[Type[BaseException], ...],
                       Callable[[BaseException], bool]]
 
@@ -36,30 +45,45 @@ REJECT: int = _k.REJECT
 PENDING_EVENTS: int = _k.PENDING_EVENTS
 PENDING_WAKE: int = _k.PENDING_WAKE
 
-# Permits taken by `with g:` / `async with g:`, per thread and per task (a ContextVar is
-# both): a guard object is shared, so its __exit__ must find *this* block's token. A cons
-# list (owner, tokens, t0, rest): push and the usual in-order pop are O(1).
-_permits: ContextVar[Optional[tuple[Any, ...]]] = ContextVar("gameguard_permits", default=None)
+if TYPE_CHECKING:
+    _Base = object
+else:  # with / async with in C when compiled (pure-kernel guards handed to _pure_call)
+    _Base = getattr(_impl.kernel("call"), "GuardBase", object)
 
 
-def _pop_permit(owner: Any) -> Tuple[Any, float]:
-    """Remove ``owner``'s newest open block; return its (tokens, t0)."""
-    top = _permits.get()
-    if top is not None and top[0] is owner:  # blocks close in the order they opened
-        _permits.set(top[3])
-        return top[1], top[2]
-    skipped = []
-    node = top
-    while node is not None and node[0] is not owner:
-        skipped.append(node)
-        node = node[3]
-    if node is None:
-        raise RuntimeError(f"{owner!r}: __exit__ without a matching __enter__")
-    rest = node[3]
-    for entry in reversed(skipped):
-        rest = (entry[0], entry[1], entry[2], rest)
-    _permits.set(rest)
-    return node[1], node[2]
+class GuardHooks(Protocol):
+    """The hooks both call wrappers (``_pure/call.py``, ``_fast/call.pyx``) use, and all
+    they use: every guard implements them (:class:`Guard` has defaults for all but
+    ``_kernel`` and ``_rejection``). They are called on the calling thread, outside any
+    kernel call, and may raise: the protocol still releases every permit taken.
+    """
+
+    #: the kernel: ``enter(now) -> token`` (``< 0``: refused), ``exit(token, now, duration,
+    #: outcome)``, ``pending`` (non-zero: call ``_service`` after the kernel call)
+    _kernel: Any
+    #: the clock every wrapper reads (``None``: the monotonic clock, read in C when compiled)
+    _clock: Optional[Clock]
+    #: answers a call this guard refuses, before the wrapper's fallback (``None``: raise)
+    _fallback: Optional[Callable[..., Any]]
+    #: ``True`` if ``_admit_slow``/``_admit_slow_async`` may admit after ``enter`` refused
+    _waits: bool
+    #: ``True`` for a guard that needs a key per call (``pipeline()`` refuses it)
+    _needs_key: bool
+
+    def _classify(self, exc: BaseException) -> int:
+        """The outcome of a call that raised ``exc``: SUCCESS, FAILURE or IGNORED."""
+
+    def _admit_slow(self, now: float) -> int:
+        """``enter`` refused at ``now``: wait for a permit (a token), or ``REJECT``."""
+
+    def _admit_slow_async(self, now: float) -> Awaitable[int]:
+        """``_admit_slow`` for asyncio; cancellation takes nothing."""
+
+    def _service(self) -> None:
+        """Do what the kernel flagged in ``pending`` (events to emit, waiters to wake)."""
+
+    def _rejection(self, now: float) -> BaseException:
+        """The exception a refused call raises (usually a :class:`RejectedError`)."""
 
 
 class Classifier:
@@ -109,24 +133,14 @@ class Classifier:
         return FAILURE if self._matches(self._record, exc) else SUCCESS
 
 
-def _release(guards: Sequence["Guard"], tokens: Sequence[int], now: float, duration: float,
-             exc: Optional[BaseException]) -> None:
-    """Exit every admitted guard, innermost first. Never raises past a user's exception."""
-    for i in range(len(tokens) - 1, -1, -1):
-        g = guards[i]
-        outcome = SUCCESS if exc is None else g._classify(exc)
-        k = g._kernel
-        k.exit(tokens[i], now, duration, outcome)
-        if k.pending:
-            g._service()
-
-
 def _is_async_callable(func: Any) -> bool:
+    import inspect
     return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
         getattr(func, "__call__", None))
 
 
 def _check_decoratable(func: Any) -> None:
+    import inspect
     if not callable(func):
         raise TypeError(f"a guard decorates a callable, got {func!r}")
     if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
@@ -137,111 +151,14 @@ def _check_decoratable(func: Any) -> None:
 
 def _wrap(func: F, guards: Sequence["Guard"], fallback: Optional[Callable[..., Any]]) -> F:
     _check_decoratable(func)
-    clock = guards[0]._clock
-    if _is_async_callable(func):
-        return cast(F, _wrap_async(func, guards, clock, fallback))
     call = guards[0]._call
     if any(g._call is not call for g in guards):  # mixed twins: the pure wrapper takes any
         from ._pure import call
-    return call.wrap_sync(func, tuple(guards), clock, fallback)  # type: ignore[no-any-return]
+    wrap = call.wrap_async if _is_async_callable(func) else call.wrap_sync
+    return cast(F, wrap(func, tuple(guards), guards[0]._clock, fallback))
 
 
-def _wrap_async(func: Callable[..., Awaitable[Any]], guards: Sequence["Guard"],
-                clock: Optional[Clock], fallback: Optional[Callable[..., Any]]) -> Any:
-    read = clock if clock is not None else monotonic
-    guards = tuple(guards)
-
-    async def rejected(g: Guard, now: float, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        fb = g._fallback if g._fallback is not None else fallback
-        if fb is None:
-            raise g._rejection(now)
-        result = fb(*args, **kwargs)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
-
-    if len(guards) == 1:
-        g = guards[0]
-        kernel = g._kernel
-
-        async def admitted(token: int, t0: float, args: tuple[Any, ...],
-                           kwargs: dict[str, Any]) -> Any:
-            try:
-                result = await func(*args, **kwargs)
-            except BaseException as exc:
-                t1 = read()
-                kernel.exit(token, t1, t1 - t0, g._classify(exc))
-                if kernel.pending:
-                    g._service()
-                raise
-            t1 = read()
-            kernel.exit(token, t1, t1 - t0, SUCCESS)
-            if kernel.pending:
-                g._service()
-            return result
-
-        async def slow(t0: Optional[float], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            """The path off the compiled fast path: ``t0`` is when the kernel refused
-            (None: not entered yet). Waits if the guard waits, else fallback or raise."""
-            if t0 is None:
-                t0 = read()
-                token = kernel.enter(t0)
-                if kernel.pending:
-                    g._service()
-                if token >= 0:
-                    return await admitted(token, t0, args, kwargs)
-            token = await g._admit_slow_async(t0) if g._waits else REJECT
-            if kernel.pending:
-                g._service()
-            if token < 0:
-                return await rejected(g, t0, args, kwargs)
-            return await admitted(token, t0, args, kwargs)
-
-        return g._call.wrap_async(func, g, clock, slow)
-    else:
-        @functools.wraps(func)
-        async def guarded(*args: Any, **kwargs: Any) -> Any:
-            t0 = read()
-            tokens: list[Any] = []
-            refused: Optional[Guard] = None
-            try:
-                for g in guards:
-                    k = g._kernel
-                    token = k.enter(t0)
-                    if token < 0:
-                        token = await g._admit_slow_async(t0)
-                    if k.pending:
-                        g._service()
-                    if token < 0:
-                        refused = g
-                        break
-                    tokens.append(token)
-            except BaseException:  # cancelled while waiting for a slot
-                _release(guards, tokens, t0, 0.0, _NOTHING)
-                raise
-            if refused is not None:  # the ones entered count it as nothing, released once
-                _release(guards, tokens, t0, 0.0, _NOTHING)
-                return await rejected(refused, t0, args, kwargs)
-            try:
-                result = await func(*args, **kwargs)
-            except BaseException as exc:
-                t1 = read()
-                _release(guards, tokens, t1, t1 - t0, exc)
-                raise
-            t1 = read()
-            _release(guards, tokens, t1, t1 - t0, None)
-            return result
-    return guarded
-
-
-class _Nothing(BaseException):
-    """Released without an outcome: classified IGNORED by every guard."""
-
-
-_NOTHING = _Nothing()
-
-
-class _GuardMixin:
+class _GuardMixin(_Base):
     """Decorator and context-manager behaviour shared by :class:`Guard` and :class:`Pipeline`."""
 
     _guards: Tuple["Guard", ...]
@@ -268,70 +185,27 @@ class _GuardMixin:
     def _wrapper_fallback(self) -> Optional[Callable[..., Any]]:
         return None
 
-    # -- with / async with ------------------------------------------------------------------
-    def __enter__(self) -> Any:
-        now = self._read_clock()
-        tokens: list[Any] = []
-        try:
-            for g in self._guards:
-                k = g._kernel
-                token = k.enter(now)
-                if token < 0:
-                    token = g._admit_slow(now)
-                if k.pending:
-                    g._service()
-                if token < 0:
-                    raise g._rejection(now)
-                tokens.append(token)
-        except BaseException:
-            _release(self._guards, tokens, now, 0.0, _NOTHING)
-            raise
-        _permits.set((self, tokens, now, _permits.get()))
-        return self
-
-    async def __aenter__(self) -> Any:
-        now = self._read_clock()
-        tokens: list[Any] = []
-        try:
-            for g in self._guards:
-                k = g._kernel
-                token = k.enter(now)
-                if token < 0:
-                    token = await g._admit_slow_async(now)
-                if k.pending:
-                    g._service()
-                if token < 0:
-                    raise g._rejection(now)
-                tokens.append(token)
-        except BaseException:
-            _release(self._guards, tokens, now, 0.0, _NOTHING)
-            raise
-        _permits.set((self, tokens, now, _permits.get()))
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> Literal[False]:
-        tokens, t0 = _pop_permit(self)
-        now = self._read_clock()
-        if exc is None and exc_type is not None:  # exit called with a type only
-            exc = exc_type()
-        _release(self._guards, tokens, now, now - t0, exc)
-        return False
-
-    async def __aexit__(self, exc_type: Any, exc: Optional[BaseException],
-                        tb: Any) -> Literal[False]:
-        return self.__exit__(exc_type, exc, tb)
-
-    def _read_clock(self) -> float:
-        clock = self._guards[0]._clock
-        return clock() if clock is not None else monotonic()
+    # -- with / async with: the permits of each open block are kept per thread and task ----
+    if TYPE_CHECKING:
+        def __enter__(self: G) -> G: ...
+        def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> bool: ...
+        async def __aenter__(self: G) -> G: ...
+        async def __aexit__(self, exc_type: Any, exc: Optional[BaseException],
+                            tb: Any) -> bool: ...
+    elif _Base is object:  # the compiled base has them as C methods
+        __enter__ = _pure_call.block_enter
+        __exit__ = _pure_call.block_exit
+        __aenter__ = _pure_call.block_aenter
+        __aexit__ = _pure_call.block_aexit
 
 
 class Guard(_GuardMixin):
     """Base of every guard: a kernel plus the policy around it (errors, fallback, waits).
 
     Subclasses set ``_kernel`` (from ``_impl.kernel(...)``), ``_rejection(now)``, and where
-    needed ``_classify``, ``_admit_slow``/``_admit_slow_async`` (guards that may wait) and
-    ``_service`` (work the kernel flags in ``pending``).
+    needed the other hooks of :class:`GuardHooks`: ``_classify``, ``_admit_slow`` /
+    ``_admit_slow_async`` with ``_waits = True`` (guards that may wait) and ``_service``
+    (work the kernel flags in ``pending``).
     """
 
     name: str
@@ -340,6 +214,8 @@ class Guard(_GuardMixin):
     _fallback: Optional[Callable[..., Any]]
     #: whether ``_admit_slow`` may admit after the kernel refused (guards that wait)
     _waits = False
+    #: a guard that needs a key per call (KeyedLimiter): ``pipeline()`` refuses it
+    _needs_key = False
 
     def _init_guard(self, name: str, clock: Optional[Clock],
                     fallback: Optional[Callable[..., Any]] = None) -> None:
@@ -360,48 +236,6 @@ class Guard(_GuardMixin):
     def _classify(self, exc: BaseException) -> int:
         return IGNORED
 
-    # -- with / async with: the single-guard fast path (one kernel call on each side) ------
-    def __enter__(self) -> Any:
-        now = self._clock() if self._clock is not None else monotonic()
-        k = self._kernel
-        token = k.enter(now)
-        if token < 0 and self._waits:
-            token = self._admit_slow(now)  # interrupted: raises, nothing was taken
-        if k.pending:
-            self._service()
-        if token < 0:
-            raise self._rejection(now)
-        _permits.set((self, token, now, _permits.get()))
-        return self
-
-    async def __aenter__(self) -> Any:
-        now = self._clock() if self._clock is not None else monotonic()
-        k = self._kernel
-        token = k.enter(now)
-        if token < 0 and self._waits:
-            token = await self._admit_slow_async(now)
-        if k.pending:
-            self._service()
-        if token < 0:
-            raise self._rejection(now)
-        _permits.set((self, token, now, _permits.get()))
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> Literal[False]:
-        token, t0 = _pop_permit(self)
-        now = self._clock() if self._clock is not None else monotonic()
-        if exc is None and exc_type is not None:  # exit called with a type only
-            exc = exc_type()
-        k = self._kernel
-        k.exit(token, now, now - t0, SUCCESS if exc is None else self._classify(exc))
-        if k.pending:
-            self._service()
-        return False
-
-    async def __aexit__(self, exc_type: Any, exc: Optional[BaseException],
-                        tb: Any) -> Literal[False]:
-        return self.__exit__(exc_type, exc, tb)
-
     def _admit_slow(self, now: float) -> int:
         """Called when the kernel refused: wait for admission if this guard waits."""
         return REJECT
@@ -418,6 +252,11 @@ class Guard(_GuardMixin):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
+
+
+if TYPE_CHECKING:
+    def _implements_the_hooks(g: Guard) -> GuardHooks:
+        return g  # mypy checks here that Guard (so every guard) satisfies GuardHooks
 
 
 class Pipeline(_GuardMixin):
@@ -456,6 +295,10 @@ def pipeline(*guards: Guard, fallback: Optional[Callable[..., Any]] = None) -> P
     for g in guards:
         if not isinstance(g, Guard):
             raise ConfigurationError(f"pipeline takes guards, got {g!r}")
+        if g._needs_key:
+            raise ConfigurationError(
+                f"pipeline cannot take {g!r}: it limits per key; pass limiter.bind(key) for "
+                "one key, or decorate with @limiter.limit(key=...)")
     if len({id(g) for g in guards}) != len(guards):
         raise ConfigurationError("pipeline got the same guard twice")
     clocks = {id(g._clock) for g in guards}

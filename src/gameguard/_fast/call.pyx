@@ -1,35 +1,51 @@
-# cython: language_level=3
-"""The decorated-call wrapper for sync functions (compiled twin of ``gameguard._pure.call``).
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""The guard protocol's common paths in C (compiled twin of ``gameguard._pure.call``).
 
-A ``cdef class`` with ``__call__``: on the common path (default clock, admitted, returns)
-it reads CLOCK_MONOTONIC in C, calls the kernel's ``enter``/``exit`` through the vtable and
-makes no Python-level call besides the user's function.
+One :class:`Chain` (guards outermost first, their kernels, the clock) carries the protocol:
+``admit`` (the single-guard common case inline, everything else through ``take``),
+``release`` (every permit exactly once, whatever raises), ``exit_ok`` and ``finish``. The
+decorated sync call (:class:`GuardedCall`), the decorated coroutine (:class:`GuardedAsync`
+and its :class:`GuardedAwaitable`) and ``with`` / ``async with`` (:class:`GuardBase`, the
+base of ``Guard``) are that protocol around a call, an await or a block. On the common path
+(default clock, admitted, returns) they read CLOCK_MONOTONIC in C, call ``enter``/``exit``
+through the kernel's vtable and make no Python-level call besides the user's code. Waiting
+for admission, and guards built on the pure twin, go to the Python protocol.
 """
 import functools
+import logging
 import types
+from contextvars import ContextVar
 
 cimport cython
 
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_DECREF
 from cpython.exc cimport PyErr_SetObject
+from cpython.mem cimport PyMem_Realloc, PyMem_Free
+from cpython.contextvars cimport PyContextVar_Get, PyContextVar_Set
+from libc.string cimport memcpy, memmove
+
+from gameguard._fast.kernel cimport (GuardKernel, SUCCESS_, IGNORED_, monotonic_precise,
+                                     monotonic_coarse)
+from gameguard._pure import call as _py
 
 cdef extern from *:
     """
+    #if PY_VERSION_HEX < 0x030A0000
+    #error "gameguard._fast.call needs CPython >= 3.10 (am_send, PyIter_Send); on older Pythons gameguard runs its pure-Python twin"
+    #endif
     /* Returning NULL with the caller's exception still set: Cython's error path then
        re-raises that very exception object, traceback kept. */
     static CYTHON_INLINE PyObject *gg_propagate(void) { return NULL; }
     """
     object gg_propagate()
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
-from gameguard._fast.kernel cimport (GuardKernel, SUCCESS_, IGNORED_, monotonic_precise,
-                                     monotonic_coarse)
 
 cdef extern from "Python.h":
     ctypedef PyObject *(*vectorcallfunc)(PyObject *, PyObject **, size_t, PyObject *)
     unsigned long Py_TPFLAGS_HAVE_VECTORCALL
     Py_ssize_t PyVectorcall_NARGS(size_t nargsf)
-    object PyObject_Vectorcall(object callable, PyObject **args, size_t nargsf, PyObject *kwnames)
+    object PyVectorcall_Call(object callable, object args, object kwargs)
     ctypedef struct TypeSlots "PyTypeObject":
         Py_ssize_t tp_vectorcall_offset
         unsigned long tp_flags
@@ -49,11 +65,17 @@ cdef extern from "Python.h":
     PySendResult PyIter_Send(PyObject *, PyObject *, PyObject **)
     Py_ssize_t PyTuple_GET_SIZE(PyObject *)
     PyObject *PyTuple_GET_ITEM(PyObject *, Py_ssize_t)
+    ctypedef struct ThreadState "PyThreadState":
+        PyObject *context   # the current contextvars.Context
+    ThreadState *PyThreadState_Get()
 
-__all__ = ["wrap_sync", "wrap_async", "new_rejection", "monotonic"]
+__all__ = ["wrap_sync", "wrap_async", "new_rejection", "monotonic", "GuardBase"]
+
+log = logging.getLogger("gameguard")
 
 cdef enum:
     MAX_GUARDS = 16
+    NOT_ENTERED = -2   # take(): the first guard's enter is still to be called
 
 
 def monotonic():
@@ -71,149 +93,217 @@ cdef inline double _c_clock(int kind) noexcept nogil:
     return monotonic_coarse() if kind == 2 else monotonic_precise()
 
 
-cdef class _Nothing(BaseException):
-    pass
+cdef int _surface(error, exc) except -1:
+    """A machinery error met after every permit was released: raised, unless the caller's
+    own exception ``exc`` is on its way out (then logged: the caller's exception wins)."""
+    if error is None:
+        return 0
+    if exc is None:
+        raise error
+    log.error("gameguard: %r raised while releasing permits; the call's own %r propagates",
+              error, exc, exc_info=error)
+    return 0
 
-cdef object _NOTHING = _Nothing()
+
+cdef object _serviced(guard, error):
+    """``guard._service()``; returns the first error so far (a service that raises after
+    an exit must not stop the remaining exits)."""
+    try:
+        guard._service()
+    except BaseException as e:
+        return error if error is not None else e
+    return error
 
 
-cdef class GuardedCall:
-    """A guarded sync function. Keeps ``__wrapped__``, ``__name__``, ``__doc__`` and the
-    signature (through ``__wrapped__``), and binds like a function when used as a method."""
+cdef class Chain:
+    """Guards entered outermost first, with their kernels and clock: the protocol in C."""
 
-    cdef readonly object func
-    cdef object guards           # tuple of public guards
-    cdef object fallback
+    cdef tuple guards            # the public guards (GuardHooks)
+    cdef tuple kernels           # their GuardKernels
+    cdef int n
     cdef object clock            # None: the default clock, read in C
+    cdef object read             # the clock as a Python callable (for the Python protocol)
     cdef int clock_kind          # 0: call self.clock, 1: precise, 2: coarse
     cdef GuardKernel k0
-    cdef object g0
-    cdef int n
-    cdef tuple kernels
-    cdef object fallback0        # what answers a rejection by guards[0] (None: raise)
-    cdef object rejection0       # guards[0]._rejection, bound once
-    cdef bint waits0             # guards[0] may wait for admission (_admit_slow)
-    cdef vectorcallfunc vectorcall   # found by CPython through tp_vectorcall_offset
-    cdef dict __dict__
+    cdef object ready            # with blocks: the finished awaitable __aenter__ returns
 
-    def __cinit__(self):
-        self.vectorcall = <vectorcallfunc>_guarded_vectorcall
-
-    def __init__(self, func, tuple guards, clock, fallback):
-        cdef int i
-        self.func = func
-        self.guards = guards
-        self.fallback = fallback
-        self.clock = clock
+    cdef int setup(self, tuple guards, clock) except -1:
         self.n = len(guards)
         if not 1 <= self.n <= MAX_GUARDS:
             raise ValueError(f"between 1 and {MAX_GUARDS} guards, got {self.n}")
+        self.guards = guards
         self.kernels = tuple([<GuardKernel?>g._kernel for g in guards])
         self.k0 = <GuardKernel>self.kernels[0]
-        self.fallback0 = guards[0]._fallback if guards[0]._fallback is not None else fallback
-        self.rejection0 = guards[0]._rejection
-        self.waits0 = guards[0]._waits
+        self.clock = clock
         if clock is not None:
-            self.clock_kind = 0
+            self.clock_kind, self.read = 0, clock
         elif any([(<GuardKernel>k).precise for k in self.kernels]):
-            self.clock_kind = 1
+            self.clock_kind, self.read = 1, monotonic
         else:
-            self.clock_kind = 2
-        self.g0 = guards[0]
+            self.clock_kind, self.read = 2, monotonic_coarse_
+        return 0
 
-    cdef inline double _now(self) except? -1.0:
+    @cython.final
+    cdef inline double now(self) except? -1.0:
         if self.clock_kind:
             return _c_clock(self.clock_kind)
         return self.clock()
 
-    def __call__(self, *args, **kwargs):
+    @cython.final
+    cdef inline int admit(self, double now, long long *tokens, bint wait) except -1:
+        """Enter every guard at ``now``: ``n`` when admitted, else what :meth:`take`
+        says. One guard admitted with nothing pending is the inline common case."""
+        cdef long long token
         if self.n == 1:
-            return self._call1(args, kwargs)
-        return self._calln(args, kwargs)
+            token = self.k0.enter(now)
+            if token >= 0 and not self.k0.pending:
+                tokens[0] = token
+                return 1
+            return self.take(now, tokens, token, wait)
+        return self.take(now, tokens, NOT_ENTERED, wait)
 
-    cdef object _call1(self, tuple args, dict kwargs, bint entered=False, double t0=0.0,
-                       long long token=0):
-        cdef GuardKernel k = self.k0
-        cdef double t1
-        if not entered:  # the tuple-calling path (PyObject_Call)
-            t0 = self._now()
-            token = k.enter(t0)
-        if token < 0:
-            token = self.g0._admit_slow(t0)
-            if token < 0:
-                if k.pending:
-                    self.g0._service()
-                return self._reject(self.g0, t0, args, kwargs)
-        if k.pending:
-            self.g0._service()
-        try:
-            result = self.func(*args, **kwargs)
-        except BaseException as exc:
-            t1 = self._now()
-            k.exit(token, t1, t1 - t0, self.g0._classify(exc))
-            if k.pending:
-                self.g0._service()
-            raise
-        t1 = self._now()
-        k.exit(token, t1, t1 - t0, SUCCESS_)
-        if k.pending:
-            self.g0._service()
-        return result
-
-    cdef object _calln(self, tuple args, dict kwargs):
-        cdef long long tokens[MAX_GUARDS]
-        cdef int i, entered = 0
-        cdef double t0 = self._now()
-        cdef double t1
+    cdef int take(self, double now, long long *tokens, long long first, bint wait) except -1:
+        """Enter the guards outermost first into ``tokens``. Returns ``n`` when every guard
+        admitted, else the index of the first that refused, the permits before it still
+        held. ``first``: guard 0's ``enter`` result if already called. ``wait``: a refusing
+        guard that waits is waited for here (sync); else the caller waits (async).
+        Anything raising gives back every permit taken before it propagates."""
+        cdef int i = 0, held = 0
         cdef long long token
         cdef GuardKernel k
-        cdef int refused = -1
         try:
-            for i in range(self.n):
+            while i < self.n:
                 k = <GuardKernel>self.kernels[i]
-                token = k.enter(t0)
-                if token < 0:
-                    token = self.guards[i]._admit_slow(t0)
+                if first != NOT_ENTERED:
+                    token, first = first, NOT_ENTERED
+                else:
+                    token = k.enter(now)
+                if token < 0 and wait and self.guards[i]._waits:
+                    token = self.guards[i]._admit_slow(now)
+                if token >= 0:
+                    tokens[i] = token
+                    held = i + 1
                 if k.pending:
                     self.guards[i]._service()
                 if token < 0:
-                    refused = i
-                    break
-                tokens[i] = token
-                entered += 1
-        except BaseException:
-            self._release(tokens, entered, t0, 0.0, _NOTHING)
-            raise
-        if refused >= 0:  # the ones entered count it as nothing, released once
-            self._release(tokens, entered, t0, 0.0, _NOTHING)
-            return self._reject(self.guards[refused], t0, args, kwargs)
-        try:
-            result = self.func(*args, **kwargs)
+                    return i
+                i += 1
+            return i
         except BaseException as exc:
-            t1 = self._now()
-            self._release(tokens, entered, t1, t1 - t0, exc)
+            _surface(self.release(tokens, held, now, 0.0, None, IGNORED_, now), exc)
             raise
-        t1 = self._now()
-        self._release(tokens, entered, t1, t1 - t0, None)
-        return result
 
-    cdef int _release(self, long long *tokens, int entered, double now, double duration,
-                      object exc) except -1:
-        cdef int i, outcome
+    cdef object release(self, long long *tokens, int held, double now, double duration,
+                        exc, int outcome, double t0):
+        """Exit the first ``held`` permits innermost first, each exactly once, whatever
+        raises (see the pure twin's ``release``). Returns the first error met, or None."""
+        cdef int i, o
         cdef GuardKernel k
-        for i in range(entered - 1, -1, -1):
-            outcome = SUCCESS_ if exc is None else self.guards[i]._classify(exc)
+        error = None
+        for i in range(held - 1, -1, -1):
+            g = self.guards[i]
             k = <GuardKernel>self.kernels[i]
-            k.exit(tokens[i], now, duration, outcome)
+            o = outcome
+            if exc is not None:
+                try:
+                    o = g._classify(exc)
+                except BaseException as e:
+                    o = IGNORED_
+                    error = error if error is not None else e
+            try:
+                k.exit(tokens[i], now, duration, o)
+            except BaseException as e:
+                error = error if error is not None else e
+                if t0 != now:  # a reading the kernel refused: the entry reading it took
+                    try:
+                        k.exit(tokens[i], t0, 0.0, IGNORED_)
+                    except BaseException:
+                        pass
             if k.pending:
-                self.guards[i]._service()
+                error = _serviced(g, error)
+        return error
+
+    cdef object finish(self, long long *tokens, double t0, exc, int outcome=SUCCESS_):
+        """After the guarded code: read the clock, release every permit with ``exc``'s
+        outcome (else ``outcome``); a clock that raises releases them with no outcome at
+        ``t0``, duration 0. Returns the first machinery error, or None."""
+        cdef double t1
+        if self.clock_kind:
+            t1 = _c_clock(self.clock_kind)
+        else:
+            try:
+                t1 = self.clock()
+            except BaseException as e:
+                self.release(tokens, self.n, t0, 0.0, None, IGNORED_, t0)
+                return e
+        return self.release(tokens, self.n, t1, t1 - t0, exc, outcome, t0)
+
+    @cython.final
+    cdef inline int exit_ok(self, long long *tokens, double t0) except -1:
+        """The guarded code returned: release every permit as a success, then raise the
+        first machinery error if any. One guard on a C clock (a valid reading, so no kernel
+        refuses it) is the inline case."""
+        cdef double t1
+        if self.n == 1 and self.clock_kind:
+            t1 = _c_clock(self.clock_kind)
+            self.k0.exit(tokens[0], t1, t1 - t0, SUCCESS_)
+            if self.k0.pending:
+                return _surface(_serviced(self.guards[0], None), None)
+            return 0
+        return self.exit_all(tokens, t0)
+
+    cdef int exit_all(self, long long *tokens, double t0) except -1:
+        cdef double t1
+        cdef int j
+        cdef GuardKernel k
+        if not self.clock_kind:
+            return _surface(self.finish(tokens, t0, None), None)
+        t1 = _c_clock(self.clock_kind)
+        error = None
+        for j in range(self.n - 1, -1, -1):
+            k = <GuardKernel>self.kernels[j]
+            k.exit(tokens[j], t1, t1 - t0, SUCCESS_)
+            if k.pending:
+                error = _serviced(self.guards[j], error)
+        return 0 if error is None else _surface(error, None)
+
+    @cython.final
+    cdef int give_back(self, long long *tokens, int held, double now) except -1:
+        """A guard refused: the ``held`` permits before it count the call as nothing."""
+        if held:
+            _surface(self.release(tokens, held, now, 0.0, None, IGNORED_, now), None)
         return 0
 
-    cdef object _reject(self, guard, double now, tuple args, dict kwargs):
-        fb = guard._fallback if guard._fallback is not None else self.fallback
-        if fb is not None:
-            return fb(*args, **kwargs)
-        raise guard._rejection(now)
+
+cdef void _finish_raised(Chain c, long long *tokens, double t0) noexcept:
+    """The guarded code raised (the exception is set): release every permit with its
+    outcome and leave that same exception (object and traceback) set for the caller. The
+    exception is fetched first: no Python code may run with an exception set."""
+    cdef PyObject *etype
+    cdef PyObject *evalue
+    cdef PyObject *etb
+    PyErr_Fetch(&etype, &evalue, &etb)
+    PyErr_NormalizeException(&etype, &evalue, &etb)
+    try:
+        _surface(c.finish(tokens, t0, <object>evalue), <object>evalue)
+    except BaseException:
+        pass  # _surface only logs when an exception is given
+    PyErr_Restore(etype, evalue, etb)
+
+
+# -- decorated sync calls ----------------------------------------------------------------------
+cdef class _Wrapper(Chain):
+    """A guarded function: keeps ``__wrapped__``, ``__name__``, ``__doc__`` and the
+    signature (through ``__wrapped__``), binds like a function when used as a method, and
+    is called through CPython's vectorcall protocol (the subclass sets ``vectorcall``)."""
+
+    cdef readonly object func
+    cdef object fallback
+    cdef vectorcallfunc vectorcall   # found by CPython through tp_vectorcall_offset
+    cdef dict __dict__
+
+    def __call__(self, *args, **kwargs):  # the tuple-calling path (PyObject_Call)
+        return PyVectorcall_Call(self, args, kwargs)
 
     def __get__(self, obj, objtype):
         if obj is None:
@@ -224,144 +314,55 @@ cdef class GuardedCall:
         return f"<guarded {self.func!r}>"
 
 
+cdef class GuardedCall(_Wrapper):
+    """A guarded sync function."""
+
+    cdef object fallback0        # what answers a rejection by guards[0] (None: raise)
+    cdef object rejection0       # guards[0]._rejection, bound once
+
+    def __cinit__(self):
+        self.vectorcall = <vectorcallfunc>_guarded_vectorcall
+
+    def __init__(self, func, tuple guards, clock, fallback):
+        self.setup(guards, clock)
+        self.func = func
+        self.fallback = fallback
+        self.fallback0 = guards[0]._fallback if guards[0]._fallback is not None else fallback
+        self.rejection0 = guards[0]._rejection
+
+
+cdef object _refused_fallback(Chain c, int i, double now, long long *tokens, fallback):
+    """``guards[i]`` refused: give back the permits before it; its fallback, else ``fallback``."""
+    c.give_back(tokens, i, now)
+    g = c.guards[i]
+    return g._fallback if g._fallback is not None else fallback
+
+
 cdef object _guarded_vectorcall(GuardedCall self, PyObject **args, size_t nargsf,
                                 PyObject *kwnames):
-    """The common path, called by CPython's vectorcall protocol: no argument tuple or dict
-    is built, and the user's function is called with the caller's own argument vector."""
-    cdef GuardKernel k
-    cdef double t0, t1
-    cdef long long token
-    if self.n != 1:
-        return _guarded_vectorcall_n(self, args, nargsf, kwnames)
-    k = self.k0
-    t0 = _c_clock(self.clock_kind) if self.clock_kind else self.clock()
-    token = k.enter(t0)
-    if token < 0:
-        if self.waits0:
-            token = self.g0._admit_slow(t0)
-        if token < 0:
-            # rejected: raised from this frame only (each Cython frame an exception passes
-            # through adds a traceback entry, which costs more than the rest of the path)
-            if k.pending:
-                self.g0._service()
-            if self.fallback0 is not None:
-                positional, kwargs = _pack(args, nargsf, kwnames)
-                return self.fallback0(*positional, **kwargs)
-            raise self.rejection0(t0)
-    if k.pending:
-        self.g0._service()
+    """The call, through CPython's vectorcall protocol: no argument tuple or dict is built,
+    and the user's function is called with the caller's own argument vector."""
+    cdef long long tokens[MAX_GUARDS]
+    cdef double t0 = _c_clock(self.clock_kind) if self.clock_kind else self.clock()
+    cdef int i = self.admit(t0, tokens, True)
+    if i < self.n:
+        # refused: raised from this frame only (each Cython frame an exception passes
+        # through adds a traceback entry, which costs more than the rest of the path)
+        fb = self.fallback0 if i == 0 else _refused_fallback(self, i, t0, tokens, self.fallback)
+        if fb is not None:
+            positional, kwargs = _pack(args, nargsf, kwnames)
+            return fb(*positional, **kwargs)
+        raise self.rejection0(t0) if i == 0 else self.guards[i]._rejection(t0)
     # No try/except: its exception-state bookkeeping would run on every call. The raw call
     # returns NULL on error and only then is the pending exception looked at.
     cdef PyObject *res = vectorcall_raw(<PyObject *>self.func, args, nargsf, kwnames)
     if res == NULL:
-        _exit_with_pending_error(self.g0, k, token, t0, self.clock_kind, self.clock)
+        _finish_raised(self, tokens, t0)
         return gg_propagate()
-    t1 = _c_clock(self.clock_kind) if self.clock_kind else self.clock()
-    k.exit(token, t1, t1 - t0, SUCCESS_)
-    if k.pending:
-        self.g0._service()
     result = <object>res
     Py_DECREF(result)  # `result` holds its own reference now; drop the one the call gave us
+    self.exit_ok(tokens, t0)
     return result
-
-
-cdef object _guarded_vectorcall_n(GuardedCall self, PyObject **args, size_t nargsf,
-                                  PyObject *kwnames):
-    """A pipeline: enter every guard outermost first, exit innermost first."""
-    cdef long long tokens[MAX_GUARDS]
-    cdef int i, j
-    cdef double t0 = self._now()
-    cdef double t1
-    cdef long long token
-    cdef GuardKernel k
-    for i in range(self.n):
-        k = <GuardKernel>self.kernels[i]
-        token = k.enter(t0)
-        if token < 0:
-            g = self.guards[i]
-            if g._waits:
-                try:
-                    token = g._admit_slow(t0)
-                except BaseException:  # interrupted while waiting: release the outer ones
-                    _release_n(self, tokens, i, t0)
-                    raise
-        if k.pending:
-            self.guards[i]._service()
-        if token < 0:  # rejected: the guards already entered count it as nothing
-            _release_n(self, tokens, i, t0)
-            g = self.guards[i]
-            fb = g._fallback if g._fallback is not None else self.fallback
-            if fb is not None:
-                positional, kwargs = _pack(args, nargsf, kwnames)
-                return fb(*positional, **kwargs)
-            raise g._rejection(t0)
-        tokens[i] = token
-    cdef PyObject *res = vectorcall_raw(<PyObject *>self.func, args, nargsf, kwnames)
-    if res == NULL:
-        for j in range(self.n - 1, -1, -1):
-            _exit_with_pending_error(self.guards[j], <GuardKernel>self.kernels[j], tokens[j],
-                                     t0, self.clock_kind, self.clock)
-        return gg_propagate()
-    t1 = self._now()
-    for j in range(self.n - 1, -1, -1):
-        k = <GuardKernel>self.kernels[j]
-        k.exit(tokens[j], t1, t1 - t0, SUCCESS_)
-        if k.pending:
-            self.guards[j]._service()
-    result = <object>res
-    Py_DECREF(result)
-    return result
-
-
-cdef int _release_n(GuardedCall self, long long *tokens, int entered, double now) except -1:
-    """Give back the permits of the first ``entered`` guards, as no outcome."""
-    cdef int j
-    cdef GuardKernel k
-    for j in range(entered - 1, -1, -1):
-        k = <GuardKernel>self.kernels[j]
-        k.exit(tokens[j], now, 0.0, IGNORED_)
-        if k.pending:
-            self.guards[j]._service()
-    return 0
-
-
-cdef double _read_clock(int kind, clock) noexcept:
-    """The clock for exit paths that must not raise (a broken custom clock falls back to
-    the monotonic clock rather than lose a permit)."""
-    if kind == 2:
-        return monotonic_coarse()
-    if kind == 1:
-        return monotonic_precise()
-    try:
-        return clock()
-    except BaseException:
-        return monotonic_precise()
-
-
-cdef void _exit_with_pending_error(guard, GuardKernel k, long long token, double t0,
-                                   int clock_kind, clock) noexcept:
-    """The user's function raised (the exception is set): classify it, release the permit,
-    and leave that same exception (object and traceback) set for the caller. The exception
-    is fetched before any Python code runs: none may run with an exception set."""
-    cdef PyObject *etype
-    cdef PyObject *evalue
-    cdef PyObject *etb
-    cdef int outcome
-    cdef double t1
-    PyErr_Fetch(&etype, &evalue, &etb)
-    PyErr_NormalizeException(&etype, &evalue, &etb)
-    t1 = _read_clock(clock_kind, clock)
-    try:
-        outcome = guard._classify(<object>evalue)
-    except BaseException:
-        outcome = IGNORED_  # a broken classifier never loses the permit or the exception
-    k.exit(token, t1, t1 - t0, outcome)
-    if k.pending:
-        try:
-            guard._service()
-        except BaseException:
-            pass
-    PyErr_Restore(etype, evalue, etb)
 
 
 cdef tuple _pack(PyObject **args, size_t nargsf, PyObject *kwnames):
@@ -381,69 +382,42 @@ cdef tuple _pack(PyObject **args, size_t nargsf, PyObject *kwnames):
     return (positional, kwargs)
 
 
-
-
-@cython.no_gc_clear
-cdef class GuardedAsync:
-    """A guarded coroutine function (one guard). Calling it enters the guard in C and
-    returns a :class:`GuardedAwaitable` over the user's coroutine; rejected or waiting calls
-    go to the Python coroutine ``slow`` instead."""
-
-    cdef readonly object func
-    cdef object g0, clock, slow
-    cdef GuardKernel k0
-    cdef int clock_kind
-    cdef vectorcallfunc vectorcall
-    cdef dict __dict__
+# -- decorated coroutines ----------------------------------------------------------------------
+cdef class GuardedAsync(_Wrapper):
+    """A guarded coroutine function. Calling it enters the guards in C and returns a
+    :class:`GuardedAwaitable` over the user's coroutine; a refused call returns the Python
+    protocol's coroutine (it waits, answers with the fallback, or raises when awaited)."""
 
     def __cinit__(self):
         self.vectorcall = <vectorcallfunc>_async_vectorcall
 
-    def __init__(self, func, guard, clock, slow):
+    def __init__(self, func, tuple guards, clock, fallback):
+        self.setup(guards, clock)
         self.func = func
-        self.g0 = guard
-        self.k0 = <GuardKernel?>guard._kernel
-        self.clock = clock
-        self.slow = slow
-        self.clock_kind = 0 if clock is not None else (1 if self.k0.precise else 2)
-
-    cdef inline double _now(self) except? -1.0:
-        if self.clock_kind:
-            return _c_clock(self.clock_kind)
-        return self.clock()
-
-    def __call__(self, *args, **kwargs):  # the tuple-calling path (PyObject_Call)
-        return self.slow(None, args, kwargs)
-
-    def __get__(self, obj, objtype):
-        if obj is None:
-            return self
-        return types.MethodType(self, obj)
-
-    def __repr__(self):
-        return f"<guarded {self.func!r}>"
+        self.fallback = fallback
 
 
 cdef object _async_vectorcall(GuardedAsync self, PyObject **args, size_t nargsf,
                               PyObject *kwnames):
-    cdef GuardKernel k = self.k0
-    cdef double t0 = self._now()
-    cdef long long token = k.enter(t0)
+    cdef long long tokens[MAX_GUARDS]
+    cdef double t0 = self.now()
+    cdef int i = self.admit(t0, tokens, False)
     cdef GuardedAwaitable aw
-    if token < 0:  # rejected, or may wait: the Python path (fallback, waiting, raising)
-        if k.pending:
-            self.g0._service()
+    if i < self.n:  # refused: permits before it given back, the Python protocol goes on
+        self.give_back(tokens, i, t0)
         positional, kwargs = _pack(args, nargsf, kwnames)
-        return self.slow(t0, positional, kwargs)
-    if k.pending:
-        self.g0._service()
+        g = self.guards[i]
+        if g._waits:  # entered again, waiting, when awaited: nothing is held meanwhile
+            return _py.call_async(self.guards, self.read, self.fallback, self.func,
+                                  positional, kwargs, t0, [])
+        return _py.reject_async(g, t0, self.fallback, positional, kwargs)
     cdef PyObject *res = vectorcall_raw(<PyObject *>self.func, args, nargsf, kwnames)
     if res == NULL:  # raised before making a coroutine (e.g. bad arguments)
-        _exit_with_pending_error(self.g0, k, token, t0, self.clock_kind, self.clock)
+        _finish_raised(self, tokens, t0)
         return gg_propagate()
     aw = GuardedAwaitable.__new__(GuardedAwaitable)
     aw.owner = self
-    aw.token = token
+    memcpy(aw.tokens, tokens, self.n * sizeof(long long))
     aw.t0 = t0
     coro = <object>res
     Py_DECREF(coro)
@@ -451,16 +425,16 @@ cdef object _async_vectorcall(GuardedAsync self, PyObject **args, size_t nargsf,
     return aw
 
 
-@cython.no_gc_clear  # __dealloc__ releases the permit through owner.k0: keep them alive
+@cython.no_gc_clear  # __dealloc__ releases the permits through owner: keep it alive
 cdef class GuardedAwaitable:
     """Awaits the user's coroutine and records its outcome: a Coroutine (``send``,
     ``throw``, ``close``, ``__await__``) so ``asyncio.create_task`` takes it too. The
-    permit is released exactly once: on return, exception, cancellation (``throw``),
-    ``close()``, or when dropped without being awaited."""
+    permits are released exactly once: on return, exception, cancellation (``throw``),
+    ``close()``, or when dropped without being awaited (waking whoever waits for them)."""
 
     cdef GuardedAsync owner
     cdef object coro
-    cdef long long token
+    cdef long long tokens[MAX_GUARDS]
     cdef double t0
     cdef bint done
 
@@ -487,11 +461,11 @@ cdef class GuardedAwaitable:
             Py_DECREF(out)
             return out
         if r == PYGEN_RETURN:
-            self._finish(SUCCESS_)
             out = <object>res
             Py_DECREF(out)
+            self._ended(None, SUCCESS_)
             raise StopIteration(out)
-        self._fail_pending()
+        self._raised()
         return gg_propagate()
 
     def throw(self, typ, val=None, tb=None):
@@ -500,17 +474,17 @@ cdef class GuardedAwaitable:
                 return self.coro.throw(typ)
             return self.coro.throw(typ, val, tb)
         except StopIteration:
-            self._finish(SUCCESS_)
+            self._ended(None, SUCCESS_)
             raise
         except BaseException as exc:
-            self._finish(_classify_safe(self.owner.g0, exc))
+            self._ended(exc, SUCCESS_)
             raise
 
     def close(self):
         try:
             self.coro.close()
         finally:
-            self._finish(IGNORED_)
+            self._ended(None, IGNORED_)
 
     @property
     def cr_await(self):
@@ -519,29 +493,29 @@ cdef class GuardedAwaitable:
     def __repr__(self):
         return f"<guarded awaitable {self.coro!r}>"
 
-    cdef void _finish(self, int outcome) noexcept:
-        cdef double t1
-        cdef GuardKernel k
+    cdef int _ended(self, exc, int outcome) except -1:
+        """Release the permits (once) with ``exc``'s outcome, else ``outcome``; a machinery
+        error is raised, or logged when ``exc`` is on its way out."""
         if self.done:
-            return
+            return 0
         self.done = True
-        k = self.owner.k0
-        t1 = _read_clock(self.owner.clock_kind, self.owner.clock)
-        k.exit(self.token, t1, t1 - self.t0, outcome)
-        if k.pending:
-            _service_safe(self.owner.g0)
+        if exc is None and outcome == SUCCESS_:
+            return self.owner.exit_ok(self.tokens, self.t0)
+        return _surface(self.owner.finish(self.tokens, self.t0, exc, outcome), exc)
 
-    cdef void _fail_pending(self) noexcept:
-        if self.done:
-            return
-        self.done = True
-        _exit_with_pending_error(self.owner.g0, self.owner.k0, self.token, self.t0,
-                                 self.owner.clock_kind, self.owner.clock)
+    cdef void _raised(self) noexcept:
+        if not self.done:
+            self.done = True
+            _finish_raised(self.owner, self.tokens, self.t0)
 
     def __dealloc__(self):
-        if not self.done and self.owner is not None:  # never awaited: give the permit back
+        if not self.done and self.owner is not None:  # never awaited: give the permits back
             self.done = True
-            self.owner.k0.exit(self.token, self.t0, 0.0, IGNORED_)
+            error = self.owner.release(self.tokens, self.owner.n, self.t0, 0.0, None,
+                                       IGNORED_, self.t0)
+            if error is not None:
+                log.error("gameguard: %r raised releasing a guarded coroutine that was "
+                          "never awaited", error, exc_info=error)
 
 
 cdef PySendResult _awaitable_am_send(PyObject *obj, PyObject *value, PyObject **result) noexcept:
@@ -550,52 +524,314 @@ cdef PySendResult _awaitable_am_send(PyObject *obj, PyObject *value, PyObject **
     cdef GuardedAwaitable self = <GuardedAwaitable>obj
     cdef PySendResult r
     if self.done:
-        return _reused(result)
+        return _raise_in_send(RuntimeError("cannot reuse already awaited coroutine"), result)
     r = PyIter_Send(<PyObject *>self.coro, value, result)
     if r == PYGEN_RETURN:
-        self._finish(SUCCESS_)
+        try:
+            self._ended(None, SUCCESS_)
+        except BaseException as error:  # a machinery error after every permit was released
+            Py_DECREF(<object>result[0])
+            return _raise_in_send(error, result)
     elif r == PYGEN_ERROR:
-        self._fail_pending()
+        self._raised()
     return r
 
 
-cdef PySendResult _reused(PyObject **result) noexcept:
-    try:
-        raise RuntimeError("cannot reuse already awaited coroutine")
-    except RuntimeError as exc:
-        _set_error(exc)
+cdef PySendResult _raise_in_send(exc, PyObject **result) noexcept:
+    PyErr_SetObject(type(exc), exc)
     result[0] = NULL
     return PYGEN_ERROR
 
 
-cdef void _set_error(exc) noexcept:
-    PyErr_SetObject(type(exc), exc)
+# -- with / async with -------------------------------------------------------------------------
+cdef struct Block:
+    PyObject *owner              # a strong reference
+    double t0
+    int n
+    long long tokens[MAX_GUARDS]
 
 
-cdef int _classify_safe(guard, exc) noexcept:
-    try:
-        return guard._classify(exc)
-    except BaseException:
-        return IGNORED_
+@cython.final
+cdef class PermitStack:
+    """The open blocks of one context (thread or task), newest last. A ContextVar holds it;
+    a copied context (a new task) shares the object, so it records the context it belongs
+    to and another context makes its own."""
+
+    cdef Block *blocks
+    cdef int depth, cap
+    cdef object context
+
+    def __dealloc__(self):
+        cdef int i
+        for i in range(self.depth):
+            Py_DECREF(<object>self.blocks[i].owner)
+        PyMem_Free(self.blocks)
+
+    cdef inline int reserve(self) except -1:
+        """Room for one more block."""
+        if self.depth < self.cap:
+            return 0
+        return self.grow()
+
+    cdef int grow(self) except -1:
+        cdef int cap
+        cdef Block *grown
+        cap = self.cap * 2 if self.cap else 4
+        grown = <Block *>PyMem_Realloc(self.blocks, cap * sizeof(Block))
+        if grown == NULL:
+            raise MemoryError()
+        self.blocks, self.cap = grown, cap
+        return 0
+
+    cdef void push(self, owner, long long *tokens, int n, double t0) noexcept:
+        """After :meth:`reserve`."""
+        cdef int i
+        cdef Block *b = &self.blocks[self.depth]
+        Py_INCREF(owner)
+        b.owner = <PyObject *>owner
+        b.t0 = t0
+        b.n = n
+        for i in range(n):
+            b.tokens[i] = tokens[i]
+        self.depth += 1
+
+    cdef int pop(self, owner, long long *tokens, double *t0) except -1:
+        """Remove ``owner``'s newest block (blocks usually close in order: the top one)."""
+        cdef int i = self.depth - 1
+        while i >= 0 and self.blocks[i].owner != <PyObject *>owner:
+            i -= 1
+        if i < 0:
+            raise RuntimeError(f"{owner!r}: __exit__ without a matching __enter__")
+        cdef int j
+        for j in range(self.blocks[i].n):
+            tokens[j] = self.blocks[i].tokens[j]
+        t0[0] = self.blocks[i].t0
+        if i < self.depth - 1:  # closed out of order
+            memmove(&self.blocks[i], &self.blocks[i + 1], (self.depth - i - 1) * sizeof(Block))
+        self.depth -= 1
+        Py_DECREF(owner)  # the caller holds it too
+        return 0
 
 
-cdef void _service_safe(guard) noexcept:
-    try:
-        guard._service()
-    except BaseException:
+cdef object _stacks = ContextVar("gameguard_blocks")
+
+
+# The stack of the context used last: a strong reference, so that context stays alive and
+# no other context can have its address. Read and written only by C code that makes no
+# Python call in between, so under the GIL it is consistent.
+cdef PermitStack _last = None
+
+
+cdef inline PermitStack _stack(bint create):
+    """This context's open blocks (``create``: made if there are none)."""
+    if _last is not None and <PyObject *>_last.context == PyThreadState_Get().context:
+        return _last
+    return _find_stack(create)
+
+
+cdef PermitStack _find_stack(bint create):
+    global _last
+    cdef PyObject *value = NULL
+    PyContextVar_Get(_stacks, NULL, &value)  # a new reference, or NULL
+    if value != NULL:
+        Py_DECREF(<object>value)  # the ContextVar still holds it
+        if <PyObject *>(<PermitStack>value).context == PyThreadState_Get().context:
+            _last = <PermitStack>value
+            return _last
+    if not create:
+        return None
+    cdef PermitStack s = PermitStack.__new__(PermitStack)
+    PyContextVar_Set(_stacks, s)
+    s.context = <object>PyThreadState_Get().context
+    _last = s
+    return s
+
+
+cdef class GuardBase:
+    """Base of ``Guard`` and ``Pipeline`` when the compiled twin is active: ``with`` and
+    ``async with`` as C methods, with the object's compiled plan in a C field (no Python
+    attribute lookup, no Python frame per block). Subclasses provide ``_guards``."""
+
+    cdef object _plan  # None: not built yet; False: a guard runs on the pure twin; a Chain
+
+    @cython.binding(False)  # a method descriptor: CPython calls it directly
+    def __enter__(self):
+        """Enter every guard (waiting where a guard waits), or raise the refusing guard's
+        rejection with every permit given back."""
+        cdef Chain c = _chain(self)
+        cdef int i
+        if c is None:
+            return _py.block_enter(self)
+        cdef double t0 = _open_block(c, self, True, &i)
+        if i < c.n:
+            raise c.guards[i]._rejection(t0)
+        return self
+
+    @cython.binding(False)  # a method descriptor: CPython calls it directly
+    def __exit__(self, exc_type, exc, tb):
+        """Release this block's permits with the block's outcome; never suppresses."""
+        cdef Chain c = _chain(self)
+        if c is None:
+            return _py.block_exit(self, exc_type, exc, tb)
+        _exit_block(c, self, exc_type, exc)
+        return False
+
+    @cython.binding(False)  # a method descriptor: CPython calls it directly
+    def __aenter__(self):
+        """Admitted at once: a finished awaitable. A guard that waits: the Python
+        protocol's coroutine."""
+        cdef Chain c = _chain(self)
+        cdef int i
+        if c is None:
+            return _py.block_aenter(self)
+        cdef double t0 = _open_block(c, self, False, &i)
+        if i < c.n:
+            if c.guards[i]._waits:
+                return _aenter_waiting(c, self, t0)
+            raise c.guards[i]._rejection(t0)
+        return c.ready
+
+    @cython.binding(False)  # a method descriptor: CPython calls it directly
+    def __aexit__(self, exc_type, exc, tb):
+        """Released at once: a finished awaitable of False."""
+        cdef Chain c = _chain(self)
+        if c is None:
+            return _py.block_aexit(self, exc_type, exc, tb)
+        _exit_block(c, self, exc_type, exc)
+        return _DONE_FALSE
+
+
+cdef inline Chain _chain(GuardBase owner):
+    """``owner``'s compiled plan, or None when a guard in it runs on the pure twin (then
+    the Python protocol serves it)."""
+    if type(owner._plan) is Chain:
+        return <Chain>owner._plan
+    return _new_plan(owner)
+
+
+cdef Chain _new_plan(GuardBase owner):
+    if owner._plan is None:
+        c = False
+        guards = tuple(owner._guards)
+        if all([isinstance(g._kernel, GuardKernel) for g in guards]):
+            c = Chain.__new__(Chain)
+            (<Chain>c).setup(guards, guards[0]._clock)
+            (<Chain>c).ready = _Ready.__new__(_Ready)
+            (<_Ready>(<Chain>c).ready).value = owner
+        owner._plan = c
+    return None if owner._plan is False else <Chain>owner._plan
+
+
+cdef inline double _open_block(Chain c, owner, bint wait, int *refused) except? -1.0:
+    """Enter ``c``'s guards for a block of ``owner``; returns the entry reading. Admitted
+    (``refused`` set to ``n``): the permits go on this context's stack. Else ``refused``
+    is the refusing guard's index and nothing is held."""
+    cdef long long tokens[MAX_GUARDS]
+    cdef double t0 = c.now()
+    cdef PermitStack s = _stack(True)
+    s.reserve()  # before entering: pushing afterwards cannot fail
+    cdef int i = c.admit(t0, tokens, wait)
+    if i < c.n:
+        c.give_back(tokens, i, t0)
+    else:
+        s.push(owner, tokens, c.n, t0)
+    refused[0] = i
+    return t0
+
+
+cdef inline int _exit_block(Chain c, owner, exc_type, exc) except -1:
+    cdef long long tokens[MAX_GUARDS]
+    cdef double t0
+    cdef PermitStack s = _stack(False)
+    if s is None:
+        raise RuntimeError(f"{owner!r}: __exit__ without a matching __enter__")
+    s.pop(owner, tokens, &t0)
+    if exc is None and exc_type is None:
+        return c.exit_ok(tokens, t0)
+    exc = _py.exception_of(exc_type, exc)
+    return _surface(c.finish(tokens, t0, exc), exc)
+
+
+async def _aenter_waiting(Chain c, owner, double t0):
+    cdef long long tokens[MAX_GUARDS]
+    cdef int j
+    taken = []
+    i = await _py.enter_async(c.guards, t0, taken)
+    if i < c.n:
+        raise c.guards[i]._rejection(t0)
+    for j in range(c.n):
+        tokens[j] = taken[j]
+    cdef PermitStack s = _stack(True)
+    s.reserve()
+    s.push(owner, tokens, c.n, t0)
+    return owner
+
+
+@cython.final
+@cython.freelist(8)
+cdef class _Ready:
+    """An awaitable that is already done: awaiting it gives ``value`` at once (through
+    ``am_send``, with no StopIteration). Stateless, so one object serves every await."""
+
+    cdef object value
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        raise StopIteration(self.value)
+
+    def send(self, value):
+        raise StopIteration(self.value)
+
+    def throw(self, typ, val=None, tb=None):
+        raise typ if val is None else val
+
+    def close(self):
         pass
 
 
-cdef _install_am_send():
+cdef PySendResult _ready_am_send(PyObject *obj, PyObject *value, PyObject **result) noexcept:
+    cdef PyObject *v = <PyObject *>(<_Ready>obj).value
+    Py_INCREF(<object>v)
+    result[0] = v
+    return PYGEN_RETURN
+
+
+cdef _Ready _DONE_FALSE = _Ready.__new__(_Ready)
+_DONE_FALSE.value = False
+
+
+# -- wiring ------------------------------------------------------------------------------------
+cdef _install_slots():
     cdef AwaitTypeSlots *tp = <AwaitTypeSlots *>GuardedAwaitable
     tp.tp_as_async.am_send = <sendfunc>_awaitable_am_send
+    tp = <AwaitTypeSlots *>_Ready
+    tp.tp_as_async.am_send = <sendfunc>_ready_am_send
+    cdef _Wrapper probe = GuardedCall.__new__(GuardedCall)
+    cdef Py_ssize_t offset = <char *>&probe.vectorcall - <char *><PyObject *>probe
+    cdef TypeSlots *ts
+    for cls in (GuardedCall, GuardedAsync):
+        ts = <TypeSlots *><PyObject *>cls
+        ts.tp_vectorcall_offset = offset
+        ts.tp_flags |= Py_TPFLAGS_HAVE_VECTORCALL
 
-_install_am_send()
+_install_slots()
 
 
-def wrap_async(func, guard, clock, slow):
-    """The compiled guarded coroutine function for ``func`` under one ``guard``."""
-    cdef GuardedAsync wrapper = GuardedAsync(func, guard, clock, slow)
+def wrap_sync(func, guards, clock, fallback):
+    """The compiled guarded call for ``func`` under ``guards`` (outermost first)."""
+    cdef GuardedCall wrapper = GuardedCall(func, tuple(guards), clock, fallback)
+    functools.update_wrapper(wrapper, func)
+    return wrapper
+
+
+def wrap_async(func, guards, clock, fallback):
+    """The compiled guarded coroutine function for ``func`` under ``guards``."""
+    cdef GuardedAsync wrapper = GuardedAsync(func, tuple(guards), clock, fallback)
     functools.update_wrapper(wrapper, func)
     # look like a coroutine function to inspect.iscoroutinefunction (function-like object
     # with a CO_COROUTINE code) and asyncio.iscoroutinefunction
@@ -614,23 +850,3 @@ def new_rejection(type cls, message, retry_after, name):
     exc.retry_after = retry_after
     exc.name = name
     return exc
-
-
-cdef _install_vectorcall():
-    cdef GuardedCall probe = GuardedCall.__new__(GuardedCall)
-    cdef TypeSlots *tp = <TypeSlots *>GuardedCall
-    tp.tp_vectorcall_offset = <Py_ssize_t>(<char *>&probe.vectorcall - <char *><PyObject *>probe)
-    tp.tp_flags |= Py_TPFLAGS_HAVE_VECTORCALL
-    cdef GuardedAsync aprobe = GuardedAsync.__new__(GuardedAsync)
-    tp = <TypeSlots *>GuardedAsync
-    tp.tp_vectorcall_offset = <Py_ssize_t>(<char *>&aprobe.vectorcall - <char *><PyObject *>aprobe)
-    tp.tp_flags |= Py_TPFLAGS_HAVE_VECTORCALL
-
-_install_vectorcall()
-
-
-def wrap_sync(func, guards, clock, fallback):
-    """The compiled guarded call for ``func`` under ``guards`` (outermost first)."""
-    cdef GuardedCall wrapper = GuardedCall(func, tuple(guards), clock, fallback)
-    functools.update_wrapper(wrapper, func)
-    return wrapper

@@ -9,8 +9,17 @@ cdef enum:
     PENDING_EVENTS_ = 1
     PENDING_WAKE_ = 2
 
-cdef extern from "<time.h>" nogil:
-    int CLOCK_MONOTONIC_COARSE_ "CLOCK_MONOTONIC_COARSE"
+cdef extern from *:
+    """
+    #include <time.h>
+    /* CLOCK_MONOTONIC_COARSE is Linux's; elsewhere the coarse view is the precise clock. */
+    #ifdef CLOCK_MONOTONIC_COARSE
+    #define GG_CLOCK_COARSE CLOCK_MONOTONIC_COARSE
+    #else
+    #define GG_CLOCK_COARSE CLOCK_MONOTONIC
+    #endif
+    """
+    int CLOCK_MONOTONIC_COARSE_ "GG_CLOCK_COARSE"
 
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
@@ -22,7 +31,8 @@ cdef inline double monotonic_precise() noexcept nogil:
 
 cdef inline double monotonic_coarse() noexcept nogil:
     """The same clock as of the last kernel tick (about 4 ns; up to one tick, typically
-    1-4 ms, behind monotonic_precise())."""
+    1-4 ms, behind monotonic_precise()). Where the OS has no coarse clock (not Linux),
+    the precise one."""
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC_COARSE_, &ts)
     return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9

@@ -1,19 +1,46 @@
-"""The decorated-call wrapper for sync functions (pure twin of ``_fast/call.pyx``).
+"""The guard protocol in Python: the pure twin of ``_fast/call.pyx``, written once.
 
-``wrap_sync`` builds, at decoration time, the function that runs one guarded call:
-read the clock, ``enter`` every kernel (outermost first), call the user's function, then
-``exit`` every kernel (innermost first) with the outcome and duration. A rejected call
-never runs the function; every admitted permit is given back exactly once.
+Every form of a guarded call (``@g`` on a sync or async function, ``with g:``,
+``async with g:``, ``pipeline(...)``) is the same three steps over a sequence of guards:
+
+1. :func:`take` / :func:`enter` / :func:`enter_async`: read the clock once, ``enter`` every
+   kernel outermost first, waiting where a refusing guard waits; a refusal gives back the
+   permits taken so far (as no outcome) and names the guard that refused;
+2. the user's code runs;
+3. :func:`finish`: read the clock again and ``exit`` every permit innermost first with the
+   outcome each guard gives the exception (or success).
+
+The rule that makes it safe: **a permit, once taken, is released exactly once whatever
+raises** (a kernel, a clock, a throttle ``rng``, a listener in ``_service``, a classifier):
+:func:`release` never stops half way, and an exit-time clock failure releases every permit
+with no outcome (``IGNORED``) at the entry reading, duration 0. The caller's own exception
+always propagates; a machinery error met on the way is then logged, otherwise raised.
+The only "no outcome" value is ``IGNORED``.
+
+The compiled twin keeps the common paths in C and uses these functions for waiting.
 """
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional, Sequence
+import logging
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple
 
 from ..clock import monotonic
-from .kernel import SUCCESS
+from .kernel import IGNORED, SUCCESS
 
-__all__ = ["wrap_sync", "wrap_async", "reject", "new_rejection"]
+if TYPE_CHECKING:
+    from ..guard import GuardHooks
+
+__all__ = ["take", "enter", "enter_async", "release", "finish", "reject", "reject_async",
+           "call_async", "exception_of",
+           "wrap_sync", "wrap_async", "new_rejection", "block_enter", "block_exit",
+           "block_aenter", "block_aexit"]
+
+log = logging.getLogger("gameguard")
+
+Guards = Sequence["GuardHooks"]
+Clock = Callable[[], float]
 
 
 def new_rejection(cls: type, message: str, retry_after: Optional[float],
@@ -22,8 +49,152 @@ def new_rejection(cls: type, message: str, retry_after: Optional[float],
     return cls(message, retry_after=retry_after, name=name)
 
 
-def reject(guard: Any, now: float, fallback: Optional[Callable[..., Any]],
-           args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def clock_of(guards: Guards) -> Clock:
+    clock = guards[0]._clock
+    return clock if clock is not None else monotonic
+
+
+# -- the protocol ------------------------------------------------------------------------------
+def release(guards: Guards, tokens: List[int], now: float, duration: float,
+            exc: Optional[BaseException] = None, outcome: int = SUCCESS,
+            t0: Optional[float] = None) -> Optional[BaseException]:
+    """Exit every permit in ``tokens`` innermost first, each exactly once, and empty it.
+
+    Each guard's outcome is ``exc`` as its ``_classify`` sees it, else ``outcome``. Nothing
+    stops the loop: a classifier that raises counts as no outcome, a kernel ``exit`` that
+    refuses ``now`` is retried at the entry reading ``t0`` with no outcome, a ``_service``
+    that raises is noted; the first such error is returned (never raised here).
+    """
+    error: Optional[BaseException] = None
+    held = len(tokens)
+    for i in range(held - 1, -1, -1):
+        g = guards[i]
+        k = g._kernel
+        o = outcome
+        if exc is not None:
+            try:
+                o = g._classify(exc)
+            except BaseException as e:
+                o, error = IGNORED, error or e
+        try:
+            k.exit(tokens[i], now, duration, o)
+        except BaseException as e:
+            error = error or e
+            if t0 is not None and t0 != now:
+                try:
+                    k.exit(tokens[i], t0, 0.0, IGNORED)
+                except BaseException:
+                    pass  # the first error already says what went wrong
+        if k.pending:
+            try:
+                g._service()
+            except BaseException as e:
+                error = error or e
+    del tokens[:held]
+    return error
+
+
+def surface(error: Optional[BaseException], exc: Optional[BaseException]) -> None:
+    """A machinery error after every permit was released: raised, unless the caller's own
+    exception ``exc`` is on its way out (then logged: the caller's exception wins)."""
+    if error is None:
+        return
+    if exc is None:
+        raise error
+    log.error("gameguard: %r raised while releasing permits; the call's own %r propagates",
+              error, exc, exc_info=error)
+
+
+def take(guards: Guards, now: float, tokens: List[int], first: Optional[int] = None) -> int:
+    """Enter ``guards[len(tokens):]`` outermost first, appending each permit to ``tokens``.
+
+    Returns ``len(guards)`` when every guard admitted, else the index of the first guard
+    that refused, the permits before it still held (the caller waits or gives them back).
+    ``first``: that guard's ``enter`` result when the caller already called it (the compiled
+    fast path), or what waiting for it gave. Anything raising (a kernel ``enter``, a
+    ``_service``) gives back every permit in ``tokens`` before it propagates.
+    """
+    i = len(tokens)
+    try:
+        while i < len(guards):
+            g = guards[i]
+            k = g._kernel
+            if first is None:
+                token = k.enter(now)
+            else:
+                token, first = first, None
+            if token >= 0:
+                tokens.append(token)
+            if k.pending:
+                g._service()
+            if token < 0:
+                return i
+            i += 1
+        return i
+    except BaseException as exc:
+        surface(release(guards, tokens, now, 0.0, None, IGNORED, now), exc)
+        raise
+
+
+def _refused(guards: Guards, now: float, tokens: List[int], i: int,
+             exc: Optional[BaseException] = None) -> int:
+    surface(release(guards, tokens, now, 0.0, None, IGNORED, now), exc)
+    return i
+
+
+def enter(guards: Guards, now: float, tokens: List[int], first: Optional[int] = None) -> int:
+    """:func:`take`, waiting (``_admit_slow``) where a refusing guard waits. Returns
+    ``len(guards)`` when admitted, else the refusing guard's index with every permit
+    given back."""
+    i = take(guards, now, tokens, first)
+    while i < len(guards) and guards[i]._waits:
+        try:
+            token = guards[i]._admit_slow(now)
+        except BaseException as exc:  # interrupted while waiting: nothing taken by it
+            _refused(guards, now, tokens, i, exc)
+            raise
+        j = take(guards, now, tokens, token)  # the wait's result stands for guard i's enter
+        if j == i:
+            break  # the wait ran out
+        i = j
+    return i if i == len(guards) else _refused(guards, now, tokens, i)
+
+
+async def enter_async(guards: Guards, now: float, tokens: List[int],
+                      first: Optional[int] = None) -> int:
+    """:func:`enter` for asyncio: waits with ``_admit_slow_async``; cancellation while
+    waiting gives back every permit taken."""
+    i = take(guards, now, tokens, first)
+    while i < len(guards) and guards[i]._waits:
+        try:
+            token = await guards[i]._admit_slow_async(now)
+        except BaseException as exc:
+            _refused(guards, now, tokens, i, exc)
+            raise
+        j = take(guards, now, tokens, token)
+        if j == i:
+            break
+        i = j
+    return i if i == len(guards) else _refused(guards, now, tokens, i)
+
+
+def finish(guards: Guards, tokens: List[int], t0: float, clock: Clock,
+           exc: Optional[BaseException]) -> None:
+    """After the guarded code: read the clock and release every permit with ``exc``'s
+    outcome (``None``: success). A clock that raises releases them with no outcome at
+    ``t0``, duration 0. With ``exc`` given, an error met here is logged and the caller
+    re-raises ``exc``; without, it is raised."""
+    try:
+        t1 = clock()
+    except BaseException as error:
+        release(guards, tokens, t0, 0.0, None, IGNORED, t0)
+        surface(error, exc)
+        return
+    surface(release(guards, tokens, t1, t1 - t0, exc, SUCCESS, t0), exc)
+
+
+def reject(guard: GuardHooks, now: float, fallback: Optional[Callable[..., Any]],
+           args: Tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """A refused call: the guard's own fallback, else the wrapper's, else raise."""
     fb = guard._fallback if guard._fallback is not None else fallback
     if fb is not None:
@@ -31,124 +202,140 @@ def reject(guard: Any, now: float, fallback: Optional[Callable[..., Any]],
     raise guard._rejection(now)
 
 
-def _release(guards: Sequence[Any], kernels: Sequence[Any], tokens: list[Any], now: float,
-             duration: float, exc: Optional[BaseException]) -> None:
-    for i in range(len(tokens) - 1, -1, -1):
-        outcome = SUCCESS if exc is None else guards[i]._classify(exc)
-        kernels[i].exit(tokens[i], now, duration, outcome)
-        if kernels[i].pending:
-            guards[i]._service()
+async def reject_async(guard: GuardHooks, now: float, fallback: Optional[Callable[..., Any]],
+                       args: Tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """:func:`reject` for a coroutine function: a fallback may be sync or async."""
+    result = reject(guard, now, fallback, args, kwargs)
+    if hasattr(result, "__await__"):
+        result = await result
+    return result
 
 
-def wrap_sync(func: Callable[..., Any], guards: Sequence[Any],
-              clock: Optional[Callable[[], float]],
+def exception_of(exc_type: Any, exc: Optional[BaseException]) -> Optional[BaseException]:
+    """The exception ``__exit__`` was given, built from ``exc_type`` when only the type was
+    (a type that cannot be built counts as no outcome)."""
+    if exc is not None or exc_type is None:
+        return exc
+    try:
+        return exc_type()  # type: ignore[no-any-return]
+    except BaseException:
+        return BaseException()  # not an Exception: every guard classifies it IGNORED
+
+
+# -- decorated calls ---------------------------------------------------------------------------
+def wrap_sync(func: Callable[..., Any], guards: Guards, clock: Optional[Clock],
               fallback: Optional[Callable[..., Any]]) -> Callable[..., Any]:
-    clock = clock if clock is not None else monotonic
-    kernels = tuple(g._kernel for g in guards)
-
-    if len(guards) == 1:
-        guard, kernel = guards[0], kernels[0]
-        enter, exit_ = kernel.enter, kernel.exit
-        classify, service = guard._classify, guard._service
-
-        def guarded(*args: Any, **kwargs: Any) -> Any:
-            t0 = clock()
-            token = enter(t0)
-            if token < 0:
-                token = guard._admit_slow(t0)
-                if token < 0:
-                    if kernel.pending:
-                        service()
-                    return reject(guard, t0, fallback, args, kwargs)
-            if kernel.pending:
-                service()
-            try:
-                result = func(*args, **kwargs)
-            except BaseException as exc:
-                t1 = clock()
-                exit_(token, t1, t1 - t0, classify(exc))
-                if kernel.pending:
-                    service()
-                raise
-            t1 = clock()
-            exit_(token, t1, t1 - t0, SUCCESS)
-            if kernel.pending:
-                service()
-            return result
-    else:
-        def guarded(*args: Any, **kwargs: Any) -> Any:
-            t0 = clock()
-            tokens: list[Any] = []
-            rejected_by = -1
-            try:
-                for i, kernel in enumerate(kernels):
-                    token = kernel.enter(t0)
-                    if token < 0:
-                        token = guards[i]._admit_slow(t0)
-                    if kernel.pending:
-                        guards[i]._service()
-                    if token < 0:
-                        rejected_by = i
-                        break
-                    tokens.append(token)
-            except BaseException:  # a wait interrupted: give back what was taken
-                _release(guards, kernels, tokens, t0, 0.0, _REJECTED_INSIDE)
-                raise
-            if rejected_by >= 0:  # the ones entered count it as nothing, released once
-                _release(guards, kernels, tokens, t0, 0.0, _REJECTED_INSIDE)
-                return reject(guards[rejected_by], t0, fallback, args, kwargs)
-            try:
-                result = func(*args, **kwargs)
-            except BaseException as exc:
-                t1 = clock()
-                _release(guards, kernels, tokens, t1, t1 - t0, exc)
-                raise
-            t1 = clock()
-            _release(guards, kernels, tokens, t1, t1 - t0, None)
-            return result
-
-    functools.update_wrapper(guarded, func)
-    return guarded
-
-
-class _RejectedInside(BaseException):
-    """Stands for 'released without an outcome': every guard classifies it as IGNORED."""
-
-
-_REJECTED_INSIDE = _RejectedInside()
-
-
-def wrap_async(func: Callable[..., Any], guard: Any, clock: Optional[Callable[[], float]],
-               slow: Callable[..., Any]) -> Callable[..., Any]:
-    """The guarded coroutine function for ``func`` under one ``guard``: the kernel call on
-    each side of the ``await``; refused (or waiting) calls go to ``slow(t0, args, kwargs)``."""
+    """The guarded sync function for ``func`` under ``guards`` (outermost first)."""
     read = clock if clock is not None else monotonic
-    kernel = guard._kernel
-    enter, exit_ = kernel.enter, kernel.exit
-    classify, service = guard._classify, guard._service
+    n = len(guards)
 
-    async def guarded(*args: Any, **kwargs: Any) -> Any:
+    def guarded(*args: Any, **kwargs: Any) -> Any:
         t0 = read()
-        token = enter(t0)
-        if token < 0:
-            if kernel.pending:
-                service()
-            return await slow(t0, args, kwargs)
-        if kernel.pending:
-            service()
+        tokens: List[int] = []
+        i = enter(guards, t0, tokens)
+        if i < n:
+            return reject(guards[i], t0, fallback, args, kwargs)
         try:
-            result = await func(*args, **kwargs)
+            result = func(*args, **kwargs)
         except BaseException as exc:
-            t1 = read()
-            exit_(token, t1, t1 - t0, classify(exc))
-            if kernel.pending:
-                service()
+            finish(guards, tokens, t0, read, exc)
             raise
-        t1 = read()
-        exit_(token, t1, t1 - t0, SUCCESS)
-        if kernel.pending:
-            service()
+        finish(guards, tokens, t0, read, None)
         return result
 
     functools.update_wrapper(guarded, func)
     return guarded
+
+
+async def call_async(guards: Guards, read: Clock, fallback: Optional[Callable[..., Any]],
+                     func: Callable[..., Any], args: Tuple[Any, ...], kwargs: dict[str, Any],
+                     t0: float, tokens: List[int], first: Optional[int] = None) -> Any:
+    """One guarded await of ``func(*args, **kwargs)`` from the entry reading ``t0`` on;
+    ``tokens``/``first`` carry what the compiled fast path already entered."""
+    i = await enter_async(guards, t0, tokens, first)
+    if i < len(guards):
+        return await reject_async(guards[i], t0, fallback, args, kwargs)
+    try:
+        result = await func(*args, **kwargs)
+    except BaseException as exc:
+        finish(guards, tokens, t0, read, exc)
+        raise
+    finish(guards, tokens, t0, read, None)
+    return result
+
+
+def wrap_async(func: Callable[..., Any], guards: Guards, clock: Optional[Clock],
+               fallback: Optional[Callable[..., Any]]) -> Callable[..., Any]:
+    """The guarded coroutine function for ``func`` under ``guards``."""
+    read = clock if clock is not None else monotonic
+
+    async def guarded(*args: Any, **kwargs: Any) -> Any:
+        return await call_async(guards, read, fallback, func, args, kwargs, read(), [])
+
+    functools.update_wrapper(guarded, func)
+    return guarded
+
+
+# -- with / async with -------------------------------------------------------------------------
+# The permits of open blocks, per thread and per task (a ContextVar is both): a guard object
+# is shared, so its __exit__ must find *this* block's tokens. A cons list (owner, tokens, t0,
+# rest): push and the usual in-order pop are O(1).
+_permits: ContextVar[Optional[Tuple[Any, ...]]] = ContextVar("gameguard_permits", default=None)
+
+
+def pop_permit(owner: Any) -> Tuple[List[int], float]:
+    """Remove ``owner``'s newest open block; return its (tokens, t0)."""
+    top = _permits.get()
+    if top is not None and top[0] is owner:  # blocks close in the order they opened
+        _permits.set(top[3])
+        return top[1], top[2]
+    skipped = []
+    node = top
+    while node is not None and node[0] is not owner:
+        skipped.append(node)
+        node = node[3]
+    if node is None:
+        raise RuntimeError(f"{owner!r}: __exit__ without a matching __enter__")
+    rest = node[3]
+    for entry in reversed(skipped):
+        rest = (entry[0], entry[1], entry[2], rest)
+    _permits.set(rest)
+    return node[1], node[2]
+
+
+def block_enter(owner: Any) -> Any:
+    """``owner.__enter__()``: ``owner._guards`` entered, or their rejection raised."""
+    guards = owner._guards
+    now = clock_of(guards)()
+    tokens: List[int] = []
+    i = enter(guards, now, tokens)
+    if i < len(guards):
+        raise guards[i]._rejection(now)
+    _permits.set((owner, tokens, now, _permits.get()))
+    return owner
+
+
+async def block_aenter(owner: Any) -> Any:
+    """``owner.__aenter__()``."""
+    guards = owner._guards
+    now = clock_of(guards)()
+    tokens: List[int] = []
+    i = await enter_async(guards, now, tokens)
+    if i < len(guards):
+        raise guards[i]._rejection(now)
+    _permits.set((owner, tokens, now, _permits.get()))
+    return owner
+
+
+def block_exit(owner: Any, exc_type: Any, exc: Optional[BaseException], tb: Any) -> bool:
+    """``owner.__exit__(...)``: this block's permits released; never suppresses."""
+    tokens, t0 = pop_permit(owner)
+    exc = exception_of(exc_type, exc)
+    finish(owner._guards, tokens, t0, clock_of(owner._guards), exc)
+    return False
+
+
+async def block_aexit(owner: Any, exc_type: Any, exc: Optional[BaseException],
+                      tb: Any) -> bool:
+    """``owner.__aexit__(...)``."""
+    return block_exit(owner, exc_type, exc, tb)
