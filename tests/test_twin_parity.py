@@ -109,24 +109,25 @@ def split_params(text: str) -> List[Param]:
 
 
 def compiled_constructor(cls: type) -> Optional[List[Param]]:
-    """A compiled class's constructor parameters: Cython embeds ``__init__``'s in the class
-    docstring (``Window(double window, int buckets=10)``); a ``__cinit__``-only class's are
-    read from the shipped ``.pyx``. None where neither says (a generic ``*args, **kwargs``)."""
+    """A compiled class's constructor parameters, read from the shipped ``.pyx`` (its
+    ``__init__``, else its ``__cinit__``), else from the signature Cython embeds in the class
+    docstring (``Window(double window, int buckets=10)``; Cython 3 misplaces a ``*`` there
+    when keyword-only parameters have defaults, so the source comes first). None where
+    neither says (a generic ``*args, **kwargs``)."""
+    module = cls.__module__.rsplit(".", 1)[-1]
+    pyx = files("gameguard") / "_fast" / f"{module}.pyx"
+    if pyx.is_file():
+        body = re.split(r"^cdef class (\w+)", pyx.read_text(), flags=re.M)
+        classes = dict(zip(body[1::2], body[2::2]))
+        for method in ("__init__", "__cinit__"):
+            found = re.search(rf"def {method}\(([^)]*)\)", classes.get(cls.__name__, ""))
+            if found:
+                parsed = split_params(found.group(1))
+                if parsed and parsed[0][1] != "VAR_POSITIONAL":
+                    return parsed
     first = (cls.__doc__ or "").split("\n", 1)[0].rstrip()
     if first.startswith(f"{cls.__name__}(") and first.endswith(")"):
         return split_params(first[len(cls.__name__) + 1:-1])
-    module = cls.__module__.rsplit(".", 1)[-1]
-    pyx = files("gameguard") / "_fast" / f"{module}.pyx"
-    if not pyx.is_file():
-        return None
-    body = re.split(r"^cdef class (\w+)", pyx.read_text(), flags=re.M)
-    classes = dict(zip(body[1::2], body[2::2]))
-    for method in ("__init__", "__cinit__"):
-        found = re.search(rf"def {method}\(([^)]*)\)", classes.get(cls.__name__, ""))
-        if found:
-            parsed = split_params(found.group(1))
-            if parsed and parsed[0][1] != "VAR_POSITIONAL":
-                return parsed
     return None
 
 

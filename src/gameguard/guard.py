@@ -26,7 +26,6 @@ from . import _impl
 from .clock import Clock, monotonic
 from ._checks import check_callable, check_clock
 from .errors import ConfigurationError, RejectedError
-from ._pure import call as _pure_call
 
 __all__ = ["Guard", "GuardHooks", "Pipeline", "pipeline", "Classifier", "ExceptionSpec"]
 
@@ -47,8 +46,8 @@ PENDING_WAKE: int = _k.PENDING_WAKE
 
 if TYPE_CHECKING:
     _Base = object
-else:  # with / async with in C when compiled (pure-kernel guards handed to _pure_call)
-    _Base = getattr(_impl.kernel("call"), "GuardBase", object)
+else:  # with / async with (in C when compiled; pure-kernel guards go to _pure_call there)
+    _Base = _impl.kernel("call").GuardBase
 
 
 class GuardHooks(Protocol):
@@ -192,11 +191,6 @@ class _GuardMixin(_Base):
         async def __aenter__(self: G) -> G: ...
         async def __aexit__(self, exc_type: Any, exc: Optional[BaseException],
                             tb: Any) -> bool: ...
-    elif _Base is object:  # the compiled base has them as C methods
-        __enter__ = _pure_call.block_enter
-        __exit__ = _pure_call.block_exit
-        __aenter__ = _pure_call.block_aenter
-        __aexit__ = _pure_call.block_aexit
 
 
 class Guard(_GuardMixin):

@@ -25,7 +25,7 @@ from gameguard._fast.sketch cimport FrequencySketch, HeavyHitters
 
 from gameguard._fast.sketch cimport key_fingerprint
 
-__all__ = ["CacheTable", "CachedCall", "Entry", "Shard", "MISS", "REFRESH",
+__all__ = ["CacheTable", "CachedCall", "Entry", "MISS", "REFRESH",
            "ADMIT_HASHDOS_THRESHOLD", "MIN_SHARD", "GONE", "WINDOW", "PROBATION",
            "PROTECTED"]
 

@@ -52,7 +52,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 from .kernel import SplitMix64
 from .sketch import FrequencySketch, HeavyHitters, key_hash
 
-__all__ = ["CacheTable", "CachedCall", "Entry", "Shard", "MISS", "REFRESH",
+__all__ = ["CacheTable", "CachedCall", "Entry", "MISS", "REFRESH",
            "ADMIT_HASHDOS_THRESHOLD", "MIN_SHARD", "GONE", "WINDOW", "PROBATION",
            "PROTECTED"]
 
@@ -560,26 +560,26 @@ class CachedCall:
                  slow: Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any],
                  absent_out: Any) -> None:
         self.func = func
-        self.table = table
-        self.keyfunc = keyfunc
-        self.make_key = make_key
-        self.slow = slow
-        self.absent_out = absent_out
+        self._table = table
+        self._keyfunc = keyfunc
+        self._make_key = make_key
+        self._slow = slow
+        self._absent_out = absent_out
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self.keyfunc is not None:
-            key = self.keyfunc(*args, **kwargs)
+        if self._keyfunc is not None:
+            key = self._keyfunc(*args, **kwargs)
         elif kwargs:
-            key = self.make_key(args, kwargs)
+            key = self._make_key(args, kwargs)
         elif len(args) == 1 and (type(args[0]) is str or type(args[0]) is int):
             key = args[0]
         else:
             key = args
-        v = self.table.lookup(key)
+        v = self._table.lookup(key)
         if v is MISS or v is REFRESH:
-            return self.slow(key, v, args, kwargs)
-        if v is self.table.absent:
-            return self.absent_out
+            return self._slow(key, v, args, kwargs)
+        if v is self._table.absent:
+            return self._absent_out
         return v
 
     def __get__(self, obj: Any, objtype: Any = None) -> Any:

@@ -32,10 +32,9 @@ from .kernel import IGNORED, SUCCESS
 if TYPE_CHECKING:
     from ..guard import GuardHooks
 
-__all__ = ["take", "enter", "enter_async", "release", "finish", "reject", "reject_async",
-           "call_async", "exception_of",
-           "wrap_sync", "wrap_async", "new_rejection", "block_enter", "block_exit",
-           "block_aenter", "block_aexit"]
+# the twin API (the same names as the compiled module); the protocol functions below are the
+# Python implementation guard.py and the compiled waiting paths call
+__all__ = ["GuardBase", "monotonic", "new_rejection", "wrap_async", "wrap_sync"]
 
 log = logging.getLogger("gameguard")
 
@@ -229,10 +228,10 @@ def wrap_sync(func: Callable[..., Any], guards: Guards, clock: Optional[Clock],
     read = clock if clock is not None else monotonic
     n = len(guards)
 
-    def guarded(*args: Any, **kwargs: Any) -> Any:
-        t0 = read()
+    def general(t0: float, first: Optional[int], args: Tuple[Any, ...],
+                kwargs: dict[str, Any]) -> Any:
         tokens: List[int] = []
-        i = enter(guards, t0, tokens)
+        i = enter(guards, t0, tokens, first)
         if i < n:
             return reject(guards[i], t0, fallback, args, kwargs)
         try:
@@ -242,6 +241,37 @@ def wrap_sync(func: Callable[..., Any], guards: Guards, clock: Optional[Clock],
             raise
         finish(guards, tokens, t0, read, None)
         return result
+
+    if n == 1:
+        # The one-guard specialisation of the steps above: an admitted call with nothing
+        # pending, returning, exits inline; every other path (refused, waiting, pending work,
+        # an exception) is the general protocol, handed the kernel's answer.
+        g = guards[0]
+        k = g._kernel
+        k_enter, k_exit = k.enter, k.exit
+
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            t0 = read()
+            token = k_enter(t0)
+            if token < 0 or k.pending:
+                return general(t0, token, args, kwargs)
+            try:
+                result = func(*args, **kwargs)
+            except BaseException as exc:
+                finish(guards, [token], t0, read, exc)
+                raise
+            try:
+                t1 = read()
+                k_exit(token, t1, t1 - t0, SUCCESS)
+            except BaseException:  # the clock or the kernel refused the exit reading
+                release(guards, [token], t0, 0.0, None, IGNORED, t0)
+                raise
+            if k.pending:
+                g._service()  # the permit is back already; an error here is the call's
+            return result
+    else:
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            return general(read(), None, args, kwargs)
 
     functools.update_wrapper(guarded, func)
     return guarded
@@ -339,3 +369,15 @@ async def block_aexit(owner: Any, exc_type: Any, exc: Optional[BaseException],
                       tb: Any) -> bool:
     """``owner.__aexit__(...)``."""
     return block_exit(owner, exc_type, exc, tb)
+
+
+class GuardBase:
+    """``with`` / ``async with`` for :class:`~gameguard.guard.Guard` and ``Pipeline``: the
+    protocol over ``self._guards`` (the compiled twin's methods are in C)."""
+
+    __slots__ = ()
+    __enter__ = block_enter
+    __exit__ = block_exit
+    __aenter__ = block_aenter
+    __aexit__ = block_aexit
+

@@ -119,7 +119,7 @@ class FrequencySketch:
     def __init__(self, maxsize: int) -> None:
         maxsize = max(int(maxsize), 1)
         self._length = max(ceil_pow2(maxsize), 8)
-        self.table = array("Q", bytes(8 * self._length))
+        self._table = array("Q", bytes(8 * self._length))
         self._block_mask = (self._length >> 3) - 1
         self._sample_size = 10 * maxsize
         self.size = 0
@@ -136,7 +136,7 @@ class FrequencySketch:
             self._increment(h)
 
     def _increment(self, h: int) -> None:
-        table = self.table
+        table = self._table
         block = ((h & 0xFFFFFFFF) & self._block_mask) << 3
         counter_hash = h >> 32
         added = False
@@ -155,7 +155,7 @@ class FrequencySketch:
 
     def frequency(self, h: int) -> int:
         """Estimated occurrences of ``h`` since the sketch last aged (0..15)."""
-        table = self.table
+        table = self._table
         block = ((h & 0xFFFFFFFF) & self._block_mask) << 3
         counter_hash = h >> 32
         best = 15
@@ -167,7 +167,7 @@ class FrequencySketch:
         return best
 
     def _reset(self) -> None:
-        table = self.table
+        table = self._table
         odd = 0
         for i in range(self._length):
             w = table[i]
@@ -181,7 +181,7 @@ class FrequencySketch:
             self._reset()
 
     def state(self) -> Tuple[int, List[int]]:
-        return self.size, list(self.table)
+        return self.size, list(self._table)
 
 
 class HeavyHitters:
@@ -198,18 +198,18 @@ class HeavyHitters:
         self._width = ceil_pow2(max(int(width), 2))
         self.half_life = float(half_life)
         n = 2 * self._width
-        self.fp = array("Q", bytes(8 * n))
-        self.cnt = array("q", bytes(8 * n))
-        self.ptr = array("q", [-1]) * n
-        self.hashes = array("Q", bytes(8 * self._k))
-        self.counts = array("q", bytes(8 * self._k))
-        self.keys: List[Any] = [None] * self._k
+        self._fp = array("Q", bytes(8 * n))
+        self._cnt = array("q", bytes(8 * n))
+        self._ptr = array("q", [-1]) * n
+        self._hashes = array("Q", bytes(8 * self._k))
+        self._counts = array("q", bytes(8 * self._k))
+        self._keys: List[Any] = [None] * self._k
         self.used = 0
         self.min_bound = 0
         self.decay_at = 0.0
         self.started = False
         self.rng = SplitMix64(seed)
-        self.decay = [math.pow(DECAY_BASE, -float(c)) for c in range(DECAY_LIMIT)]
+        self._decay = [math.pow(DECAY_BASE, -float(c)) for c in range(DECAY_LIMIT)]
         self._lock: ContextManager[Any] = threading.Lock()
 
     k = property(lambda self: self._k)          # read-only, as in the compiled twin
@@ -228,10 +228,10 @@ class HeavyHitters:
             # halve once per elapsed half-life; from 63 on every count is 0 and the float
             # may not even fit a 64-bit int, so the next period starts now
             shift = int(periods) if periods < 63.0 else 63
-            cnt = self.cnt
+            cnt = self._cnt
             for i in range(2 * self._width):
                 cnt[i] >>= shift
-            counts = self.counts
+            counts = self._counts
             for s in range(self.used):
                 counts[s] >>= shift
             self.min_bound >>= shift
@@ -250,7 +250,7 @@ class HeavyHitters:
         self._tick(now)
         g = mix64((h + GOLDEN) & MASK64)
         mask = self._width - 1
-        fp, cnt, ptr = self.fp, self.cnt, self.ptr
+        fp, cnt, ptr = self._fp, self._cnt, self._ptr
         est = 0
         hint = -1
         for j in range(2):
@@ -270,7 +270,7 @@ class HeavyHitters:
                     est = c
                 if ptr[i] >= 0:
                     hint = ptr[i]
-            elif c < DECAY_LIMIT and self.rng.next_float() < self.decay[c]:
+            elif c < DECAY_LIMIT and self.rng.next_float() < self._decay[c]:
                 c -= 1
                 if c == 0:
                     fp[i] = h
@@ -280,15 +280,15 @@ class HeavyHitters:
                         est = 1
                 else:
                     cnt[i] = c
-        counts = self.counts
-        if hint >= 0 and self.hashes[hint] == h:
+        counts = self._counts
+        if hint >= 0 and self._hashes[hint] == h:
             if est > counts[hint]:
                 counts[hint] = est
             return est
         if self.used == self._k and est <= self.min_bound:
             return est
         # may enter: find it (a lost pointer) or the smallest slot
-        hashes = self.hashes
+        hashes = self._hashes
         found = -1
         mslot = -1
         mval = 0
@@ -317,33 +317,33 @@ class HeavyHitters:
         counts[s] = est
         self._point(h, g, s)
         self.min_bound = self._table_min()
-        old = self.keys[s]
-        self.keys[s] = key
+        old = self._keys[s]
+        self._keys[s] = key
         del old  # last: freeing a key may run arbitrary code
         return est
 
     def _table_min(self) -> int:
         if self.used < self._k:
             return 0
-        return min(self.counts)
+        return min(self._counts)
 
     def _point(self, h: int, g: int, slot: int) -> None:
         mask = self._width - 1
         for j in range(2):
             i = j * self._width + ((g >> (32 * j)) & mask)
-            if self.cnt[i] > 0 and self.fp[i] == h:
-                self.ptr[i] = slot
+            if self._cnt[i] > 0 and self._fp[i] == h:
+                self._ptr[i] = slot
 
     def _slot_of(self, h: int) -> int:
         g = mix64((h + GOLDEN) & MASK64)
         mask = self._width - 1
         for j in range(2):
             i = j * self._width + ((g >> (32 * j)) & mask)
-            p = self.ptr[i]
-            if self.cnt[i] > 0 and self.fp[i] == h and p >= 0 and self.hashes[p] == h:
+            p = self._ptr[i]
+            if self._cnt[i] > 0 and self._fp[i] == h and p >= 0 and self._hashes[p] == h:
                 return p
         for s in range(self.used):
-            if self.hashes[s] == h:
+            if self._hashes[s] == h:
                 return s
         return -1
 
@@ -362,8 +362,8 @@ class HeavyHitters:
         est = 0
         for j in range(2):
             i = j * self._width + ((g >> (32 * j)) & mask)
-            if self.cnt[i] > 0 and self.fp[i] == h and self.cnt[i] > est:
-                est = self.cnt[i]
+            if self._cnt[i] > 0 and self._fp[i] == h and self._cnt[i] > est:
+                est = self._cnt[i]
         return est
 
     def rate(self, h: int, now: float) -> float:
@@ -373,7 +373,7 @@ class HeavyHitters:
             s = self._slot_of(h)
             if s < 0:
                 return 0.0
-            return self.counts[s] / self._window(now)
+            return self._counts[s] / self._window(now)
 
     def is_hot(self, h: int, now: float, min_rate: float) -> bool:
         """``h`` is in the top-k table with an estimated rate of at least ``min_rate``."""
@@ -383,29 +383,29 @@ class HeavyHitters:
     def _is_hot(self, h: int, now: float, min_rate: float) -> bool:
         self._tick(now)
         s = self._slot_of(h)
-        return s >= 0 and self.counts[s] > 0 and \
-            self.counts[s] / self._window(now) >= min_rate
+        return s >= 0 and self._counts[s] > 0 and \
+            self._counts[s] / self._window(now) >= min_rate
 
     def top(self, n: int, now: float) -> List[Tuple[Any, float]]:
         """Up to ``n`` (key, reads per second) pairs, hottest first. O(k log k)."""
         with self._lock:
             self._tick(now)
             window = self._window(now)
-            order = sorted((s for s in range(self.used) if self.counts[s] > 0),
-                           key=lambda s: (-self.counts[s], s))
-            return [(self.keys[s], self.counts[s] / window) for s in order[:max(n, 0)]]
+            order = sorted((s for s in range(self.used) if self._counts[s] > 0),
+                           key=lambda s: (-self._counts[s], s))
+            return [(self._keys[s], self._counts[s] / window) for s in order[:max(n, 0)]]
 
     def clear(self) -> None:
         with self._lock:
             n = 2 * self._width
             for i in range(n):
-                self.fp[i] = 0
-                self.cnt[i] = 0
-                self.ptr[i] = -1
+                self._fp[i] = 0
+                self._cnt[i] = 0
+                self._ptr[i] = -1
             for s in range(self._k):
-                self.hashes[s] = 0
-                self.counts[s] = 0
-                self.keys[s] = None
+                self._hashes[s] = 0
+                self._counts[s] = 0
+                self._keys[s] = None
             self.used = 0
             self.min_bound = 0
             self.started = False
@@ -413,6 +413,6 @@ class HeavyHitters:
 
     def state(self) -> tuple[Any, ...]:
         """Everything that decides future answers (for the twins' equivalence tests)."""
-        return (list(self.fp), list(self.cnt), list(self.ptr), list(self.hashes[:self.used]),
-                list(self.counts[:self.used]), list(self.keys[:self.used]), self.used,
+        return (list(self._fp), list(self._cnt), list(self._ptr), list(self._hashes[:self.used]),
+                list(self._counts[:self.used]), list(self._keys[:self.used]), self.used,
                 self.min_bound, self.decay_at, self.started, self.rng.state)
