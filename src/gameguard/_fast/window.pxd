@@ -1,3 +1,5 @@
+from libc.math cimport fabs
+
 cdef class RollingWindow:
     # readonly: with bounds checks off, a size or index written from Python could send the
     # ring arithmetic outside its arrays
@@ -19,4 +21,4 @@ cdef class RollingWindow:
     cdef inline bint usable(self, double now) noexcept:
         """Whether ``now`` is a clock reading the bucket arithmetic can take exactly (NaN
         fails: every comparison with it is false)."""
-        return -self.limit < now < self.limit
+        return fabs(now) < self.limit

@@ -46,6 +46,7 @@ class RollingWindow:
         self._bucket_len = self._window / self._buckets
         self._limit = time_limit(self._bucket_len)
         self._head = _FAR_PAST
+        self._index = 0  # head % buckets
         self._next_edge = -_INF
         self.calls = self.failures = self.slow = 0
         self.duration = 0.0
@@ -86,6 +87,7 @@ class RollingWindow:
             if self.calls == 0:
                 self.duration = 0.0  # no float residue once the window is empty
         self._head = epoch
+        self._index = epoch % n
         self._next_edge = self._edge(epoch)
 
     def _edge(self, head: int) -> float:
@@ -103,7 +105,7 @@ class RollingWindow:
         """Count one call that ended at ``now``."""
         if now >= self._next_edge:
             self.advance(now)
-        i = self._head % self._buckets
+        i = self._index
         self._calls[i] += 1
         self.calls += 1
         if failure:
