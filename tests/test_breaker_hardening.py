@@ -19,16 +19,8 @@ from conftest import both_twins
 from gameguard import (AdaptiveThrottle, Bulkhead, BulkheadFullError, CircuitBreaker,
                        ConfigurationError, ManualClock)
 
-SAFETY = 20.0  # seconds: a bound for a broken build only
-BAD_NOW = [math.nan, math.inf, -math.inf, 2.0 ** 52, -(2.0 ** 52), 1e300]
-
-
-def wait_until(predicate, what):
-    deadline = time.monotonic() + SAFETY
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        threading.Event().wait(0.0005)
+from test_breaker import BAD_NOW, outcome_of as outcome
+from test_bulkhead import SAFETY, wait_until
 
 
 def waiting(b, n=1):
@@ -249,7 +241,8 @@ class BrokenLater:
         return 0.0 if self.calls == 1 else math.nan
 
 
-@pytest.mark.parametrize("factory", [CircuitBreaker, AdaptiveThrottle, lambda **kw: Bulkhead(1, **kw)])
+@pytest.mark.parametrize("factory", [CircuitBreaker, AdaptiveThrottle,
+                                     lambda **kw: Bulkhead(1, **kw)])
 def test_a_guard_whose_clock_goes_bad_raises_before_running_the_call(twin, factory):
     g = factory(clock=BrokenLater())
     ran = []
@@ -349,105 +342,8 @@ def test_seed_at_the_edges_is_accepted(twin):
 
 
 # -- the kernels' twins in lockstep, live changes and bad readings included -------------------
-thresholds = st.tuples(
-    st.sampled_from([0.1, 0.5, 1.0 / 3.0, 1.0]), st.sampled_from([0.3, 1.0]),
-    st.integers(1, 6), st.integers(0, 3), st.integers(0, 4),
-    st.sampled_from([0.1, 0.7, 2.5]), st.integers(1, 3))
-moments = st.one_of(st.floats(0.0, 1.5), st.integers(0, 30).map(lambda i: i / 10))
-ops = st.lists(st.tuples(
-    st.sampled_from(["enter", "enter", "exit", "exit", "advance", "configure", "bad_enter",
-                     "bad_exit", "poll", "retry_after"]),
-    moments, st.integers(0, 50), st.sampled_from([0, 1, 1, 2]), st.floats(0.0, 2.0),
-    thresholds, st.sampled_from(BAD_NOW)), max_size=100)
-
-
-def snapshot(k, now):
-    return (k.state, k.generation, k.consecutive, k.transitions, list(k.log), k.tickets,
-            k.probes_done, k.half_open_calls, list(k.probe_owner), list(k.probe_until),
-            k.opened_at, k.open_until, k.pending, k.precise, k.totals(now), k.retry_after(now))
-
-
-def outcome(fn, *args):
-    try:
-        return ("ok", fn(*args))
-    except ValueError as exc:
-        return ("ValueError", str(exc))
-
-
-@settings(max_examples=250, deadline=None)
-@given(slow=st.sampled_from([math.inf, 0.5]), window=st.sampled_from([0.5, 3.0]),
-       buckets=st.integers(1, 6), first=thresholds, start=st.floats(0.0, 1e5), ops=ops)
-def test_breaker_kernel_twins_identical_with_live_changes(slow, window, buckets, first, start,
-                                                          ops):
-    fast_mod, pure_mod = both_twins("breaker")
-
-    def build(mod):
-        rate, slow_rate, minimum, consecutive, count, open_duration, half_open = first
-        return mod.BreakerKernel(rate, slow_rate, slow, minimum, window, buckets, consecutive,
-                                 count, open_duration, half_open)
-
-    fast, pure = build(fast_mod), build(pure_mod)
-    now, tokens = start, []
-    for op, dt, which, result, duration, new, bad in ops:
-        if op == "advance":
-            now += dt
-        elif op == "enter":
-            tf, tp = fast.enter(now), pure.enter(now)
-            assert tf == tp
-            if tf >= 0:
-                tokens.append(tf)
-        elif op == "bad_enter":
-            assert outcome(fast.enter, bad) == outcome(pure.enter, bad) != ("ok", 0)
-        elif op in ("exit", "bad_exit") and tokens:
-            token = tokens.pop(which % len(tokens))
-            at = bad if op == "bad_exit" else now
-            fast.exit(token, at, duration, result)
-            pure.exit(token, at, duration, result)
-        elif op == "configure":
-            rate, slow_rate, minimum, consecutive, count, open_duration, half_open = new
-            for k in (fast, pure):
-                k.configure(rate, slow_rate, slow, minimum, consecutive, count, open_duration,
-                            half_open, now)
-        elif op == "poll":
-            assert fast.poll(now) == pure.poll(now)
-            assert outcome(fast.poll, bad) == outcome(pure.poll, bad)
-        elif op == "retry_after":
-            assert outcome(fast.retry_after, bad) == outcome(pure.retry_after, bad)
-        assert snapshot(fast, now) == snapshot(pure, now)
-        if fast.pending and which % 3 == 0:
-            fast.pending = pure.pending = 0
-
-
-@settings(max_examples=150, deadline=None)
-@given(k=st.sampled_from([1.0, 1.5, 2.0]), protection=st.sampled_from([0.0, 5.0]),
-       seed=st.integers(0, (1 << 64) - 1), ops=st.lists(st.tuples(
-           st.sampled_from(["enter", "exit", "advance", "configure", "bad"]), moments,
-           st.sampled_from([0, 1, 2]), st.sampled_from([1.0, 1.5, 3.0]),
-           st.sampled_from(BAD_NOW)), max_size=80))
-def test_throttle_kernel_twins_identical_with_live_changes(k, protection, seed, ops):
-    fast_mod, pure_mod = both_twins("breaker")
-    fast = fast_mod.ThrottleKernel(k, protection, 2.0, 8, seed)
-    pure = pure_mod.ThrottleKernel(k, protection, 2.0, 8, seed)
-    now = 0.0
-    for op, dt, result, new_k, bad in ops:
-        if op == "advance":
-            now += dt
-        elif op == "enter":
-            assert fast.enter(now) == pure.enter(now)
-        elif op == "exit":
-            fast.exit(0, now, dt, result)
-            pure.exit(0, now, dt, result)
-        elif op == "configure":
-            fast.configure(new_k, dt * 4)
-            pure.configure(new_k, dt * 4)
-        else:
-            assert outcome(fast.enter, bad) == outcome(pure.enter, bad)
-            fast.exit(0, bad, 0.0, result)
-            pure.exit(0, bad, 0.0, result)
-        assert fast.totals(now) == pure.totals(now)
-        assert fast.drop_probability(now) == pure.drop_probability(now)
-        assert (fast.k, fast.protection) == (pure.k, pure.protection)
-
+# (the breaker's and the throttle's: test_kernel_twins_identical in test_breaker.py and
+# test_throttle.py)
 
 @settings(max_examples=100, deadline=None)
 @given(limit=st.integers(1, 5), ops=st.lists(st.tuples(

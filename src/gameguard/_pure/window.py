@@ -40,6 +40,10 @@ class RollingWindow:
     ``window``, ``buckets``, ``bucket_len``, ``head`` and ``limit`` are read-only.
     """
 
+    __slots__ = ("_window", "_buckets", "_bucket_len", "_limit", "_head", "_index",
+                 "_next_edge", "_calls", "_failures", "_slow", "_duration", "calls",
+                 "failures", "slow", "duration")
+
     def __init__(self, window: float, buckets: int) -> None:
         self._window = float(window)
         self._buckets = int(buckets)
