@@ -114,13 +114,13 @@ cdef class RollingWindow:
 
     def advance(self, double now):
         """Drop the buckets that fell out of the window at ``now``."""
-        if now >= self.next_edge:
+        if not now < self.next_edge:  # NaN too
             self.check(now)
         self.advance_c(now)
 
     def record(self, double now, bint failure, bint slow, double duration):
         """Count one call that ended at ``now``."""
-        if now >= self.next_edge:
+        if not now < self.next_edge:  # NaN too
             self.check(now)
         self.record_c(now, failure, slow, duration)
 

@@ -107,7 +107,7 @@ class RollingWindow:
 
     def record(self, now: float, failure: bool, slow: bool, duration: float) -> None:
         """Count one call that ended at ``now``."""
-        if now >= self._next_edge:
+        if not now < self._next_edge:  # NaN too: advance refuses it
             self.advance(now)
         i = self._index
         self._calls[i] += 1
