@@ -1,5 +1,6 @@
 # cython: language_level=3
 """Concurrency-limit kernel (compiled twin of ``gameguard._pure.bulkhead``)."""
+from libc.math cimport fabs
 from gameguard._fast.kernel cimport GuardKernel, REJECT_, PENDING_WAKE_
 from gameguard._pure.window import clock_error
 
@@ -25,7 +26,7 @@ cdef class BulkheadKernel(GuardKernel):
         self.limit = limit
 
     cpdef long long enter(self, double now):
-        if not -MAX_EPOCH < now < MAX_EPOCH:
+        if not fabs(now) < MAX_EPOCH:  # NaN too
             raise clock_error(now, MAX_EPOCH)
         if self.in_flight < self.limit:
             self.in_flight += 1

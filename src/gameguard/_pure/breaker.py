@@ -288,8 +288,10 @@ class ThrottleKernel(GuardKernel):
         self.precise = False  # a probabilistic window of seconds: a 4 ms lag changes nothing
         self.stats = RollingWindow(window, buckets)
         self._limit = self.stats.limit
+        self._below = -self._limit
         self.random = SplitMix64(seed)
         self.rng = rng
+        self._acquire, self._release = self._lock.acquire, self._lock.release
         self.configure(k, protection)
 
     k = property(lambda self: self._k)
@@ -318,9 +320,10 @@ class ThrottleKernel(GuardKernel):
         return excess / (requests + 1)
 
     def enter(self, now: float) -> int:
-        if not -self._limit < now < self._limit:
+        if not self._below < now < self._limit:
             raise clock_error(now, self._limit)
-        with self._lock:
+        self._acquire()
+        try:
             p = self._p(now)
             if p <= 0.0:
                 return 0
@@ -329,12 +332,17 @@ class ThrottleKernel(GuardKernel):
                 self.stats.record(now, True, False, 0.0)
                 return REJECT
             return 0
+        finally:
+            self._release()
 
     def exit(self, token: int, now: float, duration: float, outcome: int) -> None:
-        if token < 0 or outcome == IGNORED or not -self._limit < now < self._limit:
+        if token < 0 or outcome == IGNORED or not self._below < now < self._limit:
             return
-        with self._lock:
+        self._acquire()
+        try:
             self.stats.record(now, outcome == FAILURE, False, duration)
+        finally:
+            self._release()
 
     def totals(self, now: float) -> tuple[int, int, int, float]:
         with self._lock:
