@@ -505,7 +505,7 @@ def test_outcome_reported_from_another_thread_uses_the_permit(twin, clock):
     for _ in range(1000):                # closed: permits do not pile up either
         assert b.allow()
         run_in_thread(b.record_success) if _ == 0 else b.record_success()
-    assert not any(b._manual_tokens.values())
+    assert b._probes == []
     assert b.snapshot()["calls"] == 1000
 
 
@@ -668,14 +668,20 @@ kernel_params = st.fixed_dictionaries({
     "open_duration": st.sampled_from([0.1, 0.3, 0.7, 1.0, 2.5]),
     "half_open_calls": st.integers(1, 3),
 })
+BAD_NOW = [math.nan, math.inf, -math.inf, 2.0 ** 52, -(2.0 ** 52), 1e300]
+thresholds = st.tuples(                       # what configure() may change, in its order
+    st.sampled_from([0.1, 0.5, 1.0 / 3.0, 1.0]), st.sampled_from([0.3, 1.0]),
+    st.integers(1, 6), st.integers(0, 3), st.integers(0, 4),
+    st.sampled_from([0.1, 0.7, 2.5]), st.integers(1, 3))
 kernel_ops = st.lists(st.tuples(
     st.sampled_from(["enter", "enter", "exit", "exit", "advance", "retry_after", "poll",
-                     "force", "totals"]),
+                     "force", "totals", "configure", "bad_enter", "bad_exit", "bad_query"]),
     st.one_of(st.floats(0.0, 1.5), st.integers(0, 30).map(lambda i: i / 10)),
     st.integers(0, 50),                       # which in-flight token
     st.sampled_from([0, 0, 1, 1, 2]),         # outcome
     st.floats(0.0, 2.0),                      # duration
-    st.sampled_from([0, 1, 3, 4])), max_size=120)
+    st.sampled_from([0, 1, 3, 4]),            # forced state
+    thresholds, st.sampled_from(BAD_NOW)), max_size=120)
 
 ORDER = ("failure_rate", "slow_call_rate", "slow_call_duration", "minimum_calls", "window",
          "buckets", "consecutive_failures", "failure_count", "open_duration", "half_open_calls")
@@ -683,19 +689,28 @@ ORDER = ("failure_rate", "slow_call_rate", "slow_call_duration", "minimum_calls"
 
 def breaker_state(k, now):
     return (k.state, k.generation, k.consecutive, k.transitions, list(k.log), k.tickets,
-            k.probes_done, list(k.probe_owner), list(k.probe_until), k.opened_at,
-            k.open_until, k.pending, k.totals(now), k.retry_after(now))
+            k.probes_done, k.half_open_calls, list(k.probe_owner), list(k.probe_until),
+            k.opened_at, k.open_until, k.pending, k.precise, k.totals(now), k.retry_after(now))
+
+
+def outcome_of(fn, *args):
+    try:
+        return ("ok", fn(*args))
+    except ValueError as exc:
+        return ("ValueError", str(exc))
 
 
 @settings(max_examples=300, deadline=None)
 @given(params=kernel_params, start=st.floats(0.0, 1e5), ops=kernel_ops)
 def test_kernel_twins_identical(params, start, ops):
+    """Both twins decide alike, live changes (configure) and unusable clock readings
+    included: enter and the queries raise the same ValueError, exit records nothing."""
     fast_mod, pure_mod = both_twins("breaker")
     args = [params[k] for k in ORDER]
     fast, pure = fast_mod.BreakerKernel(*args), pure_mod.BreakerKernel(*args)
     now = start
     tokens: list[int] = []
-    for op, dt, which, outcome, duration, state in ops:
+    for op, dt, which, outcome, duration, state, new, bad in ops:
         if op == "advance":
             now += dt
         elif op == "enter":
@@ -703,10 +718,11 @@ def test_kernel_twins_identical(params, start, ops):
             assert tf == tp
             if tf >= 0:
                 tokens.append(tf)
-        elif op == "exit" and tokens:
+        elif op in ("exit", "bad_exit") and tokens:
             token = tokens.pop(which % len(tokens))
-            fast.exit(token, now, duration, outcome)
-            pure.exit(token, now, duration, outcome)
+            at = bad if op == "bad_exit" else now
+            fast.exit(token, at, duration, outcome)
+            pure.exit(token, at, duration, outcome)
         elif op == "retry_after":
             assert fast.retry_after(now) == pure.retry_after(now)
         elif op == "poll":
@@ -714,6 +730,18 @@ def test_kernel_twins_identical(params, start, ops):
         elif op == "force":
             fast.force(state, now)
             pure.force(state, now)
+        elif op == "configure":
+            rate, slow_rate, minimum, consecutive, count, open_duration, half_open = new
+            for k in (fast, pure):
+                k.configure(rate, slow_rate, params["slow_call_duration"], minimum,
+                            consecutive, count, open_duration, half_open, now)
+        elif op == "bad_enter":
+            assert outcome_of(fast.enter, bad) == outcome_of(pure.enter, bad)
+            assert outcome_of(fast.enter, bad)[0] == "ValueError"
+        elif op == "bad_query":
+            for name in ("poll", "retry_after", "totals"):
+                assert outcome_of(getattr(fast, name), bad) == \
+                    outcome_of(getattr(pure, name), bad)
         assert breaker_state(fast, now) == breaker_state(pure, now)
         if fast.pending and which % 3 == 0:  # the public layer clears it when serviced
             fast.pending = pure.pending = 0

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import both_twins
+from test_breaker import BAD_NOW, outcome_of
 from gameguard import (AdaptiveThrottle, Bulkhead, CircuitOpenError, ManualClock,
                        RejectedError)
 
@@ -94,8 +95,11 @@ def test_draw_below_p_drops_and_counts_as_request(twin, clock):
 
     rng.value = p                        # not below p: admitted
     assert handler() == "ran"
-    assert t.snapshot() == {"name": "tt", "requests": 21, "accepts": 1,
-                            "drop_probability": formula(21, 1)}
+    snap = t.snapshot()
+    assert snap.pop("config") == {"k": t.k, "protection": t.protection, "window": t.window,
+                                  "buckets": t.buckets}
+    assert snap == {"name": "tt", "requests": 21, "accepts": 1,
+                    "drop_probability": formula(21, 1)}
     p = formula(21, 1)
     rng.value = p - 1e-12                # below p: dropped
     with pytest.raises(CircuitOpenError) as info:
@@ -261,9 +265,10 @@ def test_threads_counts_add_up(twin):
 
 # -- the kernel twins in lockstep -----------------------------------------------------------
 throttle_ops = st.lists(st.tuples(
-    st.sampled_from(["enter", "enter", "exit", "advance", "p", "totals"]),
+    st.sampled_from(["enter", "enter", "exit", "advance", "p", "totals", "configure", "bad"]),
     st.one_of(st.floats(0.0, 2.0), st.integers(0, 20).map(lambda i: i / 4)),
-    st.sampled_from([0, 1, 1, 2]), st.floats(0.0, 1.0)), max_size=150)
+    st.sampled_from([0, 1, 1, 2]), st.floats(0.0, 1.0), st.sampled_from([1.0, 1.5, 3.0]),
+    st.sampled_from(BAD_NOW)), max_size=150)
 
 
 @settings(max_examples=200, deadline=None)
@@ -271,11 +276,13 @@ throttle_ops = st.lists(st.tuples(
        window=st.sampled_from([1.0, 2.5, 10.0]), buckets=st.integers(1, 40),
        seed=st.integers(0, 2 ** 64 - 1), start=st.floats(0.0, 1e5), ops=throttle_ops)
 def test_kernel_twins_identical(k, protection, window, buckets, seed, start, ops):
+    """Live changes (configure) and unusable clock readings included: enter raises the
+    same ValueError in both twins, exit records nothing."""
     fast_mod, pure_mod = both_twins("breaker")
     fast = fast_mod.ThrottleKernel(k, protection, window, buckets, seed)
     pure = pure_mod.ThrottleKernel(k, protection, window, buckets, seed)
     now = start
-    for op, dt, outcome, duration in ops:
+    for op, dt, outcome, duration, new_k, bad in ops:
         if op == "advance":
             now += dt
         elif op == "enter":
@@ -285,8 +292,18 @@ def test_kernel_twins_identical(k, protection, window, buckets, seed, start, ops
             pure.exit(0, now, duration, outcome)
         elif op == "p":
             assert fast.drop_probability(now) == pure.drop_probability(now)
+        elif op == "configure":
+            fast.configure(new_k, dt * 4)
+            pure.configure(new_k, dt * 4)
+        elif op == "bad":
+            assert outcome_of(fast.enter, bad) == outcome_of(pure.enter, bad)
+            assert outcome_of(fast.drop_probability, bad) == \
+                outcome_of(pure.drop_probability, bad)
+            fast.exit(0, bad, duration, outcome)
+            pure.exit(0, bad, duration, outcome)
         assert fast.totals(now) == pure.totals(now)
         assert fast.random.state == pure.random.state
+        assert (fast.k, fast.protection) == (pure.k, pure.protection)
 
 
 @settings(max_examples=50, deadline=None)

@@ -134,10 +134,19 @@ def test_matches_model(Window, params, ops):
 
 # -- the twins in lockstep ---------------------------------------------------------------------
 times = st.one_of(st.floats(0.0, 5.0), st.integers(0, 50).map(lambda i: i / 10))
+BAD_NOW = [math.nan, math.inf, -math.inf, 2.0 ** 52, -(2.0 ** 52), 1e300]
 twin_ops = st.lists(
-    st.tuples(st.sampled_from(["record", "record", "totals", "advance", "reset", "back"]),
-              times, st.booleans(), st.booleans(), st.floats(0.0, 10.0)),
+    st.tuples(st.sampled_from(["record", "record", "totals", "advance", "reset", "back", "bad"]),
+              times, st.booleans(), st.booleans(), st.floats(0.0, 10.0),
+              st.sampled_from(BAD_NOW)),
     max_size=80)
+
+
+def outcome_of(fn, *args):
+    try:
+        return ("ok", fn(*args))
+    except ValueError as exc:
+        return ("ValueError", str(exc))
 
 
 @settings(max_examples=200, deadline=None)
@@ -148,9 +157,14 @@ def test_twins_identical(window, buckets, start, ops):
     fast, pure = fast_mod.RollingWindow(window, buckets), pure_mod.RollingWindow(window, buckets)
     assert fast.bucket_len == pure.bucket_len
     now = start
-    for op, dt, failure, slow, duration in ops:
+    for op, dt, failure, slow, duration, bad in ops:
         now = now - dt if op == "back" else now + dt
-        if op in ("record", "back"):
+        if op == "bad":  # refused alike (or, below the head bucket, counted in it alike)
+            for name in ("totals", "advance"):
+                assert outcome_of(getattr(fast, name), bad) == outcome_of(getattr(pure, name), bad)
+            assert outcome_of(fast.record, bad, failure, slow, duration) == \
+                outcome_of(pure.record, bad, failure, slow, duration)
+        elif op in ("record", "back"):
             fast.record(now, failure, slow, duration)
             pure.record(now, failure, slow, duration)
         elif op == "advance":

@@ -13,6 +13,7 @@ from . import _impl
 from .clock import Clock
 from .errors import CircuitOpenError, ConfigurationError
 from ._checks import check_callable, check_int, check_name, check_positive
+from ._settings import fixed_setting, live_setting, merge
 from .guard import Classifier, ExceptionSpec, Guard
 
 __all__ = ["CircuitBreaker", "AdaptiveThrottle", "BreakerListener"]
@@ -38,6 +39,48 @@ def _check_window(window: Any, buckets: Any) -> tuple[float, int]:
     return window, buckets
 
 
+def _check_record(record: Any) -> Any:
+    if isinstance(record, (tuple, list)) and not record:
+        raise ConfigurationError(
+            f"record must name at least one exception type or be a predicate (with none, the "
+            f"breaker can never trip), got {record!r}")
+    return record
+
+
+def _breaker_settings(failure_rate: Any, slow_call_rate: Any, slow_call_duration: Any,
+                      minimum_calls: Any, window: Any, buckets: Any, consecutive_failures: Any,
+                      failure_count: Any, open_duration: Any,
+                      half_open_calls: Any) -> Dict[str, Any]:
+    """The breaker's settings, checked: the one routine for the constructor and configure()."""
+    window, buckets = _check_window(window, buckets)
+    return dict(
+        failure_rate=_check_rate("failure_rate", failure_rate),
+        slow_call_rate=_check_rate("slow_call_rate", slow_call_rate),
+        slow_call_duration=None if slow_call_duration is None else check_positive(
+            "slow_call_duration", slow_call_duration),
+        minimum_calls=check_int("minimum_calls", minimum_calls, 1),
+        window=window, buckets=buckets,
+        consecutive_failures=None if consecutive_failures is None else check_int(
+            "consecutive_failures", consecutive_failures, 1),
+        failure_count=None if failure_count is None else check_int(
+            "failure_count", failure_count, 1),
+        open_duration=check_positive("open_duration", open_duration),
+        half_open_calls=check_int("half_open_calls", half_open_calls, 1, 1 << 16))
+
+
+def _kernel_thresholds(c: Dict[str, Any]) -> tuple[Any, ...]:
+    """Settings as ``BreakerKernel.configure`` takes them (off is inf or 0), minus ``now``."""
+    slow = math.inf if c["slow_call_duration"] is None else c["slow_call_duration"]
+    return (c["failure_rate"], c["slow_call_rate"], slow, c["minimum_calls"],
+            c["consecutive_failures"] or 0, c["failure_count"] or 0, c["open_duration"],
+            c["half_open_calls"])
+
+
+_BREAKER_LIVE = frozenset(("failure_rate", "slow_call_rate", "slow_call_duration",
+                           "minimum_calls", "consecutive_failures", "failure_count",
+                           "open_duration", "half_open_calls"))
+
+
 class CircuitBreaker(Guard):
     """Stops calling a dependency that is failing or slow, and probes it back to health.
 
@@ -51,8 +94,24 @@ class CircuitBreaker(Guard):
     failure → open again. Which exceptions are failures: ``record`` (types or a predicate),
     minus ``ignore``; see DESIGN §4.1.
 
+    Every setting but ``window`` and ``buckets`` can change live, with :meth:`configure` or
+    by assigning the attribute of the same name; the window's counts are kept.
+
     Per call: O(1) amortised, no allocation in the compiled build.
     """
+
+    failure_rate = live_setting("failure_rate", "Failure rate that trips, in (0, 1].")
+    slow_call_rate = live_setting("slow_call_rate", "Slow-call rate that trips, in (0, 1].")
+    slow_call_duration = live_setting("slow_call_duration",
+                                      "Seconds from which a call is slow (None: not tracked).")
+    minimum_calls = live_setting("minimum_calls", "Calls in the window before a rate trips.")
+    consecutive_failures = live_setting("consecutive_failures",
+                                        "Failures in a row that trip (None: off).")
+    failure_count = live_setting("failure_count", "Failures in the window that trip (None: off).")
+    open_duration = live_setting("open_duration", "Seconds open before probing.")
+    half_open_calls = live_setting("half_open_calls", "Probes let through at a time, half open.")
+    window = fixed_setting("window", "Seconds the rolling window covers (fixed).")
+    buckets = fixed_setting("buckets", "Buckets in the window (fixed).")
 
     def __init__(self, name: Optional[str] = None, *, failure_rate: float = 0.5,
                  slow_call_rate: float = 1.0, slow_call_duration: Optional[float] = None,
@@ -62,29 +121,18 @@ class CircuitBreaker(Guard):
                  half_open_calls: int = 1, record: ExceptionSpec = Exception,
                  ignore: Any = (), fallback: Optional[Callable[..., Any]] = None,
                  clock: Optional[Clock] = None) -> None:
-        failure_rate = _check_rate("failure_rate", failure_rate)
-        slow_call_rate = _check_rate("slow_call_rate", slow_call_rate)
-        slow = math.inf if slow_call_duration is None else check_positive(
-            "slow_call_duration", slow_call_duration)
-        minimum_calls = check_int("minimum_calls", minimum_calls, 1)
-        window, buckets = _check_window(window, buckets)
-        consecutive = 0 if consecutive_failures is None else check_int(
-            "consecutive_failures", consecutive_failures, 1)
-        count = 0 if failure_count is None else check_int("failure_count", failure_count, 1)
-        open_duration = check_positive("open_duration", open_duration)
-        half_open_calls = check_int("half_open_calls", half_open_calls, 1, 1 << 16)
-        self._classify = Classifier(record, ignore)  # type: ignore[method-assign]
+        config = _breaker_settings(
+            failure_rate, slow_call_rate, slow_call_duration, minimum_calls, window, buckets,
+            consecutive_failures, failure_count, open_duration, half_open_calls)
+        self._classify = Classifier(_check_record(record), ignore)  # type: ignore[method-assign]
         self._init_guard(check_name(name, "breaker"), clock, fallback)
         self._module = _impl.kernel("breaker")
-        self._kernel = self._module.BreakerKernel(
-            failure_rate, slow_call_rate, slow, minimum_calls, window, buckets, consecutive,
-            count, open_duration, half_open_calls)
-        self._config = dict(
-            failure_rate=failure_rate, slow_call_rate=slow_call_rate,
-            slow_call_duration=slow_call_duration, minimum_calls=minimum_calls, window=window,
-            buckets=buckets, consecutive_failures=consecutive_failures,
-            failure_count=failure_count, open_duration=open_duration,
-            half_open_calls=half_open_calls)
+        t = _kernel_thresholds(config)
+        self._kernel = self._module.BreakerKernel(*t[:4], window, buckets, *t[4:])
+        self._config = config
+        self._config_lock = threading.Lock()
+        self._manual_lock = threading.Lock()
+        self._probes: List[Tuple[int, int]] = []  # (thread, token) of allow()ed probes
         self._forced_open = self._module.FORCED_OPEN
         self._messages = tuple(f"circuit {self.name!r} is {state}"
                                for state in self._module.STATE_NAMES)
@@ -103,48 +151,69 @@ class CircuitBreaker(Guard):
             self._service()
         return self._module.STATE_NAMES[state]  # type: ignore[no-any-return]
 
-    def allow(self) -> bool:
-        """Admission without a call: ``True`` takes a permit, which must be returned with
-        :meth:`record_success` or :meth:`record_failure`. Prefer ``@breaker`` or ``with``."""
-        now = self._now()
-        token = self._kernel.enter(now)
+    def configure(self, **changes: Any) -> None:
+        """Change settings live, e.g. ``configure(failure_rate=0.9, open_duration=30)``.
+
+        The constructor's checks run on the merged settings and all apply at once from the
+        next outcome, or none does (``ConfigurationError``; so is an unknown name, and
+        ``window``/``buckets``, fixed at construction). The window's counts and the state
+        are kept; an open breaker's deadline becomes ``opened_at + open_duration``. Turning
+        slow-call tracking on or off is refused: wrappers chose their clock for it when
+        they were made.
+        """
+        with self._config_lock:
+            config = _breaker_settings(**merge(self, self._config, changes, _BREAKER_LIVE))
+            if (config["slow_call_duration"] is None) != \
+                    (self._config["slow_call_duration"] is None):
+                raise ConfigurationError(
+                    f"slow_call_duration cannot switch slow-call tracking on or off on a live "
+                    f"breaker (got {config['slow_call_duration']!r}, was "
+                    f"{self._config['slow_call_duration']!r}); set it at construction")
+            self._kernel.configure(*_kernel_thresholds(config), self._now())
+            self._config = config
         if self._kernel.pending:
+            self._service()
+
+    def allow(self) -> bool:
+        """Admission without a call: ``True`` takes a permit; report its outcome with
+        :meth:`record_success` or :meth:`record_failure`. Prefer ``@breaker`` or ``with``.
+
+        Bookkeeping is bounded: only half-open probes are remembered (at most
+        ``half_open_calls`` hold a slot), and a probe that lost its slot is forgotten.
+        """
+        kernel = self._kernel
+        token = kernel.enter(self._now())
+        if kernel.pending:
             self._service()
         if token < 0:
             return False
-        tokens = self._manual_tokens.setdefault(threading.get_ident(), [])
-        tokens.append(token)
+        if token & 1:  # a half-open probe: its slot waits for this outcome
+            with self._manual_lock:
+                self._probes = self._held(self._probes)
+                self._probes.append((threading.get_ident(), token))
         return True
 
-    @property
-    def _manual_tokens(self) -> Dict[int, List[int]]:
-        try:
-            return self.__dict__["_manual"]  # type: ignore[no-any-return]
-        except KeyError:
-            return self.__dict__.setdefault("_manual", {})  # type: ignore[no-any-return]
+    def _held(self, probes: List[Tuple[int, int]]) -> List[Tuple[int, int]]:
+        held = self._kernel.probe_owner
+        return [p for p in probes if p[1] >> 1 in held]
 
     def _manual_record(self, outcome: int, duration: float) -> None:
-        tokens = self._manual_tokens.get(threading.get_ident())
-        token = tokens.pop() if tokens else self._other_threads_permit()
-        if token is None:
-            # without a permit from allow(), record against the current state epoch
-            token = self._kernel.enter(self._now())
-        if token < 0:
-            return
-        self._kernel.exit(token, self._now(), float(duration), outcome)
-        if self._kernel.pending:
+        """An outcome goes to an outstanding probe that still holds its slot (this thread's
+        first, else the oldest: outcomes are often reported from a completion thread);
+        with none, to the current state epoch, which counts it only while closed. It never
+        takes a probe slot of its own."""
+        kernel = self._kernel
+        token = kernel.generation * 2
+        with self._manual_lock:
+            probes = self._held(self._probes)
+            if probes:
+                me = threading.get_ident()
+                mine = [i for i, (thread, _) in enumerate(probes) if thread == me]
+                token = probes.pop(mine[0] if mine else 0)[1]
+            self._probes = probes
+        kernel.exit(token, self._now(), float(duration), outcome)
+        if kernel.pending:
             self._service()
-
-    def _other_threads_permit(self) -> Optional[int]:
-        """The oldest permit another thread took with :meth:`allow`: outcomes are often
-        reported from a callback or completion thread. Leaving that permit behind would
-        leak it (and, half-open, keep its probe slot busy for ``open_duration``)."""
-        for tokens in list(self._manual_tokens.values()):  # a copy: others may add threads
-            try:
-                return tokens.pop(0)  # atomic under the GIL; another reporter may win
-            except IndexError:
-                continue
-        return None
 
     def record_success(self, duration: float = 0.0) -> None:
         """Report a successful call (taken with :meth:`allow`) that lasted ``duration`` s."""
@@ -247,6 +316,18 @@ class CircuitBreaker(Guard):
         return err
 
 
+def _throttle_settings(k: Any, protection: Any, window: Any, buckets: Any) -> Dict[str, Any]:
+    """The throttle's settings, checked: the one routine for the constructor and configure()."""
+    k = check_positive("k", k)
+    if k < 1.0:
+        raise ConfigurationError(f"k must be >= 1 (k < 1 sheds healthy traffic), got {k!r}")
+    if isinstance(protection, bool) or not isinstance(protection, (int, float)) or \
+            not 0 <= protection < math.inf:
+        raise ConfigurationError(f"protection must be a finite number >= 0, got {protection!r}")
+    window, buckets = _check_window(window, buckets)
+    return dict(k=k, protection=float(protection), window=window, buckets=buckets)
+
+
 class AdaptiveThrottle(Guard):
     """Google SRE client-side throttling (SRE book ch. 21; go-zero's ``googleBreaker``).
 
@@ -265,22 +346,31 @@ class AdaptiveThrottle(Guard):
                  ignore: Any = (), fallback: Optional[Callable[..., Any]] = None,
                  clock: Optional[Clock] = None, rng: Optional[Callable[[], float]] = None,
                  seed: Optional[int] = None) -> None:
-        k = check_positive("k", k)
-        if k < 1.0:
-            raise ConfigurationError(f"k must be >= 1 (k < 1 sheds healthy traffic), got {k!r}")
-        if isinstance(protection, bool) or not isinstance(protection, (int, float)) or \
-                not 0 <= protection < math.inf:
-            raise ConfigurationError(f"protection must be a finite number >= 0, got {protection!r}")
-        window, buckets = _check_window(window, buckets)
+        config = _throttle_settings(k, protection, window, buckets)
         check_callable("rng", rng)
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little")
-        elif isinstance(seed, bool) or not isinstance(seed, int):
-            raise ConfigurationError(f"seed must be an int or None, got {seed!r}")
-        self._classify = Classifier(record, ignore)  # type: ignore[method-assign]
+        else:
+            seed = check_int("seed", seed, 0, (1 << 64) - 1)
+        self._classify = Classifier(_check_record(record), ignore)  # type: ignore[method-assign]
         self._init_guard(check_name(name, "throttle"), clock, fallback)
         self._kernel = _impl.kernel("breaker").ThrottleKernel(
-            k, float(protection), window, buckets, seed, rng)
+            config["k"], config["protection"], config["window"], config["buckets"], seed, rng)
+        self._config = config
+        self._config_lock = threading.Lock()
+
+    k = live_setting("k", "Accepts multiplier (>= 1); lower sheds more.")
+    protection = live_setting("protection", "Requests in the window never shed.")
+    window = fixed_setting("window", "Seconds the rolling window covers (fixed).")
+    buckets = fixed_setting("buckets", "Buckets in the window (fixed).")
+
+    def configure(self, **changes: Any) -> None:
+        """Change ``k`` and/or ``protection`` live (same checks as the constructor, applied
+        together from the next call; the window's counts are kept)."""
+        with self._config_lock:
+            config = _throttle_settings(**merge(self, self._config, changes, ("k", "protection")))
+            self._kernel.configure(config["k"], config["protection"])
+            self._config = config
 
     def drop_probability(self) -> float:
         """The probability that a call made now is dropped."""
@@ -300,7 +390,8 @@ class AdaptiveThrottle(Guard):
         now = self._now()
         requests, not_accepted, _, _ = self._kernel.totals(now)
         return {"name": self.name, "requests": requests, "accepts": requests - not_accepted,
-                "drop_probability": float(self._kernel.drop_probability(now))}
+                "drop_probability": float(self._kernel.drop_probability(now)),
+                "config": dict(self._config)}
 
     def _rejection(self, now: float) -> CircuitOpenError:
         return CircuitOpenError(f"throttle {self.name!r} dropped the call (adaptive throttling)",

@@ -2,16 +2,20 @@
 """Circuit-breaker and adaptive-throttle kernels (compiled twin of ``gameguard._pure.breaker``).
 
 No Python-level call happens inside ``enter``/``exit`` (except a user-injected throttle
-``rng``), so each is atomic under the GIL without a lock.
+``rng``, and raising for an unusable clock reading), so each is atomic under the GIL
+without a lock. Sizes, indices and the state are read-only from Python: bounds checks are
+off, and a size written from Python could send the probe loops outside their arrays.
 """
 cimport cython
-from libc.math cimport isinf, INFINITY
+from libc.math cimport fabs, isinf, INFINITY
 from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy
 from cpython.exc cimport PyErr_NoMemory
 
 from gameguard._fast.kernel cimport (GuardKernel, SplitMix64, FAILURE_, IGNORED_, REJECT_,
                                      PENDING_EVENTS_)
 from gameguard._fast.window cimport RollingWindow
+from gameguard._pure.window import clock_error
 
 __all__ = ["CLOSED", "OPEN", "HALF_OPEN", "FORCED_OPEN", "DISABLED", "STATE_NAMES",
            "BreakerKernel", "ThrottleKernel"]
@@ -35,13 +39,17 @@ LOG_SIZE = LOG_SIZE_
 cdef class BreakerKernel(GuardKernel):
     """The breaker state machine over a :class:`RollingWindow` (see the pure twin)."""
 
-    cdef public double failure_rate, slow_call_rate, slow_call_duration, open_duration
-    cdef public double opened_at, open_until
-    cdef public bint slow_trips
-    cdef public long long minimum_calls, consecutive_failures, failure_count
-    cdef public long long generation, consecutive, transitions, tickets
-    cdef public int half_open_calls, state, probes_done
-    cdef public RollingWindow stats
+    cdef readonly double failure_rate, slow_call_rate, slow_call_duration, open_duration
+    cdef readonly double opened_at, open_until
+    cdef readonly bint slow_trips
+    cdef readonly long long minimum_calls, consecutive_failures, failure_count
+    cdef readonly long long generation, consecutive, transitions, tickets
+    cdef readonly int half_open_calls, state, probes_done
+    cdef readonly RollingWindow stats
+    cdef double _limit              # stats.limit, one load nearer on the per-call path
+    # what enter hands out at once (closed/disabled: the epoch's token, else -1: look) and
+    # what exit counts (closed: that token, else -2: nothing); set with the state
+    cdef long long _admit, _counted
     cdef long long *_owner
     cdef double *_until
     cdef int _log[LOG_SIZE_]
@@ -54,6 +62,36 @@ cdef class BreakerKernel(GuardKernel):
                  long long minimum_calls, double window, int buckets,
                  long long consecutive_failures, long long failure_count,
                  double open_duration, int half_open_calls):
+        self.stats = RollingWindow(window, buckets)
+        self._limit = self.stats.limit
+        self.state = CLOSED_
+        self.configure(failure_rate, slow_call_rate, slow_call_duration, minimum_calls,
+                       consecutive_failures, failure_count, open_duration, half_open_calls, 0.0)
+
+    def configure(self, double failure_rate, double slow_call_rate, double slow_call_duration,
+                  long long minimum_calls, long long consecutive_failures,
+                  long long failure_count, double open_duration, int half_open_calls,
+                  double now):
+        """New thresholds from the next outcome on, keeping the window and the state (see
+        the pure twin)."""
+        cdef int i, keep
+        if half_open_calls < 1:
+            raise ValueError(f"half_open_calls must be >= 1, got {half_open_calls}")
+        cdef long long *owner = <long long *>calloc(half_open_calls, sizeof(long long))
+        cdef double *until = <double *>calloc(half_open_calls, sizeof(double))
+        if owner == NULL or until == NULL:
+            free(owner)
+            free(until)
+            PyErr_NoMemory()
+        keep = min(half_open_calls, self.half_open_calls)
+        if keep:
+            memcpy(owner, self._owner, keep * sizeof(long long))
+            memcpy(until, self._until, keep * sizeof(double))
+        free(self._owner)
+        free(self._until)
+        self._owner = owner
+        self._until = until
+        self.half_open_calls = half_open_calls
         self.failure_rate = failure_rate
         self.slow_call_rate = slow_call_rate
         self.slow_call_duration = slow_call_duration
@@ -63,13 +101,14 @@ cdef class BreakerKernel(GuardKernel):
         self.consecutive_failures = consecutive_failures
         self.failure_count = failure_count
         self.open_duration = open_duration
-        self.half_open_calls = half_open_calls
-        self.stats = RollingWindow(window, buckets)
-        self.state = CLOSED_
-        self._owner = <long long *>calloc(half_open_calls, sizeof(long long))
-        self._until = <double *>calloc(half_open_calls, sizeof(double))
-        if self._owner == NULL or self._until == NULL:
-            PyErr_NoMemory()
+        if self.state == OPEN_:
+            self.open_until = self.opened_at + open_duration
+        self.probes_done = 0
+        for i in range(half_open_calls):
+            if owner[i] == DONE_:
+                self.probes_done += 1
+        if self.state == HALF_OPEN_ and self.probes_done >= half_open_calls:
+            self._transition(CLOSED_)
 
     def __dealloc__(self):
         free(self._owner)
@@ -91,9 +130,11 @@ cdef class BreakerKernel(GuardKernel):
     cpdef long long enter(self, double now):
         cdef int i, free_slot
         cdef long long owner
+        if not fabs(now) < self._limit:  # NaN too
+            raise clock_error(now, self._limit)
+        if self._admit >= 0:
+            return self._admit
         cdef int state = self.state
-        if state == CLOSED_ or state == DISABLED_:
-            return self.generation * 2
         if state == OPEN_:
             if now < self.open_until:
                 return REJECT_
@@ -119,10 +160,8 @@ cdef class BreakerKernel(GuardKernel):
         cdef bint failure
         cdef long long ticket
         cdef int i, slot
-        if token < 0:
-            return
-        if token & 1 == 0:
-            if self.state != CLOSED_ or token >> 1 != self.generation or outcome == IGNORED_:
+        if token == self._counted:  # a closed call of this epoch
+            if outcome == IGNORED_ or not fabs(now) < self._limit:
                 return
             failure = outcome == FAILURE_
             self.stats.record_c(now, failure, duration >= self.slow_call_duration, duration)
@@ -133,7 +172,7 @@ cdef class BreakerKernel(GuardKernel):
             if self._should_trip():
                 self._open(now)
             return
-        if self.state != HALF_OPEN_:
+        if token < 0 or token & 1 == 0 or self.state != HALF_OPEN_:
             return
         ticket = token >> 1
         slot = -1
@@ -143,8 +182,8 @@ cdef class BreakerKernel(GuardKernel):
                 break
         if slot < 0:
             return
-        if outcome == IGNORED_ or now >= self._until[slot]:
-            # no outcome, or one too late to count (the slot was due to be lost anyway)
+        if outcome == IGNORED_ or not now < self._until[slot] or not self.stats.usable(now):
+            # no outcome, one too late to count, or an unusable clock reading
             self._owner[slot] = FREE_
         elif outcome == FAILURE_ or (self.slow_trips and duration >= self.slow_call_duration):
             self._open(now)
@@ -157,6 +196,7 @@ cdef class BreakerKernel(GuardKernel):
     cpdef double retry_after(self, double now):
         cdef double first = INFINITY
         cdef int i
+        self.stats.check(now)
         if self.state == OPEN_:
             return max(self.open_until - now, 0.0)
         if self.state == HALF_OPEN_:
@@ -169,12 +209,14 @@ cdef class BreakerKernel(GuardKernel):
     # -- state ----------------------------------------------------------------------------
     def poll(self, double now):
         """The state at ``now`` (makes the due open → half-open move)."""
+        self.stats.check(now)
         if self.state == OPEN_ and now >= self.open_until:
             self._transition(HALF_OPEN_)
         return self.state
 
     def force(self, int state, double now):
         """Move to ``state`` by hand (forced_open, disabled, or closed as a reset)."""
+        self.stats.check(now)
         if self.state == OPEN_ and now >= self.open_until:
             self._transition(HALF_OPEN_)  # listeners see the due move first
         if state == OPEN_:
@@ -183,6 +225,7 @@ cdef class BreakerKernel(GuardKernel):
             self._transition(state)
 
     def totals(self, double now):
+        self.stats.check(now)
         self.stats.advance_c(now)
         return (self.stats.calls, self.stats.failures, self.stats.slow, self.stats.duration)
 
@@ -211,6 +254,8 @@ cdef class BreakerKernel(GuardKernel):
         cdef int old = self.state
         self.state = new
         self.generation += 1
+        self._admit = self.generation * 2 if new == CLOSED_ or new == DISABLED_ else REJECT_
+        self._counted = self.generation * 2 if new == CLOSED_ else -2
         for i in range(self.half_open_calls):
             self._owner[i] = FREE_
         self.probes_done = 0
@@ -228,18 +273,22 @@ cdef class BreakerKernel(GuardKernel):
 cdef class ThrottleKernel(GuardKernel):
     """Google SRE client-side throttling (go-zero's ``googleBreaker``); see the pure twin."""
 
-    cdef public double k, protection
-    cdef public RollingWindow stats
-    cdef public SplitMix64 random
-    cdef public object rng
+    cdef readonly double k, protection
+    cdef readonly RollingWindow stats
+    cdef readonly SplitMix64 random
+    cdef readonly object rng
 
     def __init__(self, double k, double protection, double window, int buckets, seed, rng=None):
-        self.k = k
-        self.protection = protection
         self.precise = False  # a probabilistic window of seconds: a 4 ms lag changes nothing
         self.stats = RollingWindow(window, buckets)
         self.random = SplitMix64(seed)
         self.rng = rng
+        self.configure(k, protection)
+
+    def configure(self, double k, double protection):
+        """New ``k`` and ``protection`` from the next call on; the window is kept."""
+        self.k = k
+        self.protection = protection
 
     cdef double _p(self, double now) noexcept:
         cdef RollingWindow stats = self.stats
@@ -252,9 +301,12 @@ cdef class ThrottleKernel(GuardKernel):
         return excess / (requests + 1.0)
 
     def drop_probability(self, double now):
+        self.stats.check(now)
         return self._p(now)
 
     cpdef long long enter(self, double now):
+        if not self.stats.usable(now):
+            raise clock_error(now, self.stats.limit)
         cdef double p = self._p(now)
         cdef double draw
         if p <= 0.0:
@@ -269,10 +321,11 @@ cdef class ThrottleKernel(GuardKernel):
         return 0
 
     cpdef void exit(self, long long token, double now, double duration, int outcome):
-        if token < 0 or outcome == IGNORED_:
+        if token < 0 or outcome == IGNORED_ or not self.stats.usable(now):
             return
         self.stats.record_c(now, outcome == FAILURE_, False, duration)
 
     def totals(self, double now):
+        self.stats.check(now)
         self.stats.advance_c(now)
         return (self.stats.calls, self.stats.failures, self.stats.slow, self.stats.duration)

@@ -5,9 +5,11 @@ from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 from cpython.exc cimport PyErr_NoMemory
 
-__all__ = ["RollingWindow"]
+__all__ = ["RollingWindow", "time_limit", "clock_error", "MAX_EPOCH"]
 
 cdef long long FAR_PAST = -(1LL << 62)
+# one copy of the bound and the error, shared with the pure twin (not per-call code)
+from gameguard._pure.window import MAX_EPOCH, clock_error, time_limit
 
 
 cdef inline long long _mod(long long a, long long n) noexcept:
@@ -22,6 +24,7 @@ cdef class RollingWindow:
         self.window = window
         self.buckets = buckets
         self.bucket_len = window / buckets
+        self.limit = time_limit(self.bucket_len)
         self.head = FAR_PAST
         self.next_edge = -INFINITY
         self._calls = <long long *>calloc(buckets, sizeof(long long))
@@ -42,6 +45,8 @@ cdef class RollingWindow:
         # on every call: division by a positive constant and floor are monotonic, so every
         # now below the first instant of the next bucket maps to head or earlier.
         if now < self.next_edge:
+            return
+        if not self.usable(now):  # callers check first; never UB from a bad reading
             return
         cdef long long epoch = <long long>floor(now / self.bucket_len)
         cdef long long gap = epoch - self.head
@@ -102,12 +107,21 @@ cdef class RollingWindow:
         self.slow = 0
         self.duration = 0.0
 
+    def check(self, double now):
+        """``ValueError`` unless ``now`` is a usable clock reading (NaN fails too)."""
+        if not self.usable(now):
+            raise clock_error(now, self.limit)
+
     def advance(self, double now):
         """Drop the buckets that fell out of the window at ``now``."""
+        if not now < self.next_edge:  # NaN too
+            self.check(now)
         self.advance_c(now)
 
     def record(self, double now, bint failure, bint slow, double duration):
         """Count one call that ended at ``now``."""
+        if not now < self.next_edge:  # NaN too
+            self.check(now)
         self.record_c(now, failure, slow, duration)
 
     def reset(self):
@@ -116,5 +130,6 @@ cdef class RollingWindow:
 
     def totals(self, double now):
         """``(calls, failures, slow, total_duration)`` over the window at ``now``."""
+        self.check(now)
         self.advance_c(now)
         return (self.calls, self.failures, self.slow, self.duration)

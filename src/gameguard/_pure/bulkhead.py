@@ -2,32 +2,59 @@
 from __future__ import annotations
 
 from .kernel import PENDING_WAKE, REJECT, GuardKernel
+from .window import MAX_EPOCH, clock_error
 
 __all__ = ["BulkheadKernel"]
+
+_BELOW = -MAX_EPOCH  # negated once, not per call
 
 
 class BulkheadKernel(GuardKernel):
     """At most ``limit`` admitted calls in flight. ``waiters`` is kept by the public layer;
-    while it is non-zero every exit asks it (``pending``) to wake one."""
+    while it is non-zero every exit asks it (``pending``) to wake one.
+
+    ``limit`` changes live through :meth:`set_limit`: below the calls in flight, those
+    finish and new ones are refused until the count is under the new limit (no slot is
+    lost or minted). ``limit`` and ``in_flight`` are read-only.
+    """
 
     def __init__(self, limit: int) -> None:
         super().__init__()
-        self.limit = limit
         self.precise = False  # counts calls in flight: time plays no part
-        self.in_flight = 0
+        self._limit = limit
+        self._in_flight = 0
         self.waiters = 0
+        # bound once: a call each costs about half of `with self._lock`
+        self._acquire, self._release = self._lock.acquire, self._lock.release
+
+    limit = property(lambda self: self._limit)
+    in_flight = property(lambda self: self._in_flight)
+
+    def set_limit(self, limit: int) -> None:
+        """A new bound from the next ``enter`` on (>= 1)."""
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        self._limit = limit
 
     def enter(self, now: float) -> int:
-        with self._lock:
-            if self.in_flight < self.limit:
-                self.in_flight += 1
+        if not _BELOW < now < MAX_EPOCH:  # time plays no part here, but the contract is one
+            raise clock_error(now, MAX_EPOCH)
+        self._acquire()
+        try:
+            if self._in_flight < self._limit:
+                self._in_flight += 1
                 return 0
             return REJECT
+        finally:
+            self._release()
 
     def exit(self, token: int, now: float, duration: float, outcome: int) -> None:
         if token < 0:
             return
-        with self._lock:
-            self.in_flight -= 1
+        self._acquire()
+        try:
+            self._in_flight -= 1
             if self.waiters:
                 self.pending |= PENDING_WAKE
+        finally:
+            self._release()
