@@ -352,3 +352,18 @@ def test_import_gameguard_saga_pulls_no_heavy_modules() -> None:
     out = subprocess.run([sys.executable, "-c", _BARE_IMPORT], capture_output=True, text=True,
                          check=True).stdout.splitlines()
     assert out == ["", "sqlite3"]  # nothing heavy until SQLiteStore is asked for
+
+
+# -- event loops ----------------------------------------------------------------------------
+@pytest.mark.asyncio
+async def test_sync_run_and_recover_on_a_loop_thread_say_they_block_it(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.db")
+    saga = Saga("s", store=store)
+    saga.step(lambda ctx: 1, name="a")
+    with pytest.warns(RuntimeWarning, match=r"Saga\.run\(\) blocks the event loop.*run_async"):
+        assert saga.run({}).committed
+    with pytest.warns(RuntimeWarning, match=r"Saga\.recover\(\).*recover_async"):
+        assert saga.recover() == []
+    assert (await saga.run_async({})).committed  # the async form says nothing
+    assert await asyncio.to_thread(lambda: saga.run({}).committed)  # nor a worker thread
+    store.close()

@@ -12,6 +12,7 @@ import time
 from typing import (TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, TypeVar,
                     overload)
 
+from .._loop import warn_if_loop_thread
 from ..errors import ConfigurationError, DuplicateTransaction, SagaError
 from .records import (ACTION, COMPENSATION, MAX_TX_ID, SagaResult, Step, StepContext, Tx,
                       dumps, loads, new_id)
@@ -212,11 +213,13 @@ class Saga:
         in reverse order (status ``compensated``, or ``failed`` if a compensation fails too).
         A ``BaseException`` from a step (KeyboardInterrupt, SystemExit) or a store error
         propagates and leaves the row as last recorded: :meth:`recover` finishes it.
-        Async steps need :meth:`run_async` (``TypeError`` here, before anything runs).
+        Async steps need :meth:`run_async` (``TypeError`` here, before anything runs); on a
+        thread running an event loop this warns (``RuntimeWarning``): it blocks the loop.
         """
         if self._has_async:
             raise TypeError(f"saga {self.name!r} has async steps, compensations or guards: "
                             f"use 'await saga.run_async(...)'")
+        warn_if_loop_thread("Saga.run()", "await saga.run_async(...)")
         tx, rec = self._prepare(payload, tx_id, trace_id)
         store = self.store
         key = self._running(store, tx.tx_id)
@@ -266,6 +269,7 @@ class Saga:
         if self._has_async:
             raise TypeError(f"saga {self.name!r} has async steps: use "
                             f"'await saga.recover_async()'")
+        warn_if_loop_thread("Saga.recover()", "await saga.recover_async()")
         return recover(self, include_failed)
 
     async def recover_async(self, *, include_failed: bool = False,
