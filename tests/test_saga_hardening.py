@@ -80,15 +80,30 @@ def test_reads_wait_for_a_free_connection_and_fail_if_none_comes(tmp_path: Path)
 
 
 # -- interrupted writers --------------------------------------------------------------------
+def _leader_blocked(store: SQLiteStore) -> threading.Thread:
+    """A first writer leading a commit that waits on the write connection (held here)."""
+    store._db_mu.acquire()
+    leader = threading.Thread(target=store.insert, args=(_rec("lead"),), daemon=True)
+    leader.start()
+    _spin_until(lambda: store._writer._leading and not store._writer._queue,
+                "the leader never started")
+    return leader
+
+
+def _later_write_finishes(store: SQLiteStore, what: str) -> None:
+    later = threading.Thread(target=store.insert, args=(_rec("later"),), daemon=True)
+    later.start()
+    later.join(30.0)  # bounded: a stalled queue fails the test instead of hanging it
+    assert not later.is_alive(), what
+    assert store.get("later") is not None
+
+
 def test_writer_interrupted_while_queued_never_stalls_later_writers(tmp_path: Path) -> None:
     assert threading.current_thread() is threading.main_thread()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     store = SQLiteStore(tmp_path / "s.db")
     queue = store._writer._queue
-    store._db_mu.acquire()  # a commit "in progress": the first writer leads and waits on it
-    leader = threading.Thread(target=store.insert, args=(_rec("lead"),), daemon=True)
-    leader.start()
-    _spin_until(lambda: store._writer._leading and not queue, "the leader never started")
+    leader = _leader_blocked(store)
 
     def ctrl_c() -> None:  # Ctrl-C while the main thread waits in the queue
         _spin_until(lambda: len(queue) == 1, "the second writer never queued")
@@ -103,11 +118,8 @@ def test_writer_interrupted_while_queued_never_stalls_later_writers(tmp_path: Pa
         sender.join()
         store._db_mu.release()
     leader.join(30.0)
-    later = threading.Thread(target=store.insert, args=(_rec("later"),), daemon=True)
-    later.start()
-    later.join(30.0)
-    assert not later.is_alive(), "a writer after the interrupted one never finished"
-    assert store.get("lead") is not None and store.get("later") is not None
+    _later_write_finishes(store, "a writer after the interrupted one never finished")
+    assert store.get("lead") is not None
     assert store.get("interrupted") is None  # it took its write back: not recorded
     assert queue == [] and not store._writer._leading
     store.close()
@@ -118,10 +130,7 @@ def test_writer_handed_leadership_after_it_left_passes_it_on(tmp_path: Path) -> 
     # keep leadership it will never use
     store = SQLiteStore(tmp_path / "s.db")
     gc = store._writer
-    store._db_mu.acquire()
-    leader = threading.Thread(target=store.insert, args=(_rec("lead"),), daemon=True)
-    leader.start()
-    _spin_until(lambda: gc._leading and not gc._queue, "the leader never started")
+    leader = _leader_blocked(store)
     waiting = threading.Thread(target=store.insert, args=(_rec("queued"),), daemon=True)
     waiting.start()
     _spin_until(lambda: len(gc._queue) == 1, "the second writer never queued")
@@ -132,13 +141,10 @@ def test_writer_handed_leadership_after_it_left_passes_it_on(tmp_path: Path) -> 
     gc._settle(gone)
     store._db_mu.release()
     leader.join(30.0)
-    later = threading.Thread(target=store.insert, args=(_rec("later"),), daemon=True)
-    later.start()
-    later.join(30.0)
-    assert not later.is_alive(), "a writer after the departed leader never finished"
+    _later_write_finishes(store, "a writer after the departed leader never finished")
     gone.waiter.release()  # the departed thread's own wait ends (its write was taken back)
     waiting.join(30.0)
-    assert store.get("later") is not None and store.get("queued") is None
+    assert store.get("queued") is None
     store.close()
 
 
