@@ -373,3 +373,20 @@ async def test_sync_run_and_recover_on_a_loop_thread_say_they_block_it(tmp_path:
     assert (await saga.run_async({})).committed  # the async form says nothing
     assert await asyncio.to_thread(lambda: saga.run({}).committed)  # nor a worker thread
     store.close()
+
+
+# -- errors ---------------------------------------------------------------------------------
+def test_saga_errors_live_in_the_tree_and_survive_pickling() -> None:
+    import pickle
+
+    from gameguard import errors
+    from gameguard.saga import DuplicateTransaction, StaleTransaction
+    from gameguard.saga import store as store_module
+    for cls in (StoreError, DuplicateTransaction, StaleTransaction):
+        assert issubclass(cls, errors.SagaError) and getattr(errors, cls.__name__) is cls
+        assert getattr(store_module, cls.__name__) is cls and cls.__name__ in errors.__all__
+    for exc in (DuplicateTransaction("dup", tx_id="t1"), StaleTransaction("stale", tx_id="t2")):
+        back = pickle.loads(pickle.dumps(exc))  # e.g. returned from a multiprocessing worker
+        assert type(back) is type(exc) and back.args == exc.args and back.tx_id == exc.tx_id
+    back = pickle.loads(pickle.dumps(StoreError("disk full")))
+    assert type(back) is StoreError and back.args == ("disk full",)
