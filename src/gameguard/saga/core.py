@@ -22,16 +22,17 @@ from .store import FAILED, PREPARING, SagaStore, TxRecord
 
 if TYPE_CHECKING:
     from ..clock import Clock
+    from .sqlite import SQLiteStore
 
 __all__ = ["Saga", "SagaResult", "StepContext", "ACTION", "COMPENSATION"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_DB = "gameguard-sagas.db"
-_defaults: Dict[str, SagaStore] = {}  # absolute path -> the store sagas with store=None share
+_defaults: Dict[str, SQLiteStore] = {}  # absolute path -> the store sagas with store=None share
 _defaults_mu = threading.Lock()
 
 
-def default_store() -> SagaStore:
+def default_store() -> SQLiteStore:
     """The store of sagas made with ``store=None``: ``SQLiteStore($GAMEGUARD_SAGA_DB)``, else
     ``SQLiteStore("./gameguard-sagas.db")`` with a warning (once per file) naming its
     absolute path, since a file appearing in the working directory is easy to miss. Sagas
@@ -41,7 +42,7 @@ def default_store() -> SagaStore:
     path = os.path.abspath(env or DEFAULT_DB)
     with _defaults_mu:
         store = _defaults.get(path)
-        if store is not None and not getattr(store, "closed", False):
+        if store is not None and not store.closed:
             return store
         if env is None and store is None:
             import warnings
@@ -51,13 +52,14 @@ def default_store() -> SagaStore:
         _defaults[path] = store = SQLiteStore(path)
         return store
 
+
 class Saga:
     """A named sequence of steps, each with an optional compensation, run as transactions.
 
     ``Saga(name, *, store=None, clock=None, rng=None, seed=None, backoff=0.05,
     max_backoff=5.0)``. ``store=None`` uses the default store (see :func:`default_store`),
-    opened on first use. ``clock``
-    times sync-step timeouts and drives retry sleeps (a ``ManualClock`` makes them exact);
+    opened on first use. ``clock`` times sync-step timeouts and drives retry sleeps (a
+    ``ManualClock`` makes them exact);
     ``rng`` (a callable returning floats in [0, 1)) or ``seed`` draws the backoff jitter.
     ``backoff``/``max_backoff`` are the defaults for steps that do not set their own.
 
