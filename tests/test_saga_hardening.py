@@ -265,16 +265,17 @@ def test_owner_lock_busy_with_a_prober_takes_a_fresh_token(
         os.close(fd)
 
 
-_FORKER = """
+_FORKER = r"""
 import os, sys
 from gameguard.saga import SQLiteStore
 store = SQLiteStore(sys.argv[1])
 token = store.owner
 child = os.fork()
-if child == 0:
+if child == 0:  # its fork handlers have run by now
+    os.write(1, b"child\n")  # one write each: the two processes share the pipe
     os.read(0, 1)  # the child lives on until the test closes its stdin
     os._exit(0)
-print(token, flush=True)
+os.write(1, f"{token}\n".encode())
 os._exit(0)  # the parent dies; its child does not
 """
 
@@ -286,7 +287,9 @@ def test_forked_child_does_not_keep_a_dead_parent_alive(tmp_path: Path) -> None:
                          stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout is not None and p.stdin is not None
-        token = p.stdout.readline().strip()
+        lines = {p.stdout.readline().strip(), p.stdout.readline().strip()}
+        assert "child" in lines
+        (token,) = lines - {"child"}
         assert p.wait(timeout=60) == 0 and token
         assert os.path.exists(os.path.join(db + ".owners", token))
         # the parent is gone: its transactions must be recoverable although its child runs
