@@ -439,16 +439,16 @@ def test_write_failure_is_a_store_error_and_no_action_runs(tmp_path: Path) -> No
 def test_interrupted_commit_releases_leadership(store: SQLiteStore) -> None:
     saga = Saga("s", store=store)
     saga.step(lambda ctx: 1, name="a")
-    real = store._execute
+    real = store._writer.execute
 
     def interrupted(batch: Any) -> None:
-        store._execute = real  # type: ignore[method-assign]
+        store._writer.execute = real
         raise KeyboardInterrupt
 
-    store._execute = interrupted  # type: ignore[method-assign]
+    store._writer.execute = interrupted
     with pytest.raises(KeyboardInterrupt):
         saga.run({}, tx_id="t")
-    assert not store._leading and store._queue == []
+    assert not store._writer._leading and store._writer._queue == []
     assert store.get("t") is None
     assert saga.run({}, tx_id="t").committed  # the next writer is not stuck
 
@@ -696,10 +696,10 @@ def test_group_commit_shares_one_commit_among_waiting_writers(tmp_path: Path, ma
         f"t{i}", "s", "preparing", 0, 1, '["a"]', "{}", "{}", "[]", "tr", store.owner, 1,
         0.0, 0.0),)) for i in range(6)]
     threads[0].start()
-    _spin_until(lambda: store._leading and not store._queue)
+    _spin_until(lambda: store._writer._leading and not store._writer._queue)
     for t in threads[1:]:
         t.start()
-    _spin_until(lambda: len(store._queue) == 5)
+    _spin_until(lambda: len(store._writer._queue) == 5)
     store._db_mu.release()
     _spin_until(lambda: store.writes - w0 >= 6)
     for t in threads:

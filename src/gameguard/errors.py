@@ -15,6 +15,9 @@ __all__ = [
     "BulkheadFullError",
     "SagaError",
     "CompensationFailed",
+    "StoreError",
+    "DuplicateTransaction",
+    "StaleTransaction",
     "ConfigurationError",
 ]
 
@@ -86,6 +89,30 @@ class CompensationFailed(SagaError):
 
     def __reduce__(self) -> Any:
         return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+class StoreError(SagaError):
+    """The saga store could not open, read or durably write (corrupt file, disk full,
+    read-only, closed)."""
+
+
+class _TransactionError(SagaError):
+    """A saga error about one transaction, named by ``tx_id``."""
+
+    def __init__(self, message: str, *, tx_id: str) -> None:
+        super().__init__(message)
+        self.tx_id = tx_id
+
+    def __reduce__(self) -> Any:
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+class DuplicateTransaction(_TransactionError):
+    """A transaction with this ``tx_id`` already exists (or is running); nothing was written."""
+
+
+class StaleTransaction(_TransactionError):
+    """The row changed under this writer (another process or ``recover()`` took it over)."""
 
 
 class ConfigurationError(GameGuardError, ValueError):

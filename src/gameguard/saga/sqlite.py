@@ -12,40 +12,28 @@ Durability, precisely:
   committed state, never a torn one). About 6x cheaper per commit on this machine.
 * ``":memory:"`` is for tests: nothing survives the process (``durability == "none"``).
 
-Writes go through a **group commit**: a caller (thread) that finds no commit in progress
-becomes the leader, takes every queued write (up to ``max_batch``), runs them in one SQLite
-transaction with one fsync, and wakes their callers; callers arriving meanwhile queue up
-for the next batch. A single caller pays one commit per write (no hand-off); N concurrent
-sagas share commits. ``run_async`` hands writes to a writer thread, so the event loop never
-waits on an fsync. Each caller still returns only after the commit holding its own write.
+Writes go through a **group commit** (``writer.py``): concurrent callers' writes share one
+SQLite transaction and one fsync; each caller returns only after the commit holding its own
+write. Owner liveness is a lock file per process (``owners.py``).
 
-Threads: the leader writes on the one write connection (leadership is exclusive); reads use
-one connection per thread (``sqlite3`` connections are not shared across threads).
+Connections: one write connection (the group-commit leader's, exclusive), and a small pool
+of read connections shared by all threads (at most ``max_readers``, opened on demand), so
+file descriptors stay bounded however many threads come and go.
 """
 from __future__ import annotations
 
-import asyncio
-import errno
-import logging
 import os
-import socket
 import sqlite3
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from ..errors import ConfigurationError
-from .store import (COMPENSATED, COMMITTED, FAILED, UNFINISHED, DuplicateTransaction,
-                    StaleTransaction, StoreError, Transition, TxRecord)
-
-try:  # POSIX: owner liveness by file lock (released by the kernel when a process dies)
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: pid check instead
-    fcntl = None  # type: ignore[assignment]
+from ..errors import ConfigurationError, DuplicateTransaction, StaleTransaction, StoreError
+from . import owners
+from .store import COMPENSATED, COMMITTED, FAILED, UNFINISHED, Transition, TxRecord
+from .writer import GroupCommit, Op
 
 __all__ = ["SQLiteStore"]
-
-log = logging.getLogger("gameguard.saga")
 
 SCHEMA_VERSION = 1
 _COLUMNS = ("tx_id", "saga", "status", "step", "attempt", "steps", "payload", "results",
@@ -82,103 +70,94 @@ _CLAIM = ("UPDATE saga_tx SET owner = ?, version = version + 1, attempt = attemp
 
 _INSERT_OP, _UPDATE_OP, _CLAIM_OP = 0, 1, 2
 
-
-class _Op:
-    """One queued write and how its caller is told it is done."""
-
-    __slots__ = ("kind", "params", "tx_id", "error", "result", "lead", "done", "waiter", "loop",
-                 "fut")
-
-    def __init__(self, kind: int, params: Tuple[Any, ...], tx_id: str) -> None:
-        self.kind = kind
-        self.params = params
-        self.tx_id = tx_id
-        self.error: Optional[BaseException] = None
-        self.result: Any = None
-        self.lead = False
-        self.done = False
-        self.waiter: Any = None  # a held threading lock, released when done (sync callers)
-        self.loop: Optional[asyncio.AbstractEventLoop] = None
-        self.fut: Optional["asyncio.Future[None]"] = None
-
-
-def _wake_futures(futs: List["asyncio.Future[None]"]) -> None:
-    for f in futs:
-        if not f.done():  # a cancelled caller's future; its write still committed or not
-            f.set_result(None)
-
-
 _forks = [0]  # bumped in a forked child: stores then reopen their connections
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
 
 
-# -- owner tokens and liveness (process-wide: one token and lock per database per process) --
-_owner_mu = threading.Lock()
-_owners: Dict[str, Tuple[int, str, Any]] = {}  # lock dir -> (pid, token, open lock file)
+class _Readers:
+    """At most ``cap`` read connections, shared by every thread (one at a time each), opened
+    on demand. Per-thread connections would pile up with thread churn: nothing closes a
+    dead thread's connection reliably."""
 
+    def __init__(self, connect: Callable[[], sqlite3.Connection], cap: int,
+                 wait: float) -> None:
+        self._connect = connect
+        self._cap = cap
+        self._wait = wait  # seconds a read waits for a free connection before failing
+        self._cv = threading.Condition(threading.Lock())
+        self._idle: List[sqlite3.Connection] = []
+        self._open = 0
+        self._closed = False
 
-def _owner_token(lock_dir: Optional[str]) -> str:
-    pid = os.getpid()
-    key = lock_dir or ""
-    with _owner_mu:
-        held = _owners.get(key)
-        if held is not None and held[0] == pid:
-            return held[1]
-        token = f"{socket.gethostname()}-{pid}-{os.urandom(4).hex()}"
-        f = None
-        if lock_dir is not None and fcntl is not None:
-            os.makedirs(lock_dir, exist_ok=True)
-            f = open(os.path.join(lock_dir, token), "a+b")
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # new file: never contended
-        _owners[key] = (pid, token, f)  # after fork the child makes its own token and lock
-        return token
+    def read(self, sql: str, params: Tuple[Any, ...]) -> List[Tuple[Any, ...]]:
+        conn = self._take()
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            self._give(conn)
 
+    def _take(self) -> sqlite3.Connection:
+        with self._cv:
+            while not self._idle:
+                if self._closed:
+                    raise sqlite3.ProgrammingError("the store is closed")
+                if self._open < self._cap:
+                    self._open += 1
+                    break
+                if not self._cv.wait(self._wait):
+                    raise sqlite3.OperationalError(
+                        f"no read connection came free within {self._wait}s")
+            else:
+                return self._idle.pop()
+        try:
+            return self._connect()  # outside the lock: opening may take a while
+        except BaseException:
+            with self._cv:
+                self._open -= 1
+                self._cv.notify()
+            raise
 
-def _lock_file_alive(lock_dir: str, token: str) -> bool:
-    if os.sep in token or token.startswith("."):
-        return False
-    try:
-        fd = os.open(os.path.join(lock_dir, token), os.O_RDWR)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return True  # its owner still holds it: the process is running
-        raise
-    finally:
-        os.close(fd)  # closing drops our lock, if we took it
-    return False
+    def _give(self, conn: sqlite3.Connection) -> None:
+        with self._cv:
+            if not self._closed:
+                self._idle.append(conn)
+                self._cv.notify()
+                return
+            self._open -= 1
+        conn.close()
 
+    @property
+    def open(self) -> int:
+        """Read connections open now (idle or in use)."""
+        return self._open
 
-def _pid_alive(token: str) -> bool:  # pragma: no cover - only without fcntl
-    try:
-        host, pid, _ = token.rsplit("-", 2)
-        if host != socket.gethostname():
-            return False
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
+    def close(self) -> None:
+        """Close the idle connections now, the busy ones when their read ends."""
+        with self._cv:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._open -= len(idle)
+            self._cv.notify_all()
+        for c in idle:
+            c.close()
 
 
 class SQLiteStore:
     """The embedded durable message table. See the module docstring for durability.
 
     ``SQLiteStore(path, *, synchronous="full", retention=7 days, busy_timeout=5.0,
-    max_batch=256)``. ``path`` ``":memory:"`` is for tests and is not durable. A file that
-    is not a SQLite database, a directory that cannot be written, or a read-only file
-    raise :class:`StoreError` here, at construction (one small write checks it).
-    ``max_batch=1`` turns group commit off (one commit per write), for measurement.
+    max_batch=256, max_readers=4)``. ``path`` ``":memory:"`` is for tests and is not
+    durable. A file that is not a SQLite database, a directory that cannot be written, or a
+    read-only file raise :class:`StoreError` here, at construction (one small write checks
+    it). ``max_batch=1`` turns group commit off (one commit per write), for measurement.
+    ``max_readers`` caps the read connections, shared by all threads.
     """
 
     def __init__(self, path: Union[str, "os.PathLike[str]"] = "gameguard-sagas.db", *,
                  synchronous: str = "full", retention: float = 7 * 86400.0,
-                 busy_timeout: float = 5.0, max_batch: int = 256) -> None:
+                 busy_timeout: float = 5.0, max_batch: int = 256,
+                 max_readers: int = 4) -> None:
         from .._checks import check_int, check_positive
         if not isinstance(path, (str, os.PathLike)):
             raise ConfigurationError(f"path must be a str or path, got {path!r}")
@@ -191,6 +170,7 @@ class SQLiteStore:
         self.retention = check_positive("retention", retention, allow_inf=True)
         self.busy_timeout = check_positive("busy_timeout", busy_timeout)
         self.max_batch = check_int("max_batch", max_batch, 1, 1 << 20)
+        self.max_readers = check_int("max_readers", max_readers, 1, 1024)
         self.synchronous = synchronous
         self.memory = path == ":memory:"
         self.path = path if self.memory else os.path.abspath(path)
@@ -198,26 +178,23 @@ class SQLiteStore:
         self.durability = ("none" if self.memory else
                            "power-loss" if synchronous == "full" else "process-crash")
         self._lock_dir = None if self.memory else self.path + ".owners"
-        self._forks = _forks[0]
-        self._closed = False
-        self._local = threading.local()
-        self._conns: List[sqlite3.Connection] = []
-        self._conns_mu = threading.Lock()
-        self._db_mu = threading.Lock()  # the write connection (memory mode: every read too)
-        # group commit
-        self._mu = threading.Lock()
-        self._queue: List[_Op] = []
-        self._leading = False
-        self._writer_go = False
-        self._writer_cv = threading.Condition(self._mu)
-        self._writer: Optional[threading.Thread] = None
+        self.closed = False
         self.commits = 0  # group commits made (each one fsync under synchronous="full")
         self.writes = 0   # writes they carried
-        self._wconn = self._open(writer=True)
+        self._connections()
         self._init_schema()
 
     # -- connections ------------------------------------------------------------------------
-    def _open(self, writer: bool) -> sqlite3.Connection:
+    def _connections(self) -> None:
+        """(Re)make the write connection, the reader pool and the write queue: at
+        construction, and in a forked child (the parent's are not ours to use)."""
+        self._forks = _forks[0]
+        self._db_mu = threading.Lock()  # the write connection (memory mode: every read too)
+        self._writer = GroupCommit(self._execute, self.max_batch, self.path)
+        self._readers = _Readers(self._open, self.max_readers, self.busy_timeout)
+        self._wconn = self._open()
+
+    def _open(self) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
                                    check_same_thread=False)
@@ -237,8 +214,6 @@ class SQLiteStore:
         except BaseException:
             conn.close()
             raise
-        with self._conns_mu:
-            self._conns.append(conn)
         return conn
 
     def _init_schema(self) -> None:
@@ -269,48 +244,26 @@ class SQLiteStore:
             self.close()
             raise
 
-    def _reader(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or getattr(self._local, "forks", None) != _forks[0]:
-            self._check_open()
-            conn = self._open(writer=False)
-            self._local.conn = conn
-            self._local.forks = _forks[0]
-        return conn
-
     def _check_open(self) -> None:
-        if self._closed:
+        if self.closed:
             raise StoreError(f"saga store {self.path!r} is closed")
         if self._forks != _forks[0]:  # forked: the parent's connections are not ours
-            self._after_fork()
-
-    def _after_fork(self) -> None:
-        self._forks = _forks[0]
-        self._conns = []
-        self._local = threading.local()
-        self._mu = threading.Lock()
-        self._db_mu = threading.Lock()
-        self._queue = []
-        self._leading = False
-        self._writer_go = False
-        self._writer_cv = threading.Condition(self._mu)
-        self._writer = None
-        self._wconn = self._open(writer=True)
+            self._connections()
 
     def _read(self, sql: str, params: Tuple[Any, ...] = ()) -> List[Tuple[Any, ...]]:
+        self._check_open()
         try:
-            if self.memory:
-                self._check_open()
+            if self.memory:  # one database per connection: reads share the write one
                 with self._db_mu:
                     return self._wconn.execute(sql, params).fetchall()
-            return self._reader().execute(sql, params).fetchall()
+            return self._readers.read(sql, params)
         except sqlite3.Error as exc:
             raise StoreError(f"saga store {self.path!r}: read failed: {exc}") from exc
 
     # -- identity and ownership -----------------------------------------------------------
     @property
     def owner(self) -> str:
-        return _owner_token(self._lock_dir)
+        return owners.token(self._lock_dir)
 
     def owner_alive(self, owner: str) -> bool:
         """``True`` while the process holding ``owner`` runs (it holds a file lock named after
@@ -320,138 +273,32 @@ class SQLiteStore:
             return True
         if self._lock_dir is None:
             return False  # memory store: only this process exists
-        if fcntl is None:  # pragma: no cover
-            return _pid_alive(owner)
-        return _lock_file_alive(self._lock_dir, owner)
+        return owners.alive(self._lock_dir, owner)
 
     # -- writes: group commit ---------------------------------------------------------------
     def insert(self, record: TxRecord) -> None:
-        self._write(_Op(_INSERT_OP, _insert_params(record), record.tx_id))
+        self._check_open()
+        self._writer.write(Op(_INSERT_OP, _insert_params(record), record.tx_id))
 
     async def insert_async(self, record: TxRecord) -> None:
-        await self._write_async(_Op(_INSERT_OP, _insert_params(record), record.tx_id))
+        self._check_open()
+        await self._writer.write_async(Op(_INSERT_OP, _insert_params(record), record.tx_id))
 
     def update(self, t: Transition) -> None:
-        self._write(_Op(_UPDATE_OP, (t.status, t.step, t.attempt, t.results_json,
-                                     t.errors_json, t.at, t.tx_id, t.version), t.tx_id))
+        self._check_open()
+        self._writer.write(Op(_UPDATE_OP, _update_params(t), t.tx_id))
 
     async def update_async(self, t: Transition) -> None:
-        await self._write_async(_Op(_UPDATE_OP, (t.status, t.step, t.attempt, t.results_json,
-                                                 t.errors_json, t.at, t.tx_id, t.version),
-                                    t.tx_id))
+        self._check_open()
+        await self._writer.write_async(Op(_UPDATE_OP, _update_params(t), t.tx_id))
 
     def claim(self, tx_id: str, version: int, owner: str, at: float) -> bool:
-        op = _Op(_CLAIM_OP, (owner, at, tx_id, version, *UNFINISHED, FAILED), tx_id)
-        self._write(op)
+        self._check_open()
+        op = Op(_CLAIM_OP, (owner, at, tx_id, version, *UNFINISHED, FAILED), tx_id)
+        self._writer.write(op)
         return bool(op.result)
 
-    def _write(self, op: _Op) -> None:
-        self._check_open()
-        waiter = threading.Lock()
-        waiter.acquire()
-        op.waiter = waiter
-        with self._mu:
-            self._queue.append(op)
-            lead = not self._leading
-            if lead:
-                self._leading = True
-        if not lead:
-            waiter.acquire()  # released when our write is committed, or leadership is ours
-            if not op.lead:
-                if op.error is not None:
-                    raise op.error
-                return
-        self._lead(op)
-        if op.error is not None:
-            raise op.error
-
-    def _lead(self, own: _Op) -> None:
-        """Commit batches until one held ``own``, then pass leadership on (also when
-        interrupted: nobody is left waiting on a leader that is gone)."""
-        try:
-            while not own.done:
-                with self._mu:
-                    batch = self._queue[:self.max_batch]
-                    del self._queue[:self.max_batch]
-                self._commit(batch)
-        finally:
-            self._pass_leadership()
-
-    def _pass_leadership(self) -> None:
-        with self._mu:
-            if not self._queue:
-                self._leading = False
-                return
-            for nxt in self._queue:
-                if nxt.waiter is not None:  # a blocked thread: it leads the next batch
-                    nxt.lead = True
-                    break
-            else:
-                self._writer_go = True  # only async writes wait: the writer thread leads
-                self._ensure_writer()
-                self._writer_cv.notify()
-                return
-        nxt.waiter.release()
-
-    async def _write_async(self, op: _Op) -> None:
-        self._check_open()
-        loop = asyncio.get_running_loop()
-        op.loop = loop
-        op.fut = fut = loop.create_future()
-        with self._mu:
-            self._queue.append(op)
-            if not self._leading:
-                self._leading = True
-                self._writer_go = True
-                self._ensure_writer()
-                self._writer_cv.notify()
-        # A cancellation here leaves the write queued: it commits or not, and either row
-        # state is consistent; the version fence stops anything stale afterwards.
-        await fut
-        if op.error is not None:
-            raise op.error
-
-    def _ensure_writer(self) -> None:  # called with self._mu held
-        if self._writer is None or not self._writer.is_alive():
-            self._writer = threading.Thread(target=self._writer_main, daemon=True,
-                                            name=f"gameguard-saga-writer:{self.path}")
-            self._writer.start()
-
-    def _writer_main(self) -> None:
-        while True:
-            with self._mu:
-                while not self._writer_go:
-                    if self._closed:
-                        return
-                    self._writer_cv.wait()
-                self._writer_go = False
-            while True:  # lead until the queue is empty (nobody else waits on us)
-                with self._mu:
-                    batch = self._queue[:self.max_batch]
-                    del self._queue[:self.max_batch]
-                    if not batch:
-                        self._leading = False
-                        break
-                try:
-                    self._commit(batch)
-                except BaseException:  # pragma: no cover - its callers got a StoreError
-                    log.exception("saga store %r: writer thread", self.path)
-
-    def _commit(self, batch: List[_Op]) -> None:
-        """Run ``batch`` in one SQLite transaction (one fsync) and tell every caller."""
-        try:
-            self._execute(batch)
-        except BaseException as exc:  # not a database error: KeyboardInterrupt, MemoryError
-            for op in batch:
-                if op.error is None:
-                    op.error = StoreError(f"saga store {self.path!r}: the commit was "
-                                          f"interrupted ({type(exc).__name__}); this write "
-                                          f"may or may not be recorded")
-            raise
-        finally:
-            self._wake(batch)
-
-    def _execute(self, batch: List[_Op]) -> None:
+    def _execute(self, batch: List[Op]) -> None:
         conn = self._wconn
         with self._db_mu:
             try:
@@ -500,22 +347,6 @@ class SQLiteStore:
                     pass
                 raise
 
-    @staticmethod
-    def _wake(batch: List[_Op]) -> None:
-        """Tell the callers: threads directly, each event loop once for all its futures."""
-        by_loop: Dict[Any, List[Any]] = {}
-        for op in batch:
-            op.done = True
-            if op.waiter is not None:
-                op.waiter.release()
-            else:
-                by_loop.setdefault(op.loop, []).append(op.fut)
-        for loop, futs in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_wake_futures, futs)
-            except RuntimeError:  # that loop is closed: nobody is waiting any more
-                pass
-
     # -- reads ------------------------------------------------------------------------------
     def get(self, tx_id: str) -> Optional[TxRecord]:
         rows = self._read(_SELECT + " WHERE tx_id = ?", (tx_id,))
@@ -560,7 +391,7 @@ class SQLiteStore:
         deleted = self._exclusive(
             "DELETE FROM saga_tx WHERE status IN (?, ?) AND updated_at < ?",
             (COMMITTED, COMPENSATED, cutoff))
-        if self._lock_dir is not None and fcntl is not None:
+        if self._lock_dir is not None and owners.LOCKS:
             self._sweep_owner_files()
         return deleted
 
@@ -580,37 +411,21 @@ class SQLiteStore:
 
     def _sweep_owner_files(self) -> None:
         assert self._lock_dir is not None
-        try:
-            names = os.listdir(self._lock_dir)
-        except FileNotFoundError:
-            return
         live = {r[0] for r in self._read(
             "SELECT DISTINCT owner FROM saga_tx WHERE status IN (?, ?, ?, ?)",
             (*UNFINISHED, FAILED))}
-        mine = self.owner
-        for name in names:
-            if name == mine or name in live:
-                continue
-            if not _lock_file_alive(self._lock_dir, name):
-                try:
-                    os.unlink(os.path.join(self._lock_dir, name))
-                except FileNotFoundError:
-                    pass
+        live.add(self.owner)
+        owners.sweep(self._lock_dir, live)
 
     # -- lifecycle --------------------------------------------------------------------------
     def close(self) -> None:
         """Close every connection and stop the writer thread. Idempotent."""
-        with self._mu:
-            self._closed = True
-            self._writer_cv.notify_all()
-            writer = self._writer
-        if writer is not None and writer is not threading.current_thread():
-            writer.join(timeout=self.busy_timeout + 5.0)
-        with self._conns_mu:
-            conns, self._conns = self._conns, []
-        for c in conns:
+        self.closed = True
+        self._writer.close(timeout=self.busy_timeout + 5.0)
+        self._readers.close()
+        with self._db_mu:
             try:
-                c.close()
+                self._wconn.close()
             except sqlite3.Error:  # pragma: no cover
                 pass
 
@@ -629,3 +444,8 @@ def _insert_params(r: TxRecord) -> Tuple[Any, ...]:
     return (r.tx_id, r.saga, r.status, r.step, r.attempt, r.steps_json, r.payload_json,
             r.results_json, r.errors_json, r.trace_id, r.owner, r.version, r.created_at,
             r.updated_at)
+
+
+def _update_params(t: Transition) -> Tuple[Any, ...]:
+    return (t.status, t.step, t.attempt, t.results_json, t.errors_json, t.at, t.tx_id,
+            t.version)

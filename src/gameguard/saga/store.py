@@ -31,16 +31,17 @@ A PostgreSQL store implements the same methods over the same columns; see ``docs
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Protocol, Sequence, runtime_checkable
+from typing import Any, Dict, List, NamedTuple, Optional, Protocol, Sequence, runtime_checkable
 
-from ..errors import SagaError
+from ..errors import DuplicateTransaction, StaleTransaction, StoreError
 
 __all__ = [
     "SagaStore", "TxRecord", "Transition", "DuplicateTransaction", "StaleTransaction",
     "StoreError", "PREPARING", "EXECUTING", "COMPENSATING", "COMMITTED", "COMPENSATED",
     "FAILED", "UNFINISHED", "FINISHED", "STATUSES",
 ]
+# The errors live in gameguard.errors (one exception tree); re-exported here, where a store
+# implementation looks for them.
 
 # The seed's state machine (docs/saga.md has the diagram):
 #   preparing -> executing -> committed
@@ -56,29 +57,9 @@ UNFINISHED = (PREPARING, EXECUTING, COMPENSATING)
 FINISHED = (COMMITTED, COMPENSATED)
 
 
-class StoreError(SagaError):
-    """The store could not open, read or durably write (corrupt file, disk full, read-only)."""
-
-
-class DuplicateTransaction(SagaError):
-    """A transaction with this ``tx_id`` already exists (or is running); nothing was written."""
-
-    def __init__(self, message: str, *, tx_id: str) -> None:
-        super().__init__(message)
-        self.tx_id = tx_id
-
-
-class StaleTransaction(SagaError):
-    """The row changed under this writer (another process or ``recover()`` took it over)."""
-
-    def __init__(self, message: str, *, tx_id: str) -> None:
-        super().__init__(message)
-        self.tx_id = tx_id
-
-
-@dataclass
-class TxRecord:
-    """One transaction row as stored. JSON fields hold text; the properties decode them.
+class TxRecord(NamedTuple):
+    """One transaction row as stored (a row is a tuple: ``TxRecord(*row)``). JSON fields
+    hold text; the properties decode them.
 
     ``step`` is the index (into ``steps``) of the step whose action (status preparing /
     executing) or compensation (compensating / failed) is in flight or next; ``attempt`` the
@@ -122,8 +103,7 @@ class TxRecord:
         return self.status in FINISHED
 
 
-@dataclass
-class Transition:
+class Transition(NamedTuple):
     """One state change of one row, applied iff the row's version is still ``version``.
 
     ``results_json`` / ``errors_json`` of ``None`` leave that column unchanged.

@@ -1,0 +1,153 @@
+"""Recovery: finish the transactions a store holds that nobody is driving any more (after a
+crash, an interrupt or a cancelled task), and never one that somebody still drives: this
+process (the registry below) or another live process (the store's owner liveness)."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Dict, List, Set, Tuple, Union
+
+from ..errors import SagaError
+from .records import SagaResult, Step, Tx
+from .runner import drive, perform, perform_async
+from .store import FAILED, UNFINISHED, TxRecord
+
+if TYPE_CHECKING:
+    from .core import Saga
+
+Item = Union[Tuple[TxRecord, List[Step]], SagaResult]
+
+
+class _Active:
+    """This process's running transactions, by (store identity, tx_id)."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._mu = threading.Lock()
+        self._keys: Set[Tuple[str, str]] = set()
+
+    def acquire(self, key: Tuple[str, str]) -> bool:
+        with self._mu:
+            if key in self._keys:
+                return False
+            self._keys.add(key)
+            return True
+
+    def release(self, key: Tuple[str, str]) -> None:
+        with self._mu:
+            self._keys.discard(key)
+
+    def __contains__(self, key: Tuple[str, str]) -> bool:
+        return key in self._keys
+
+
+ACTIVE = _Active()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=ACTIVE._reset)  # a child runs none of these
+
+
+def recoverable(saga: Saga, include_failed: bool) -> List[Item]:
+    """This saga's rows that nobody drives: (row, steps) to drive, or a result saying why
+    one cannot be driven (its recorded steps are no longer registered)."""
+    store = saga.store
+    statuses = UNFINISHED + ((FAILED,) if include_failed else ())
+    me = store.owner
+    alive: Dict[str, bool] = {}
+    out: List[Item] = []
+    for rec in store.scan(saga.name, statuses):
+        if (store.identity, rec.tx_id) in ACTIVE:
+            continue  # running in this process right now
+        if rec.owner != me:
+            if rec.owner not in alive:
+                alive[rec.owner] = store.owner_alive(rec.owner)
+            if alive[rec.owner]:
+                continue  # another live process is driving it
+        names = rec.steps
+        missing = [nm for nm in names if nm not in saga._by_name]
+        problem = None
+        if missing:
+            problem = (f"its recorded steps {missing} are no longer registered in saga "
+                       f"{saga.name!r}; not guessing, left as {rec.status!r}")
+        elif not 0 <= rec.step < len(names):
+            problem = f"its step index {rec.step} is out of range; left as {rec.status!r}"
+        if problem is not None:
+            import logging
+            logging.getLogger("gameguard.saga").warning(
+                "saga %r: transaction %r cannot be recovered: %s", saga.name, rec.tx_id,
+                problem)
+            out.append(SagaResult(rec.tx_id, saga.name, rec.status, rec.results,
+                                  rec.payload, rec.trace_id,
+                                  SagaError(f"transaction {rec.tx_id!r}: {problem}"),
+                                  rec.errors))
+            continue
+        out.append((rec, [saga._by_name[nm] for nm in names]))
+    return out
+
+
+def _claimed(saga: Saga, rec: TxRecord, steps: List[Step]) -> Tx:
+    return Tx(rec.tx_id, rec.status, rec.step, rec.attempt + 1, rec.version + 1,
+              rec.payload, rec.results, rec.errors, rec.trace_id, steps, saga.name)
+
+
+def recover(saga: Saga, include_failed: bool) -> List[SagaResult]:
+    store = saga.store
+    results: List[SagaResult] = []
+    for item in recoverable(saga, include_failed):
+        if isinstance(item, SagaResult):
+            results.append(item)
+            continue
+        rec, steps = item
+        key = (store.identity, rec.tx_id)
+        if not ACTIVE.acquire(key):
+            continue
+        try:
+            if not store.claim(rec.tx_id, rec.version, store.owner, time.time()):
+                continue  # it moved on (another recoverer, or it just finished)
+            results.append(perform(drive(_claimed(saga, rec, steps), saga._rng), store,
+                                   saga._clock))
+        finally:
+            ACTIVE.release(key)
+    store.purge()
+    return results
+
+
+async def recover_async(saga: Saga, include_failed: bool,
+                        concurrency: int) -> List[SagaResult]:
+    import asyncio
+    store = saga.store
+    results: List[SagaResult] = []
+    sem = asyncio.Semaphore(concurrency)
+
+    async def finish(rec: TxRecord, steps: List[Step]) -> None:
+        async with sem:
+            key = (store.identity, rec.tx_id)
+            if not ACTIVE.acquire(key):
+                return
+            try:
+                if not await asyncio.to_thread(store.claim, rec.tx_id, rec.version,
+                                               store.owner, time.time()):
+                    return  # it moved on (another recoverer, or it just finished)
+                results.append(await perform_async(
+                    drive(_claimed(saga, rec, steps), saga._rng), store, saga._clock))
+            finally:
+                ACTIVE.release(key)
+
+    tasks = []
+    for item in await asyncio.to_thread(recoverable, saga, include_failed):
+        if isinstance(item, SagaResult):
+            results.append(item)
+        else:
+            tasks.append(asyncio.ensure_future(finish(*item)))
+    if tasks:
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+    await asyncio.to_thread(store.purge)
+    return results
