@@ -122,7 +122,6 @@ BULKHEAD_BAD = [
     ("max_concurrent", 0), ("max_concurrent", -1), ("max_concurrent", 1.0),
     ("max_concurrent", True), ("max_concurrent", None), ("max_concurrent", "4"),
     ("max_wait", -0.1), ("max_wait", NAN), ("max_wait", INF), ("max_wait", "1"),
-    ("max_wait", None),
     ("name", 3), ("fallback", 3), ("clock", 3),
 ]
 

@@ -27,7 +27,8 @@ def check_positive(param: str, value: Any, *, allow_inf: bool = False) -> float:
         raise ConfigurationError(f"{param} must be a number > 0, got {value!r}")
     v = float(value)
     if not v > 0.0 or (math.isinf(v) and not allow_inf):
-        raise ConfigurationError(f"{param} must be a finite number > 0, got {value!r}")
+        what = "a number > 0 (inf allowed)" if allow_inf else "a finite number > 0"
+        raise ConfigurationError(f"{param} must be {what}, got {value!r}")
     return v
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import logging
 import math
 import os
 import threading
@@ -15,10 +14,10 @@ from .errors import CircuitOpenError, ConfigurationError
 from ._checks import check_callable, check_int, check_name, check_positive
 from ._settings import fixed_setting, live_setting, merge
 from .guard import Classifier, ExceptionSpec, Guard
+from ._log import logger
 
 __all__ = ["CircuitBreaker", "AdaptiveThrottle", "BreakerListener"]
 
-log = logging.getLogger("gameguard")
 
 BreakerListener = Callable[["CircuitBreaker", str, str], Any]
 
@@ -280,7 +279,7 @@ class CircuitBreaker(Guard):
             end = kernel.transitions
             start = max(self._seen, end - size)
             if start > self._seen:
-                log.warning("gameguard: %s: %d state changes happened too fast to report",
+                logger().warning("gameguard: %s: %d state changes happened too fast to report",
                             self.name, start - self._seen)
             entries = kernel.log
             self._queue.extend(divmod(entries[i % size], 8) for i in range(start, end))
@@ -299,7 +298,7 @@ class CircuitBreaker(Guard):
                     try:
                         listener(self, names[old], names[new])
                     except Exception:
-                        log.exception("gameguard: state listener %r of %s raised", listener,
+                        logger().exception("gameguard: state listener %r of %s raised", listener,
                                       self.name)
         except BaseException:
             with self._events_lock:

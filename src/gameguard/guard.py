@@ -18,7 +18,6 @@ changes: both wrappers, ``with`` and ``pipeline`` only ever talk to those hooks.
 """
 from __future__ import annotations
 
-import logging
 from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Optional, Protocol, Sequence,
                     Tuple, Type, TypeVar, Union, cast, overload)
 
@@ -26,10 +25,10 @@ from . import _impl
 from .clock import Clock, monotonic
 from ._checks import check_callable, check_clock
 from .errors import ConfigurationError, RejectedError
+from ._log import logger
 
 __all__ = ["Guard", "GuardHooks", "Pipeline", "pipeline", "Classifier", "ExceptionSpec"]
 
-log = logging.getLogger("gameguard")
 
 F = TypeVar("F", bound=Callable[..., Any])
 G = TypeVar("G")
@@ -121,7 +120,8 @@ class Classifier:
         try:
             return bool(spec(exc))
         except Exception:  # a broken predicate must not lose the caller's exception
-            log.exception("gameguard: exception predicate %r raised; treating as no match", spec)
+            logger().exception("gameguard: exception predicate %r raised; treating as no match",
+                               spec)
             return False
 
     def __call__(self, exc: BaseException) -> int:

@@ -16,9 +16,8 @@ Bounded at ``maxsize`` with TinyLFU admission (see :mod:`gameguard._pure.cacheta
 from __future__ import annotations
 
 import functools
-import logging
+import os
 import random
-import secrets
 import threading
 import typing
 from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Coroutine, Dict, Generic,
@@ -29,6 +28,7 @@ from ._checks import check_clock, check_int, check_name, check_non_negative, che
 from ._loop import warn_if_loop_thread
 from .clock import Clock, monotonic
 from .errors import ConfigurationError
+from ._log import logger
 
 if TYPE_CHECKING:
     import asyncio
@@ -44,7 +44,6 @@ else:  # annotation-only names stay out of the import (typing_extensions costs m
 
 __all__ = ["HotKeyCache", "ABSENT"]
 
-log = logging.getLogger("gameguard")
 
 
 class _Absent:
@@ -213,7 +212,7 @@ class HotKeyCache(Generic[V]):
         self.name = check_name(name, "cache")
         self._clock: Clock = clock if clock is not None else monotonic
         if seed is None:
-            seed = secrets.randbits(64)
+            seed = int.from_bytes(os.urandom(8), "little")
         self.seed = seed & ((1 << 64) - 1)
         self._rng: Callable[[], float] = rng if rng is not None else random.Random(seed).random
         mod = _impl.kernel("cachetable")
@@ -444,7 +443,7 @@ class HotKeyCache(Generic[V]):
                 if exc is None and not abandoned:
                     error = exc = err
                 else:  # keep the loader's own exception; this one is only logged
-                    log.warning("cleaning up the failed load of %r failed", key, exc_info=True)
+                    logger().warning("cleaning up the failed load of %r failed", key, exc_info=True)
             fl.value, fl.exc, fl.abandoned, fl.done = value, exc, abandoned, True
             futures, fl.futures = fl.futures, []
         fl.wake(futures)
@@ -470,7 +469,7 @@ class HotKeyCache(Generic[V]):
         try:
             return self._out(self._lead(s, key, fl, loader, ttl, refresh=True))
         except Exception:
-            log.warning("hot-key refresh of %r failed; keeping the current value", key,
+            logger().warning("hot-key refresh of %r failed; keeping the current value", key,
                         exc_info=True)
             return self._out(old)
 
@@ -592,7 +591,7 @@ class HotKeyCache(Generic[V]):
         try:
             await self._lead_async(s, key, fl, loader, ttl, refresh=True)
         except Exception:
-            log.warning("hot-key refresh of %r failed; keeping the current value", key,
+            logger().warning("hot-key refresh of %r failed; keeping the current value", key,
                         exc_info=True)
 
     # -- decorator ----------------------------------------------------------------------

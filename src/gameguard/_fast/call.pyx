@@ -12,7 +12,6 @@ through the kernel's vtable and make no Python-level call besides the user's cod
 for admission, and guards built on the pure twin, go to the Python protocol.
 """
 import functools
-import logging
 import types
 from contextvars import ContextVar
 
@@ -40,6 +39,7 @@ cdef extern from *:
     """
     object gg_propagate()
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
+from gameguard._log import logger
 
 cdef extern from "Python.h":
     ctypedef PyObject *(*vectorcallfunc)(PyObject *, PyObject **, size_t, PyObject *)
@@ -71,7 +71,6 @@ cdef extern from "Python.h":
 
 __all__ = ["wrap_sync", "wrap_async", "new_rejection", "monotonic", "GuardBase"]
 
-log = logging.getLogger("gameguard")
 
 cdef enum:
     MAX_GUARDS = 16
@@ -100,7 +99,7 @@ cdef int _surface(error, exc) except -1:
         return 0
     if exc is None:
         raise error
-    log.error("gameguard: %r raised while releasing permits; the call's own %r propagates",
+    logger().error("gameguard: %r raised while releasing permits; the call's own %r propagates",
               error, exc, exc_info=error)
     return 0
 
@@ -514,7 +513,7 @@ cdef class GuardedAwaitable:
             error = self.owner.release(self.tokens, self.owner.n, self.t0, 0.0, None,
                                        IGNORED_, self.t0)
             if error is not None:
-                log.error("gameguard: %r raised releasing a guarded coroutine that was "
+                logger().error("gameguard: %r raised releasing a guarded coroutine that was "
                           "never awaited", error, exc_info=error)
 
 

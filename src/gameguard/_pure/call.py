@@ -22,12 +22,12 @@ The compiled twin keeps the common paths in C and uses these functions for waiti
 from __future__ import annotations
 
 import functools
-import logging
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple
 
 from ..clock import monotonic
 from .kernel import IGNORED, SUCCESS
+from .._log import logger
 
 if TYPE_CHECKING:
     from ..guard import GuardHooks
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 # Python implementation guard.py and the compiled waiting paths call
 __all__ = ["GuardBase", "monotonic", "new_rejection", "wrap_async", "wrap_sync"]
 
-log = logging.getLogger("gameguard")
 
 Guards = Sequence["GuardHooks"]
 Clock = Callable[[], float]
@@ -100,7 +99,7 @@ def surface(error: Optional[BaseException], exc: Optional[BaseException]) -> Non
         return
     if exc is None:
         raise error
-    log.error("gameguard: %r raised while releasing permits; the call's own %r propagates",
+    logger().error("gameguard: %r raised while releasing permits; the call's own %r propagates",
               error, exc, exc_info=error)
 
 

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import functools
+import os
 import math
-import secrets
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, TypeVar, cast, overload
 
 from .. import _impl
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 #: Secret seed of the keyed tables' XXH64 fingerprints, drawn once per process: a client
 #: who cannot learn it cannot choose keys that share a slot.
-PROCESS_SEED: int = secrets.randbits(64)
+PROCESS_SEED: int = int.from_bytes(os.urandom(8), "little")
 
 
 class _KeyGuard(Guard):
