@@ -1,4 +1,4 @@
-"""CircuitBreaker: exact timing with ManualClock (DESIGN §4.1), outcome classification,
+"""CircuitBreaker: exact timing with ManualClock (the documented rules), outcome classification,
 manual states, listeners, snapshot; and the breaker kernel's twins in lockstep."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The public CircuitBreaker, on each twin, against a plain reference model of DESIGN §4.1.
+"""The public CircuitBreaker, on each twin, against a plain reference model of the documented rules.
 
 Times are multiples of 1/8 s and bucket lengths dyadic, so every boundary comparison is
 exact and the model can count with plain lists. Calls overlap: each in-flight call runs its
@@ -60,7 +60,7 @@ class Call:
 
 @dataclass
 class Model:
-    """DESIGN §4.1, written out the long way."""
+    """The documented breaker rules, written out the long way."""
     cfg: dict
     state: str = "closed"
     epoch: int = 0                 # bumped by every transition and every reset

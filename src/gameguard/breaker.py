@@ -91,7 +91,7 @@ class CircuitBreaker(Guard):
     with :class:`CircuitOpenError` for ``open_duration`` seconds, then lets
     ``half_open_calls`` probes through: all succeed → closed with a fresh window, any
     failure → open again. Which exceptions are failures: ``record`` (types or a predicate),
-    minus ``ignore``; see DESIGN §4.1.
+    minus ``ignore`` (``ignore`` wins); see docs/breaker.md.
 
     Every setting but ``window`` and ``buckets`` can change live, with :meth:`configure` or
     by assigning the attribute of the same name; the window's counts are kept.

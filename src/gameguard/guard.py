@@ -85,7 +85,7 @@ class GuardHooks(Protocol):
 
 
 class Classifier:
-    """Sorts an exception into SUCCESS / FAILURE / IGNORED (DESIGN §4.1).
+    """Sorts an exception into SUCCESS / FAILURE / IGNORED.
 
     ``ignore`` wins over ``record``; a non-``Exception`` (cancellation, KeyboardInterrupt)
     and a ``RejectedError`` from an inner guard count as nothing; an ``Exception`` matching

@@ -169,6 +169,8 @@ cdef class BreakerKernel(GuardKernel):
                 self.consecutive += 1
             else:
                 self.consecutive = 0
+                if self.stats.failures == 0 and self.stats.slow == 0:
+                    return  # healthy: nothing could trip (as in the pure twin)
             if self._should_trip():
                 self._open(now)
             return

@@ -10,81 +10,15 @@ import types
 
 cimport cython
 from cpython.object cimport PyObject
-from cpython.ref cimport Py_INCREF
 
-cdef extern from "Python.h":
-    ctypedef enum PySendResult:
-        PYGEN_RETURN
-        PYGEN_ERROR
-        PYGEN_NEXT
-    ctypedef PySendResult (*sendfunc)(PyObject *, PyObject *, PyObject **)
-    ctypedef struct AsyncSlots "PyAsyncMethods":
-        sendfunc am_send
-    ctypedef struct AwaitTypeSlots "PyTypeObject":
-        AsyncSlots *tp_as_async
-
+from gameguard._fast.awaitable cimport Ready, ready
+from gameguard._fast import awaitable as _awaitable
 from gameguard._fast.cachetable import CachedCall
 
 __all__ = ["AsyncCachedCall", "Ready"]
 
+globals()["Ready"] = _awaitable.Ready  # the shared type, under its twin API name
 
-
-@cython.freelist(16)
-@cython.final
-cdef class Ready:
-    """A finished awaitable: ``await`` gives ``value`` at once (again on every await)."""
-
-    cdef readonly object value
-
-    def __init__(self, value):
-        self.value = value
-
-    def __await__(self):
-        return self
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        raise StopIteration(self.value)
-
-    def send(self, value):
-        raise StopIteration(self.value)
-
-    def throw(self, typ, val=None, tb=None):
-        """Never suspended, so nothing can catch it: the exception comes straight back."""
-        exc = typ if val is None else val
-        if isinstance(exc, type):
-            exc = exc()
-        if tb is not None:
-            exc = exc.with_traceback(tb)
-        raise exc
-
-    def close(self):
-        pass
-
-    def __repr__(self):
-        return f"<ready {self.value!r}>"
-
-
-cdef PySendResult _ready_am_send(PyObject *obj, PyObject *value, PyObject **result) noexcept:
-    cdef object v = (<Ready>obj).value
-    Py_INCREF(v)
-    result[0] = <PyObject *>v
-    return PYGEN_RETURN
-
-
-cdef _install_am_send():
-    cdef AwaitTypeSlots *tp = <AwaitTypeSlots *>Ready
-    tp.tp_as_async.am_send = <sendfunc>_ready_am_send
-
-_install_am_send()
-
-
-cdef inline Ready _ready(object value):
-    cdef Ready r = Ready.__new__(Ready)
-    r.value = value
-    return r
 
 
 @cython.final
@@ -122,7 +56,7 @@ cdef class AsyncCachedCall:
         r = self.inner(*args, **kwargs)
         if type(r) is _Pending:
             return (<_Pending>r).coro
-        return _ready(r)
+        return ready(r)
 
     def __get__(self, obj, objtype):
         if obj is None:

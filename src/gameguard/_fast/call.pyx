@@ -27,6 +27,8 @@ from libc.string cimport memcpy, memmove
 from gameguard._fast.kernel cimport (GuardKernel, SUCCESS_, IGNORED_, monotonic_precise,
                                      monotonic_coarse)
 from gameguard._pure import call as _py
+from gameguard._fast.awaitable cimport (Ready, ready, PySendResult, PYGEN_RETURN, PYGEN_ERROR,
+                                        PYGEN_NEXT, sendfunc, AwaitTypeSlots, PyIter_Send)
 
 cdef extern from *:
     """
@@ -49,20 +51,20 @@ cdef extern from "Python.h":
     ctypedef struct TypeSlots "PyTypeObject":
         Py_ssize_t tp_vectorcall_offset
         unsigned long tp_flags
+    ctypedef struct DictSlots "PyTypeObject":
+        PyObject *tp_dict
+    ctypedef struct PyMethodDef:
+        const char *ml_name
+        void *ml_meth
+        int ml_flags
+        const char *ml_doc
+    int METH_FASTCALL
+    object PyDescr_NewMethod(type cls, PyMethodDef *method)
+    void PyType_Modified(type cls)
     PyObject *vectorcall_raw "PyObject_Vectorcall" (PyObject *, PyObject **, size_t, PyObject *)
     void PyErr_Fetch(PyObject **, PyObject **, PyObject **)
     void PyErr_Restore(PyObject *, PyObject *, PyObject *)
     void PyErr_NormalizeException(PyObject **, PyObject **, PyObject **)
-    ctypedef enum PySendResult:
-        PYGEN_RETURN
-        PYGEN_ERROR
-        PYGEN_NEXT
-    ctypedef PySendResult (*sendfunc)(PyObject *, PyObject *, PyObject **)
-    ctypedef struct AsyncSlots "PyAsyncMethods":
-        sendfunc am_send
-    ctypedef struct AwaitTypeSlots "PyTypeObject":
-        AsyncSlots *tp_as_async
-    PySendResult PyIter_Send(PyObject *, PyObject *, PyObject **)
     Py_ssize_t PyTuple_GET_SIZE(PyObject *)
     PyObject *PyTuple_GET_ITEM(PyObject *, Py_ssize_t)
     ctypedef struct ThreadState "PyThreadState":
@@ -666,14 +668,8 @@ cdef class GuardBase:
             raise c.guards[i]._rejection(t0)
         return self
 
-    @cython.binding(False)  # a method descriptor: CPython calls it directly
-    def __exit__(self, exc_type, exc, tb):
-        """Release this block's permits with the block's outcome; never suppresses."""
-        cdef Chain c = _chain(self)
-        if c is None:
-            return _py.block_exit(self, exc_type, exc, tb)
-        _exit_block(c, self, exc_type, exc)
-        return False
+    # __exit__ is _guard_exit below, installed as a METH_FASTCALL method: a `def` with
+    # three parameters would parse them as possible keywords on every block.
 
     @cython.binding(False)  # a method descriptor: CPython calls it directly
     def __aenter__(self):
@@ -700,6 +696,29 @@ cdef class GuardBase:
         return _DONE_FALSE
 
 
+cdef object _guard_exit(GuardBase self, PyObject **args, Py_ssize_t nargs):
+    """``GuardBase.__exit__(exc_type, exc, tb)``: release this block's permits with the
+    block's outcome; never suppresses."""
+    if nargs != 3:
+        raise TypeError(f"__exit__ takes 3 arguments ({nargs} given)")
+    exc_type, exc = <object>args[0], <object>args[1]
+    cdef Chain c = _chain(self)
+    if c is None:
+        return _py.block_exit(self, exc_type, exc, <object>args[2])
+    _exit_block(c, self, exc_type, exc)
+    return False
+
+
+cdef PyMethodDef _GUARD_EXIT
+_GUARD_EXIT.ml_name = "__exit__"
+_GUARD_EXIT.ml_meth = <void *>_guard_exit
+_GUARD_EXIT.ml_flags = METH_FASTCALL
+_GUARD_EXIT.ml_doc = ("__exit__(exc_type, exc, tb)\n--\n\nRelease this block's permits with "
+                      "the block's outcome; never suppresses.")
+(<dict>(<DictSlots *>GuardBase).tp_dict)["__exit__"] = PyDescr_NewMethod(GuardBase, &_GUARD_EXIT)
+PyType_Modified(GuardBase)
+
+
 cdef inline Chain _chain(GuardBase owner):
     """``owner``'s compiled plan, or None when a guard in it runs on the pure twin (then
     the Python protocol serves it)."""
@@ -715,8 +734,7 @@ cdef Chain _new_plan(GuardBase owner):
         if all([isinstance(g._kernel, GuardKernel) for g in guards]):
             c = Chain.__new__(Chain)
             (<Chain>c).setup(guards, guards[0]._clock)
-            (<Chain>c).ready = _Ready.__new__(_Ready)
-            (<_Ready>(<Chain>c).ready).value = owner
+            (<Chain>c).ready = ready(owner)
         owner._plan = c
     return None if owner._plan is False else <Chain>owner._plan
 
@@ -766,50 +784,13 @@ async def _aenter_waiting(Chain c, owner, double t0):
     return owner
 
 
-@cython.final
-@cython.freelist(8)
-cdef class _Ready:
-    """An awaitable that is already done: awaiting it gives ``value`` at once (through
-    ``am_send``, with no StopIteration). Stateless, so one object serves every await."""
-
-    cdef object value
-
-    def __await__(self):
-        return self
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        raise StopIteration(self.value)
-
-    def send(self, value):
-        raise StopIteration(self.value)
-
-    def throw(self, typ, val=None, tb=None):
-        raise typ if val is None else val
-
-    def close(self):
-        pass
-
-
-cdef PySendResult _ready_am_send(PyObject *obj, PyObject *value, PyObject **result) noexcept:
-    cdef PyObject *v = <PyObject *>(<_Ready>obj).value
-    Py_INCREF(<object>v)
-    result[0] = v
-    return PYGEN_RETURN
-
-
-cdef _Ready _DONE_FALSE = _Ready.__new__(_Ready)
-_DONE_FALSE.value = False
+cdef Ready _DONE_FALSE = ready(False)
 
 
 # -- wiring ------------------------------------------------------------------------------------
 cdef _install_slots():
     cdef AwaitTypeSlots *tp = <AwaitTypeSlots *>GuardedAwaitable
     tp.tp_as_async.am_send = <sendfunc>_awaitable_am_send
-    tp = <AwaitTypeSlots *>_Ready
-    tp.tp_as_async.am_send = <sendfunc>_ready_am_send
     cdef _Wrapper probe = GuardedCall.__new__(GuardedCall)
     cdef Py_ssize_t offset = <char *>&probe.vectorcall - <char *><PyObject *>probe
     cdef TypeSlots *ts

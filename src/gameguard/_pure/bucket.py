@@ -14,7 +14,7 @@ read the clock inside an update, sleep or raise for a rejection.
   bucket has drained everything before it (after ``level/rate``) and then adds its cost,
   so shaped calls leave at least ``cost/rate`` apart.
 * :class:`HybridKernel`: a burst token bucket and a steady drain meter sharing one budget
-  ``R``, split by the scene mode's burst share ``w`` (DESIGN §4.1); the mode follows burst
+  ``R``, split by the scene mode's burst share ``w``; the mode follows burst
   density per frame unless pinned.
 
 Waits are exact: a ``delay`` d returned for time ``now`` is the smallest float (up to a few
@@ -382,7 +382,7 @@ class LeakyBucketKernel(_Bucket):
 
 
 class HybridKernel:
-    """The seed's MOBA limiter, exact (DESIGN §4.1).
+    """The scene-aware MOBA limiter, made exact (docs/ratelimit.md).
 
     Budget ``R = token_rate + leak_rate``; the mode's burst share ``w`` gives the burst
     token bucket ``w*R`` per second (capacity ``capacity``) and the steady meter a drain of

@@ -20,7 +20,7 @@ seed the attacker cannot predict slots; two distinct keys share a bucket with pr
 2**-64 (for keys hashed through ``hash()``: when their ``hash()`` collides). Comparing
 fingerprints only also means no user ``__eq__`` runs inside an update.
 
-**Eviction** (DESIGN §4.1). A key is *reclaimable* when dropping it loses nothing (its
+**Eviction**. A key is *reclaimable* when dropping it loses nothing (its
 bucket has refilled: tokens back to capacity, or the leaky level drained) or it has been
 idle ``idle_ttl`` seconds. Evictions are whole-table passes that mark dropped entries and
 then compact (every survivor re-placed from its home in one O(slots) pass); deleting

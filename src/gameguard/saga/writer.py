@@ -53,6 +53,10 @@ def _wake_futures(futs: List[asyncio.Future[None]]) -> None:
             f.set_result(None)
 
 
+#: longest a queued sync writer sleeps before it looks at pending signals again
+_SIGNAL_POLL = 0.25
+
+
 class GroupCommit:
     """The write queue of one store. ``execute(batch)`` runs a batch in one transaction and
     sets each op's ``error``/``result``; it may raise only for a non-database failure."""
@@ -81,7 +85,11 @@ class GroupCommit:
                 if not self._leading:
                     self._leading = op.lead = True
             if not op.lead:
-                waiter.acquire()  # released when our write is committed, or leadership is ours
+                # released when our write is committed, or leadership is ours. Waited for in
+                # slices: a signal (Ctrl-C) that lands just before a wait blocks is handled
+                # at the loop's next turn, never lost with the thread asleep for good
+                while not waiter.acquire(timeout=_SIGNAL_POLL):
+                    pass
             while op.lead and not op.done:
                 self._commit_next()
         finally:
