@@ -7,6 +7,7 @@ true times admits every one of them, so admitted <= capacity + rate x elapsed st
 """
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -42,34 +43,43 @@ def test_lagged_reading_never_grants_more_than_the_exact_clock(kernels, config, 
                 "the lagged bucket granted a call the exact clock refuses")
 
 
+#: the kernels with a lagged entry point: how to build one full, and the state to compare
+KINDS = {
+    "token": (lambda m, rate, cap: m.TokenBucketKernel(rate, cap, cap, 0.0),
+              lambda k: (k.tokens, k.last)),
+    "leaky": (lambda m, rate, cap: m.LeakyBucketKernel(rate, cap, 0.0),
+              lambda k: (k.level, k.last)),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
 @settings(max_examples=200, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(config=configs, ops=steps)
-def test_zero_lag_is_the_exact_bucket(kernels, config, ops):
+def test_zero_lag_is_the_exact_bucket(kernels, kind, config, ops):
+    make, state = KINDS[kind]
     bucket = kernels("bucket")
-    rate, capacity = config
-    a = bucket.TokenBucketKernel(rate, capacity, capacity, 0.0)
-    b = bucket.TokenBucketKernel(rate, capacity, capacity, 0.0)
+    a, b = make(bucket, *config), make(bucket, *config)
     now = 0.0
     for advance, _, cost in ops:
         now += advance
         assert a.take_lagged(now, cost, 0.0) == b.acquire_at(now, cost)
-        assert (a.tokens, a.last) == (b.tokens, b.last)
+        assert state(a) == state(b)
 
 
+@pytest.mark.parametrize("kind", sorted(KINDS))
 @settings(max_examples=300, deadline=None)
 @given(config=configs, ops=steps)
-def test_twins_decide_lagged_reads_alike(config, ops):
+def test_twins_decide_lagged_reads_alike(kind, config, ops):
+    make, state = KINDS[kind]
     fast_mod, pure_mod = both_twins("bucket")
-    rate, capacity = config
-    fast = fast_mod.TokenBucketKernel(rate, capacity, capacity, 0.0)
-    pure = pure_mod.TokenBucketKernel(rate, capacity, capacity, 0.0)
+    fast, pure = make(fast_mod, *config), make(pure_mod, *config)
     now = 0.0
     for advance, trail, cost in ops:
         now += advance
         reading = now - trail * LAG
         assert fast.take_lagged(reading, cost, LAG) == pure.take_lagged(reading, cost, LAG)
-        assert (fast.tokens, fast.last) == (pure.tokens, pure.last)
+        assert state(fast) == state(pure)
 
 
 def test_near_capacity_the_lag_rule_withholds_rather_than_mints(kernels):

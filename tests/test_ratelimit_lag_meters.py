@@ -14,16 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import both_twins
+from test_ratelimit_lag import LAG, configs, steps
 
-LAG = 0.008
-
-steps = st.lists(
-    st.tuples(st.floats(0.0, 0.05),             # true time advance
-              st.floats(0.0, 1.0),              # fraction of LAG the reading trails by
-              st.sampled_from([0.5, 1.0, 2.0, 3.0])),  # cost
-    min_size=1, max_size=80)
-configs = st.tuples(st.sampled_from([1.0, 10.0, 250.0, 1000.0, 5000.0]),  # rate
-                    st.sampled_from([3.0, 5.0, 20.0]))                     # capacity
 fixture_ok = settings(max_examples=300, deadline=None,
                       suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -56,34 +48,8 @@ def test_leaky_near_empty_withholds_rather_than_mints(kernels):
     assert lagged.take_lagged(1.004, 1.0, LAG) is False  # nothing drained before 1.008
 
 
-@settings(max_examples=200, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(config=configs, ops=steps)
-def test_leaky_zero_lag_is_the_exact_meter(kernels, config, ops):
-    bucket = kernels("bucket")
-    rate, capacity = config
-    a = bucket.LeakyBucketKernel(rate, capacity, 0.0)
-    b = bucket.LeakyBucketKernel(rate, capacity, 0.0)
-    now = 0.0
-    for advance, _, cost in ops:
-        now += advance
-        assert a.take_lagged(now, cost, 0.0) == b.acquire_at(now, cost)
-        assert (a.level, a.last) == (b.level, b.last)
-
-
-@settings(max_examples=300, deadline=None)
-@given(config=configs, ops=steps)
-def test_twins_decide_leaky_lagged_reads_alike(config, ops):
-    fast_mod, pure_mod = both_twins("bucket")
-    rate, capacity = config
-    fast = fast_mod.LeakyBucketKernel(rate, capacity, 0.0)
-    pure = pure_mod.LeakyBucketKernel(rate, capacity, 0.0)
-    now = 0.0
-    for advance, trail, cost in ops:
-        now += advance
-        reading = now - trail * LAG
-        assert fast.take_lagged(reading, cost, LAG) == pure.take_lagged(reading, cost, LAG)
-        assert (fast.level, fast.last) == (pure.level, pure.last)
+# (zero lag and twin agreement for the leaky meter: test_ratelimit_lag.py, with the token
+# bucket)
 
 
 # -- hybrid: burst traffic ----------------------------------------------------------------
