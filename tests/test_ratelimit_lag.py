@@ -7,6 +7,9 @@ true times admits every one of them, so admitted <= capacity + rate x elapsed st
 """
 from __future__ import annotations
 
+import random
+from typing import Any, Tuple
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -92,6 +95,24 @@ def test_near_capacity_the_lag_rule_withholds_rather_than_mints(kernels):
     assert lagged.take_lagged(1.004, 1.0, LAG) is False  # nothing credited before 1.008
 
 
+def admitted_lagged_and_exact(lagged: Any, exact: Any, rate: float, cost: float, load: float,
+                              seed: int) -> Tuple[int, int]:
+    """Calls arriving at ``load`` x the refill rate, read up to LAG late: how many the lagged
+    kernel admits the way the compiled ``try_acquire`` decides (the lagged decision, a
+    refusal re-decided exactly) and how many the exact one admits."""
+    rng = random.Random(seed)
+    gap = cost / (rate * load)
+    true_now = reading = 0.0
+    got_lagged = got_exact = 0
+    for _ in range(3000):
+        true_now += gap * rng.uniform(0.5, 1.5)
+        reading = max(reading, true_now - rng.uniform(0.0, LAG))
+        got_lagged += (lagged.take_lagged(reading, cost, LAG)
+                       or lagged.acquire_at(true_now, cost))
+        got_exact += exact.acquire_at(true_now, cost)
+    return got_lagged, got_exact
+
+
 @settings(max_examples=100, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rate=st.sampled_from([10.0, 100.0, 1000.0, 5000.0]),
@@ -105,21 +126,9 @@ def test_lagged_reads_cost_at_most_a_sliver_of_capacity(kernels, rate, headroom,
     two such bands more (one withheld, one possibly still in the bucket when the run ends),
     plus, where a call costs more than the band, at most one call per fill-and-drain
     episode: a few percent of the calls at worst, whatever the load."""
-    import random
-
     bucket = kernels("bucket")
     capacity = headroom * LAG * rate + cost
     lagged = bucket.TokenBucketKernel(rate, capacity, capacity, 0.0)
     exact = bucket.TokenBucketKernel(rate, capacity, capacity, 0.0)
-    rng = random.Random(seed)
-    gap = cost / (rate * load)  # calls arrive at load x the refill rate
-    true_now = reading = 0.0
-    got_lagged = got_exact = 0
-    for _ in range(3000):
-        true_now += gap * rng.uniform(0.5, 1.5)
-        reading = max(reading, true_now - rng.uniform(0.0, LAG))
-        # the compiled try_acquire: the lagged decision, a refusal re-decided exactly
-        got_lagged += (lagged.take_lagged(reading, cost, LAG)
-                       or lagged.acquire_at(true_now, cost))
-        got_exact += exact.acquire_at(true_now, cost)
+    got_lagged, got_exact = admitted_lagged_and_exact(lagged, exact, rate, cost, load, seed)
     assert got_exact - got_lagged <= 2 * LAG * rate / cost + 0.01 * got_exact + 2

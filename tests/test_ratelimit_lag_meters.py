@@ -8,13 +8,12 @@ decide lagged reads alike.
 from __future__ import annotations
 
 import math
-import random
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import both_twins
-from test_ratelimit_lag import LAG, configs, steps
+from test_ratelimit_lag import LAG, admitted_lagged_and_exact, configs, steps
 
 fixture_ok = settings(max_examples=300, deadline=None,
                       suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -147,14 +146,5 @@ def test_leaky_lagged_reads_cost_at_most_a_sliver(kernels, rate, headroom, load,
     capacity = headroom * LAG * rate + cost
     lagged = bucket.LeakyBucketKernel(rate, capacity, 0.0)
     exact = bucket.LeakyBucketKernel(rate, capacity, 0.0)
-    rng = random.Random(seed)
-    gap = cost / (rate * load)
-    true_now = reading = 0.0
-    got_lagged = got_exact = 0
-    for _ in range(3000):
-        true_now += gap * rng.uniform(0.5, 1.5)
-        reading = max(reading, true_now - rng.uniform(0.0, LAG))
-        got_lagged += (lagged.take_lagged(reading, cost, LAG)
-                       or lagged.acquire_at(true_now, cost))
-        got_exact += exact.acquire_at(true_now, cost)
+    got_lagged, got_exact = admitted_lagged_and_exact(lagged, exact, rate, cost, load, seed)
     assert got_exact - got_lagged <= 2 * LAG * rate / cost + 0.01 * got_exact + 2

@@ -303,6 +303,11 @@ cdef class _Wrapper(Chain):
     cdef vectorcallfunc vectorcall   # found by CPython through tp_vectorcall_offset
     cdef dict __dict__
 
+    def __init__(self, func, tuple guards, clock, fallback):
+        self.setup(guards, clock)
+        self.func = func
+        self.fallback = fallback
+
     def __call__(self, *args, **kwargs):  # the tuple-calling path (PyObject_Call)
         return PyVectorcall_Call(self, args, kwargs)
 
@@ -325,9 +330,7 @@ cdef class GuardedCall(_Wrapper):
         self.vectorcall = <vectorcallfunc>_guarded_vectorcall
 
     def __init__(self, func, tuple guards, clock, fallback):
-        self.setup(guards, clock)
-        self.func = func
-        self.fallback = fallback
+        _Wrapper.__init__(self, func, guards, clock, fallback)
         self.fallback0 = guards[0]._fallback if guards[0]._fallback is not None else fallback
         self.rejection0 = guards[0]._rejection
 
@@ -391,11 +394,6 @@ cdef class GuardedAsync(_Wrapper):
 
     def __cinit__(self):
         self.vectorcall = <vectorcallfunc>_async_vectorcall
-
-    def __init__(self, func, tuple guards, clock, fallback):
-        self.setup(guards, clock)
-        self.func = func
-        self.fallback = fallback
 
 
 cdef object _async_vectorcall(GuardedAsync self, PyObject **args, size_t nargsf,
