@@ -19,11 +19,12 @@ import gameguard
 HEAVY = ("asyncio", "ssl", "sqlite3", "inspect", "logging", "socket", "subprocess", "json",
          "dataclasses", "concurrent.futures", "secrets", "gameguard.saga", "gameguard.demos")
 
-CONTRACT = ["AdaptiveThrottle", "Bulkhead", "BulkheadFullError", "CircuitBreaker",
-            "CircuitOpenError", "CompensationFailed", "ConfigurationError", "GameGuardError",
-            "HotKeyCache", "HybridLimiter", "KeyedLimiter", "LeakyBucket", "ManualClock",
-            "RateLimitExceeded", "RejectedError", "SQLiteStore", "Saga", "SagaError",
-            "TokenBucket", "pipeline"]
+CONTRACT = ["AdaptiveThrottle", "BackendUnavailable", "Bulkhead", "BulkheadFullError",
+            "CircuitBreaker", "CircuitOpenError", "CompensationFailed", "ConfigurationError",
+            "DrainingError", "GameGuardError", "HotKeyCache", "HybridLimiter", "KeyedLimiter",
+            "LeakyBucket", "ManualClock", "OverloadedError", "RateLimitExceeded",
+            "RejectedError", "SQLiteStore", "Saga", "SagaError", "TokenBucket", "pipeline",
+            "registry"]
 
 
 def loaded_after(code: str) -> set[str]:

@@ -11,12 +11,13 @@ from ._impl import USE_EXTENSIONS
 from .breaker import AdaptiveThrottle, CircuitBreaker
 from .bulkhead import Bulkhead
 from .clock import ManualClock
-from .errors import (BulkheadFullError, CircuitOpenError, CompensationFailed,
-                     ConfigurationError, GameGuardError, RateLimitExceeded, RejectedError,
-                     SagaError)
+from .errors import (BackendUnavailable, BulkheadFullError, CircuitOpenError,
+                     CompensationFailed, ConfigurationError, DrainingError, GameGuardError,
+                     OverloadedError, RateLimitExceeded, RejectedError, SagaError)
 from .guard import Guard as Guard, Pipeline as Pipeline, pipeline
 from .hotcache import ABSENT as ABSENT, HotKeyCache
 from .ratelimit import HybridLimiter, KeyedLimiter, LeakyBucket, TokenBucket
+from ._registry import registry
 
 
 __version__ = "0.1.0"
@@ -24,11 +25,12 @@ __version__ = "0.1.0"
 #: the documented API, sorted. Guard and Pipeline (for annotations), ABSENT and the saga
 #: helpers below stay importable from here but are not part of it.
 __all__ = [
-    "AdaptiveThrottle", "Bulkhead", "BulkheadFullError", "CircuitBreaker", "CircuitOpenError",
-    "CompensationFailed", "ConfigurationError", "GameGuardError", "HotKeyCache",
-    "HybridLimiter", "KeyedLimiter", "LeakyBucket", "ManualClock", "RateLimitExceeded",
-    "RejectedError", "SQLiteStore", "Saga", "SagaError", "TokenBucket", "USE_EXTENSIONS",
-    "__version__", "pipeline",
+    "AdaptiveThrottle", "BackendUnavailable", "Bulkhead", "BulkheadFullError", "CircuitBreaker",
+    "CircuitOpenError", "CompensationFailed", "ConfigurationError", "DrainingError",
+    "GameGuardError", "HotKeyCache", "HybridLimiter", "KeyedLimiter", "LeakyBucket",
+    "ManualClock", "OverloadedError", "RateLimitExceeded", "RejectedError", "SQLiteStore",
+    "Saga", "SagaError", "TokenBucket", "USE_EXTENSIONS", "__version__", "pipeline",
+    "registry",
 ]
 
 #: loaded from gameguard.saga on first access (PEP 562), since the saga store costs sqlite3

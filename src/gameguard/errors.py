@@ -13,11 +13,14 @@ __all__ = [
     "CircuitOpenError",
     "RateLimitExceeded",
     "BulkheadFullError",
+    "DrainingError",
+    "OverloadedError",
     "SagaError",
     "CompensationFailed",
     "StoreError",
     "DuplicateTransaction",
     "StaleTransaction",
+    "BackendUnavailable",
     "ConfigurationError",
 ]
 
@@ -70,6 +73,14 @@ class BulkheadFullError(RejectedError):
     """All concurrency slots are taken and none freed within ``max_wait``."""
 
 
+class DrainingError(RejectedError):
+    """The process is draining (shutting down): it admits no new calls."""
+
+
+class OverloadedError(RejectedError):
+    """A load shedder dropped the call: the process is over its CPU or concurrency budget."""
+
+
 class SagaError(GameGuardError):
     """A saga could not run or record a transaction."""
 
@@ -113,6 +124,11 @@ class DuplicateTransaction(_TransactionError):
 
 class StaleTransaction(_TransactionError):
     """The row changed under this writer (another process or ``recover()`` took it over)."""
+
+
+class BackendUnavailable(GameGuardError):
+    """A shared backend (Redis, PostgreSQL) could not be reached or refused us, where the
+    caller asked to be told; the message says what failed (connection, authentication...)."""
 
 
 class ConfigurationError(GameGuardError, ValueError):
