@@ -16,6 +16,6 @@ def test_registry_keeps_creation_order_and_drops_the_dead() -> None:
         register(t)
     live = [o for o in registry() if isinstance(o, Thing)]
     assert live == [a, b, c]
-    del b
+    del b, live
     gc.collect()
     assert [o for o in registry() if isinstance(o, Thing)] == [a, c]
