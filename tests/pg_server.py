@@ -101,7 +101,7 @@ class PgServer:
             os.chown(pwfile, self.user.pw_uid, self.user.pw_gid)
         self._run("initdb", "-D", self.data, "-U", SUPERUSER, "--pwfile", pwfile,
                   "--auth-host=scram-sha-256", "--auth-local=trust", "-E", "UTF8",
-                  "--no-instructions", timeout=120)
+                  "--no-instructions", "--no-sync", timeout=120)
         os.unlink(pwfile)
 
     def _run(self, exe: str, *args: str, timeout: float) -> str:
