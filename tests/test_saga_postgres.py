@@ -281,3 +281,15 @@ def test_compensation_path_on_postgres(make: Any) -> None:
     assert res.status == COMPENSATED and log == ["a", "ub", "ua"]
     rec = store.get(res.tx_id)
     assert rec is not None and rec.errors[0]["error"] == "RuntimeError: refused"
+
+
+def test_psycopg_is_imported_only_when_a_store_is_built() -> None:
+    import json
+    import subprocess
+    import sys
+    code = ("import sys, json, gameguard.saga as s; s.PostgresStore; s.Barrier; a = 'psycopg' in "
+            "sys.modules; s.PostgresStore('host=127.0.0.1'); "
+            "print(json.dumps([a, 'psycopg' in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    assert json.loads(out) == [False, True]
