@@ -226,18 +226,22 @@ def measure(label: str, make: Callable[[], Bench], work: Callable[[Bench], int],
             "commit_ms": statistics.median(commit_ms)}
 
 
+# workloads for measure(): run n sagas one way, return how many ran
+def seq(n: int) -> Callable[[Bench], int]:
+    return lambda b: (b.run_sync(n), n)[1]
+
+
+def thr(t: int, n: int) -> Callable[[Bench], int]:
+    return lambda b: (b.run_threads(t, n), t * n)[1]
+
+
+def asy(c: int, n: int) -> Callable[[Bench], int]:
+    return lambda b: (b.run_async(c, n), c * n)[1]
+
+
 def table(quick: bool = False) -> Iterator[Dict[str, Any]]:
     """The rows of the table, each yielded as soon as it is measured."""
     k = 1 if quick else 4
-
-    def seq(n: int) -> Callable[[Bench], int]:
-        return lambda b: (b.run_sync(n), n)[1]
-
-    def thr(t: int, n: int) -> Callable[[Bench], int]:
-        return lambda b: (b.run_threads(t, n), t * n)[1]
-
-    def asy(c: int, n: int) -> Callable[[Bench], int]:
-        return lambda b: (b.run_async(c, n), c * n)[1]
 
     t0 = time.perf_counter()
     plain_calls(20000)
@@ -268,15 +272,6 @@ def table(quick: bool = False) -> Iterator[Dict[str, Any]]:
 def pg_table(dsn: str, quick: bool = False) -> Iterator[Dict[str, Any]]:
     """PostgreSQL beside SQLite (FULL: both fsync every commit) in the same configurations."""
     k = 1 if quick else 3
-
-    def seq(n: int) -> Callable[[Bench], int]:
-        return lambda b: (b.run_sync(n), n)[1]
-
-    def thr(t: int, n: int) -> Callable[[Bench], int]:
-        return lambda b: (b.run_threads(t, n), t * n)[1]
-
-    def asy(c: int, n: int) -> Callable[[Bench], int]:
-        return lambda b: (b.run_async(c, n), c * n)[1]
     for label, work in (("sync, sequential", seq(40 * k)),
                         ("sync, 16 threads", thr(16, 8 * k)),
                         ("async, 64 tasks", asy(64, 6 * k))):

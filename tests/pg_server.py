@@ -19,7 +19,8 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from typing import Any, Iterator, List, Optional
+import threading
+from typing import Any, Callable, Iterator, List, Optional
 
 import pytest
 
@@ -156,6 +157,24 @@ class PgServer:
                 cur = conn.execute(s)  # type: ignore[call-overload]
                 rows = cur.fetchall() if cur.description else []
             return rows
+
+
+def in_threads(n: int, fn: Callable[[int], Any], timeout: float = 60.0) -> List[BaseException]:
+    """Run ``fn(i)`` on ``n`` threads at once; what they raised (bounded wait)."""
+    errors: List[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            fn(i)
+        except BaseException as exc:  # reported to the caller
+            errors.append(exc)
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=timeout)
+    assert not any(t.is_alive() for t in ts), "threads still running"
+    return errors
 
 
 @pytest.fixture(scope="session")

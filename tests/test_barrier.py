@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from gameguard.errors import ConfigurationError, SagaError
 from gameguard.saga import Barrier, Saga, SQLiteStore, StepContext
+from pg_server import in_threads
 
 
 def ctx(tx: str, step: str, phase: str) -> StepContext:
@@ -108,22 +109,13 @@ def test_postgres_async(pg_server: Any) -> None:
 
 def test_concurrent_first_use_on_postgres(pg_server: Any) -> None:
     """Several processes' first checks at once: the table is created once, nobody fails."""
-    import threading
     table = f"b_race_{uuid.uuid4().hex[:8]}"
-    errors: List[BaseException] = []
     results: List[bool] = []
 
-    def one() -> None:
-        try:
-            with psycopg.connect(pg_server.dsn()) as conn:
-                results.append(pg_check(Barrier(table), conn, ctx("same", "s", "action")))
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-    ts = [threading.Thread(target=one) for _ in range(6)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(timeout=60)
+    def one(_: int) -> None:
+        with psycopg.connect(pg_server.dsn()) as conn:
+            results.append(pg_check(Barrier(table), conn, ctx("same", "s", "action")))
+    errors = in_threads(6, one)
     assert not errors and sorted(results) == [False] * 5 + [True]
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import threading
 import time
 from typing import Any, Callable, Iterator, List
 
@@ -15,6 +14,7 @@ from gameguard.errors import ConfigurationError, StaleTransaction, StoreError
 from gameguard.saga import (COMMITTED, COMPENSATED, EXECUTING, FAILED, PostgresStore, Saga,
                             SagaStore, Transition)
 from gameguard.saga.postgres import SCHEMA_VERSION
+from pg_server import in_threads
 
 _n = itertools.count()
 
@@ -152,19 +152,11 @@ def test_claim_skips_a_row_another_claimer_holds_instead_of_waiting(make: Any,
 def test_concurrent_sagas_share_commits(make: Any) -> None:
     store = make()
     saga = transfer(store, [])
-    errors: List[BaseException] = []
 
-    def worker() -> None:
-        try:
-            for _ in range(6):
-                assert saga.run({}).status == COMMITTED
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-    ts = [threading.Thread(target=worker) for _ in range(16)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(timeout=60)
+    def worker(_: int) -> None:
+        for _ in range(6):
+            assert saga.run({}).status == COMMITTED
+    errors = in_threads(16, worker)
     assert not errors and store.counts() == {COMMITTED: 96}
     assert store.stats()["writes_per_commit"] > 1.2, store.stats()
 
@@ -190,18 +182,7 @@ def test_purge_keeps_failed_rows_and_duplicates_are_refused(make: Any) -> None:
 
 def test_several_processes_migrate_one_schema_at_once(make: Any) -> None:
     stores = [make(schema="shared_first_use") for _ in range(4)]
-    errors: List[BaseException] = []
-
-    def first_use(s: PostgresStore) -> None:
-        try:
-            s.owner
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-    ts = [threading.Thread(target=first_use, args=(s,)) for s in stores]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(timeout=60)
+    errors = in_threads(4, lambda i: stores[i].owner)
     assert not errors
     [(version,)] = stores[0]._read('SELECT version FROM "shared_first_use".schema_version')
     assert version == SCHEMA_VERSION
