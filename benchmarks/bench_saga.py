@@ -128,32 +128,44 @@ def raw_commit_us(synchronous: str, n: int = 400) -> float:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def raw_pg_commits_per_s(dsn: str, connections: int = 1, n: int = 300) -> float:
+class RawCommits:
     """One small UPDATE per transaction (autocommit), as a saga transition is, on
-    ``connections`` connections at once (each its own row): commits per second."""
-    import psycopg
-    with psycopg.connect(dsn, autocommit=True) as c:
-        c.execute("CREATE TABLE IF NOT EXISTS bench_raw (k int PRIMARY KEY, v int)")
-        c.execute("INSERT INTO bench_raw SELECT g, 0 FROM generate_series(0, 255) g "
-                  "ON CONFLICT DO NOTHING")
-    conns = [psycopg.connect(dsn, autocommit=True) for _ in range(connections)]
-    per = max(20, n // connections)
+    ``connections`` connections at once (each its own row): the floor for PostgreSQL."""
 
-    def work(k: int) -> None:
-        c = conns[k]
-        for i in range(per):
-            c.execute("UPDATE bench_raw SET v = %s WHERE k = %s", (i, k))
-    try:
-        ts = [threading.Thread(target=work, args=(k,)) for k in range(connections)]
-        t0 = time.perf_counter()
+    def __init__(self, dsn: str, connections: int = 1) -> None:
+        import psycopg
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("CREATE TABLE IF NOT EXISTS bench_raw (k int PRIMARY KEY, v int)")
+            c.execute("INSERT INTO bench_raw SELECT g, 0 FROM generate_series(0, 255) g "
+                      "ON CONFLICT DO NOTHING")
+        self.conns = [psycopg.connect(dsn, autocommit=True) for _ in range(connections)]
+
+    def run(self, per_connection: int) -> int:
+        """Make the commits; how many."""
+        def work(k: int) -> None:
+            c = self.conns[k]
+            for i in range(per_connection):
+                c.execute("UPDATE bench_raw SET v = %s WHERE k = %s", (i, k))
+        ts = [threading.Thread(target=work, args=(k,)) for k in range(len(self.conns))]
         for t in ts:
             t.start()
         for t in ts:
             t.join()
-        return per * connections / (time.perf_counter() - t0)
-    finally:
-        for c in conns:
+        return per_connection * len(self.conns)
+
+    def close(self) -> None:
+        for c in self.conns:
             c.close()
+
+
+def raw_pg_commits_per_s(dsn: str, connections: int = 1, n: int = 300) -> float:
+    raw = RawCommits(dsn, connections)
+    try:
+        t0 = time.perf_counter()
+        done = raw.run(max(20, n // connections))
+        return done / (time.perf_counter() - t0)
+    finally:
+        raw.close()
 
 
 # -- pytest-benchmark -------------------------------------------------------------------------
@@ -200,6 +212,38 @@ def test_threads_16(benchmark, bench_factory, max_batch: int) -> None:
 def test_async_256_tasks(benchmark, bench_factory, sync: str) -> None:
     b = bench_factory(synchronous=sync)
     benchmark.pedantic(b.run_async, args=(256, 1), rounds=5, warmup_rounds=1)
+
+
+@pytest.fixture(scope="module")
+def pg_dsn() -> Iterator[str]:
+    """A throwaway PostgreSQL 15 on loopback for this module (the tests' own fixture code)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    from pg_server import PgServer
+    server = PgServer().start()
+    try:
+        yield server.dsn()
+    finally:
+        server.stop()
+
+
+@pytest.mark.benchmark(group="saga-postgres-16-threads-x2-32-sagas")
+@pytest.mark.parametrize("store", ["postgres-no-group-commit", "postgres-group-commit",
+                                   "sqlite-full-group-commit"])
+def test_postgres_threads_16(benchmark, bench_factory, pg_dsn: str, store: str) -> None:
+    b = bench_factory(dsn=None if store.startswith("sqlite") else pg_dsn,
+                      max_batch=1 if "no-group" in store else 256)
+    benchmark.pedantic(b.run_threads, args=(16, 2), rounds=5, warmup_rounds=1)
+
+
+@pytest.mark.benchmark(group="saga-postgres-16-threads-x2-32-sagas")
+def test_postgres_raw_commits_128(benchmark, pg_dsn: str) -> None:
+    """128 raw single-row commits on 16 connections: what 32 sagas' 128 writes would cost
+    committed one by one, each caller on its own connection."""
+    raw = RawCommits(pg_dsn, 16)
+    try:
+        benchmark.pedantic(raw.run, args=(8,), rounds=5, warmup_rounds=1)
+    finally:
+        raw.close()
 
 
 # -- the table ------------------------------------------------------------------------------
