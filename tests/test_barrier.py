@@ -69,6 +69,20 @@ def test_sqlite_rolls_back_with_the_effect_and_needs_a_transaction() -> None:
         b.check(conn, ctx("t", "s", "action"))
 
 
+def test_sqlite_legacy_implicit_transaction_joins_the_effect(tmp_path: Any) -> None:
+    conn = sqlite3.connect(tmp_path / "p.db")  # isolation_level "": implicit transactions
+    conn.execute("CREATE TABLE effects (k TEXT)")
+    b = Barrier()
+    assert b.check(conn, "trade/t/s/action") and conn.in_transaction
+    conn.execute("INSERT INTO effects VALUES ('x')")
+    conn.rollback()  # the effect failed: both go
+    assert conn.execute("SELECT COUNT(*) FROM effects").fetchone() == (0,)
+    assert b.check(conn, "trade/t/s/action")
+    conn.commit()
+    assert not b.check(conn, "trade/t/s/action")
+    conn.commit()
+
+
 def test_postgres_sync(pg_conn: psycopg.Connection[Any]) -> None:
     b = Barrier(f"public.b_{uuid.uuid4().hex[:8]}")
     tx = uuid.uuid4().hex

@@ -84,10 +84,13 @@ class Barrier:
         """
         plan = _plan(*_key(ctx))
         if _is_sqlite(conn):
-            if not conn.in_transaction:
+            # legacy isolation levels open the transaction at our INSERT, which the effect
+            # then joins; autocommit would commit the barrier row on its own
+            autocommit = conn.isolation_level is None or getattr(conn, "autocommit", -1) is True
+            if autocommit and not conn.in_transaction:
                 raise SagaError("Barrier.check() must run inside the participant's "
-                                "transaction (sqlite3: BEGIN first), so the barrier commits "
-                                "with the effect")
+                                "transaction (sqlite3 in autocommit: BEGIN first), so the "
+                                "barrier commits with the effect")
             create, insert = self._sql("?")
             conn.execute(create)  # a cheap no-op once it exists; never races in SQLite
         else:

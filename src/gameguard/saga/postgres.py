@@ -371,10 +371,12 @@ class PostgresStore:
                 self.available = True
             except (psycopg.Error, StoreError) as exc:
                 self.errors += 1
-                # a lost connection may have lost the COMMIT's answer, not the COMMIT
-                lost = not isinstance(exc, psycopg.DatabaseError) or isinstance(
-                    exc, psycopg.OperationalError)
-                if lost:
+                # a connection lost mid-batch may have lost the COMMIT's answer, not the
+                # COMMIT; one that could not be opened (StoreError) sent nothing
+                lost = isinstance(exc, psycopg.Error) and (
+                    isinstance(exc, psycopg.OperationalError)
+                    or not isinstance(exc, psycopg.DatabaseError))
+                if lost or isinstance(exc, StoreError):
                     self.available = False
                 _close_or_rollback(self._wconn)
                 if self._wconn is not None and self._wconn.closed:
