@@ -5,7 +5,8 @@ compensation before, or without, its action ever arriving (the action timed out 
 caller's side but is still in the network). The participant makes that safe inside its own
 database transaction, before it applies the effect::
 
-    with conn.transaction():                      # psycopg; sqlite3: BEGIN ... COMMIT
+    with conn.transaction():                      # psycopg; sqlite3: BEGIN ... COMMIT, or
+                                                  # its implicit transaction, then commit()
         if barrier.check(conn, ctx):              # ctx: a StepContext or its idempotency_key
             apply_the_effect(conn)
 
