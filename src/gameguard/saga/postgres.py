@@ -129,6 +129,7 @@ class PostgresStore:
         self.schema = schema
         self.dsn = dsn
         info.pop("password", None)
+        self._params = frozenset(info)
         where = (f"{info.get('user') or os.environ.get('PGUSER') or '?'}@"
                  f"{info.get('host') or os.environ.get('PGHOST') or 'localhost'}:"
                  f"{info.get('port') or os.environ.get('PGPORT') or 5432}/"
@@ -173,9 +174,12 @@ class PostgresStore:
     # -- connections and start-up ---------------------------------------------------------
     def _connect(self, autocommit: bool) -> "psycopg.Connection[Any]":
         psycopg = _import_psycopg()
-        kw: Dict[str, Any] = {}
-        if "connect_timeout" not in self.dsn:
-            kw["connect_timeout"] = max(1, int(round(self.connect_timeout)))
+        # a server that stops answering must fail our calls, not hang them: TCP keepalives
+        # and a bound on unacknowledged sends, unless the DSN says otherwise
+        kw = {k: v for k, v in (("connect_timeout", max(1, int(round(self.connect_timeout)))),
+                                ("keepalives", 1), ("keepalives_idle", 10),
+                                ("keepalives_interval", 3), ("keepalives_count", 3),
+                                ("tcp_user_timeout", 30000)) if k not in self._params}
         try:
             conn = psycopg.connect(self.dsn, autocommit=autocommit, **kw)
         except psycopg.Error as exc:
