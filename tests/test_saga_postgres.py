@@ -274,3 +274,23 @@ def test_psycopg_is_imported_only_when_a_store_is_built() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60).stdout
     assert json.loads(out) == [False, True]
+
+
+def test_connections_killed_by_the_server_fail_one_call_then_reconnect(make: Any,
+                                                                        pg_server: Any) -> None:
+    store = make(lease=0.6)
+    log: List[str] = []
+    saga = transfer(store, log)
+    assert saga.run({}).status == COMMITTED and store.scan() == []
+    beats = store.renewals
+    pg_server.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                  "WHERE application_name = 'gameguard-saga'")
+    with pytest.raises(StoreError, match="may or may not be recorded"):
+        saga.run({}, tx_id="cut")  # the insert met the dead write connection
+    assert not store.available
+    with pytest.raises(StoreError, match="read failed"):
+        store.scan()  # and this read the dead pooled one
+    assert saga.run({}).status == COMMITTED and store.available  # both reopened
+    assert store.get("cut") is None  # the failed insert was not recorded
+    wait_until(lambda: store.renewals > beats + 2)  # the heartbeat reconnected too
+    assert make().owner_alive(store.owner)

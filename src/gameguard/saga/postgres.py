@@ -179,7 +179,9 @@ class PostgresStore:
         kw = {k: v for k, v in (("connect_timeout", max(1, int(round(self.connect_timeout)))),
                                 ("keepalives", 1), ("keepalives_idle", 10),
                                 ("keepalives_interval", 3), ("keepalives_count", 3),
-                                ("tcp_user_timeout", 30000)) if k not in self._params}
+                                ("tcp_user_timeout", 30000),
+                                ("application_name", "gameguard-saga"))
+              if k not in self._params}
         try:
             conn = psycopg.connect(self.dsn, autocommit=autocommit, **kw)
         except psycopg.Error as exc:
