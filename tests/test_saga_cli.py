@@ -195,3 +195,86 @@ def test_bad_saga_object(tmp_path: Path, sagas: Any, spec: str, match: str) -> N
     SQLiteStore(db).close()
     r = sagas("--db", db, "retry", "tx", "--saga-object", spec)
     assert r.returncode == 1 and match in r.stderr, r.stderr
+
+
+# -- Saga.retry / retry_async, which `retry` drives ------------------------------------------
+def interrupted(saga: Any, tx_id: str) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        saga.run({}, tx_id=tx_id)
+
+
+def test_retry_refuses_what_it_cannot_drive(tmp_path: Path) -> None:
+    from gameguard.errors import SagaError
+    from gameguard.saga import Saga, SQLiteStore
+    store = SQLiteStore(tmp_path / "r.db")
+    calls: List[int] = []
+
+    def flaky(ctx: Any) -> None:
+        calls.append(ctx.attempt)
+        if ctx.attempt == 1:
+            raise KeyboardInterrupt
+    saga = Saga("s", store=store)
+    saga.step(flaky, name="a")
+    interrupted(saga, "t1")
+    other = Saga("other", store=store)
+    other.step(lambda ctx: None, name="a")
+    with pytest.raises(SagaError, match="belongs to saga 's', not 'other'"):
+        other.retry("t1")
+    with pytest.raises(SagaError, match="no transaction 'nope'"):
+        saga.retry("nope")
+    renamed = Saga("s", store=store)
+    renamed.step(lambda ctx: None, name="b")
+    with pytest.raises(SagaError, match=r"steps \['a'\] are no longer registered"):
+        renamed.retry("t1")
+    res = saga.retry("t1")
+    assert res.status == "committed" and calls == [1, 2]
+    with pytest.raises(SagaError, match="already committed"):
+        saga.retry("t1")
+    store.close()
+
+
+def test_retry_leaves_a_transaction_a_live_process_drives(tmp_path: Path,
+                                                          pg_server: Any) -> None:
+    from gameguard.errors import SagaError
+    from gameguard.saga import PostgresStore, Saga
+    a = PostgresStore(pg_server.dsn(), schema="retry_live")
+    b = PostgresStore(pg_server.dsn(), schema="retry_live")
+    try:
+        def build(store: Any) -> Any:
+            saga = Saga("s", store=store)
+
+            def step(ctx: Any) -> int:
+                if store is a:
+                    raise KeyboardInterrupt
+                return 1
+            saga.step(step, name="a")
+            return saga
+        interrupted(build(a), "live")
+        with pytest.raises(SagaError, match="being driven by a live process"):
+            build(b).retry("live")
+        a.close()  # its owner is gone now
+        assert build(b).retry("live").status == "committed"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_retry_async(tmp_path: Path) -> None:
+    import asyncio
+
+    from gameguard.saga import Saga, SQLiteStore
+    store = SQLiteStore(tmp_path / "a.db")
+    saga = Saga("s", store=store)
+
+    async def step(ctx: Any) -> int:
+        if ctx.attempt == 1:
+            raise KeyboardInterrupt
+        return ctx.attempt
+    saga.step(step, name="a")
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(saga.run_async({}, tx_id="t"))
+    with pytest.raises(TypeError, match="retry_async"):
+        saga.retry("t")
+    res = asyncio.run(saga.retry_async("t"))
+    assert res.status == "committed" and res.results == {"a": 2}
+    store.close()
