@@ -1,5 +1,5 @@
-"""Durable 3-step sagas per second on SQLite: the cost of a commit per transition, and what
-group commit buys.
+"""Durable 3-step sagas per second on SQLite and on PostgreSQL: the cost of a commit per
+transition, and what group commit buys.
 
 A committed 3-step saga makes 4 durable writes (insert, then one per completed step, the
 last one ``committed``); each must be committed before the next action starts, so a lone
@@ -12,6 +12,9 @@ Two ways to run it:
 
     # the throughput table for docs/performance.md (about a minute)
     .venv/bin/python benchmarks/bench_saga.py
+    # PostgreSQL beside SQLite and beside raw single-row commits, same run: starts its own
+    # throwaway PostgreSQL 15 on loopback (or give --dsn DSN)
+    .venv/bin/python benchmarks/bench_saga.py --postgres [--quick]
     # pytest-benchmark timings (time per round; the group name says how many sagas a round runs)
     .venv/bin/python -m pytest benchmarks/bench_saga.py --benchmark-only -p no:randomly \
         --benchmark-group-by=group --benchmark-columns=median,ops -q
@@ -52,13 +55,20 @@ def _steps_async(saga: Saga) -> Saga:
 
 
 class Bench:
-    """A fresh store in a fresh temporary directory per configuration."""
+    """A fresh store in a fresh temporary directory per configuration (or on a fresh
+    PostgreSQL schema, given ``dsn``)."""
 
     def __init__(self, synchronous: str = "full", max_batch: int = 256,
-                 memory: bool = False) -> None:
+                 memory: bool = False, dsn: Optional[str] = None) -> None:
         self.dir = tempfile.mkdtemp(prefix="gameguard-bench-saga-")
-        self.store = SQLiteStore(":memory:" if memory else os.path.join(self.dir, "s.db"),
-                                 synchronous=synchronous, max_batch=max_batch)
+        self.store: Any
+        if dsn is not None:
+            from gameguard.saga import PostgresStore
+            self.store = PostgresStore(dsn, schema=f"bench_{os.urandom(4).hex()}",
+                                       max_batch=max_batch)
+        else:
+            self.store = SQLiteStore(":memory:" if memory else os.path.join(self.dir, "s.db"),
+                                     synchronous=synchronous, max_batch=max_batch)
         self.sync = _steps_sync(Saga("bench-sync", store=self.store))
         self.asy = _steps_async(Saga("bench-async", store=self.store))
 
@@ -118,6 +128,46 @@ def raw_commit_us(synchronous: str, n: int = 400) -> float:
         shutil.rmtree(d, ignore_errors=True)
 
 
+class RawCommits:
+    """One small UPDATE per transaction (autocommit), as a saga transition is, on
+    ``connections`` connections at once (each its own row): the floor for PostgreSQL."""
+
+    def __init__(self, dsn: str, connections: int = 1) -> None:
+        import psycopg
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("CREATE TABLE IF NOT EXISTS bench_raw (k int PRIMARY KEY, v int)")
+            c.execute("INSERT INTO bench_raw SELECT g, 0 FROM generate_series(0, 255) g "
+                      "ON CONFLICT DO NOTHING")
+        self.conns = [psycopg.connect(dsn, autocommit=True) for _ in range(connections)]
+
+    def run(self, per_connection: int) -> int:
+        """Make the commits; how many."""
+        def work(k: int) -> None:
+            c = self.conns[k]
+            for i in range(per_connection):
+                c.execute("UPDATE bench_raw SET v = %s WHERE k = %s", (i, k))
+        ts = [threading.Thread(target=work, args=(k,)) for k in range(len(self.conns))]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        return per_connection * len(self.conns)
+
+    def close(self) -> None:
+        for c in self.conns:
+            c.close()
+
+
+def raw_pg_commits_per_s(dsn: str, connections: int = 1, n: int = 300) -> float:
+    raw = RawCommits(dsn, connections)
+    try:
+        t0 = time.perf_counter()
+        done = raw.run(max(20, n // connections))
+        return done / (time.perf_counter() - t0)
+    finally:
+        raw.close()
+
+
 # -- pytest-benchmark -------------------------------------------------------------------------
 # Each round runs a fixed number of sagas (in the test id); sagas/s = that number / time.
 SEQ = 32
@@ -164,6 +214,38 @@ def test_async_256_tasks(benchmark, bench_factory, sync: str) -> None:
     benchmark.pedantic(b.run_async, args=(256, 1), rounds=5, warmup_rounds=1)
 
 
+@pytest.fixture(scope="module")
+def pg_dsn() -> Iterator[str]:
+    """A throwaway PostgreSQL 15 on loopback for this module (the tests' own fixture code)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    from pg_server import PgServer
+    server = PgServer().start()
+    try:
+        yield server.dsn()
+    finally:
+        server.stop()
+
+
+@pytest.mark.benchmark(group="saga-postgres-16-threads-x2-32-sagas")
+@pytest.mark.parametrize("store", ["postgres-no-group-commit", "postgres-group-commit",
+                                   "sqlite-full-group-commit"])
+def test_postgres_threads_16(benchmark, bench_factory, pg_dsn: str, store: str) -> None:
+    b = bench_factory(dsn=None if store.startswith("sqlite") else pg_dsn,
+                      max_batch=1 if "no-group" in store else 256)
+    benchmark.pedantic(b.run_threads, args=(16, 2), rounds=5, warmup_rounds=1)
+
+
+@pytest.mark.benchmark(group="saga-postgres-16-threads-x2-32-sagas")
+def test_postgres_raw_commits_128(benchmark, pg_dsn: str) -> None:
+    """128 raw single-row commits on 16 connections: what 32 sagas' 128 writes would cost
+    committed one by one, each caller on its own connection."""
+    raw = RawCommits(pg_dsn, 16)
+    try:
+        benchmark.pedantic(raw.run, args=(8,), rounds=5, warmup_rounds=1)
+    finally:
+        raw.close()
+
+
 # -- the table ------------------------------------------------------------------------------
 def measure(label: str, make: Callable[[], Bench], work: Callable[[Bench], int],
             repeat: int = 3) -> Dict[str, Any]:
@@ -188,18 +270,22 @@ def measure(label: str, make: Callable[[], Bench], work: Callable[[Bench], int],
             "commit_ms": statistics.median(commit_ms)}
 
 
+# workloads for measure(): run n sagas one way, return how many ran
+def seq(n: int) -> Callable[[Bench], int]:
+    return lambda b: (b.run_sync(n), n)[1]
+
+
+def thr(t: int, n: int) -> Callable[[Bench], int]:
+    return lambda b: (b.run_threads(t, n), t * n)[1]
+
+
+def asy(c: int, n: int) -> Callable[[Bench], int]:
+    return lambda b: (b.run_async(c, n), c * n)[1]
+
+
 def table(quick: bool = False) -> Iterator[Dict[str, Any]]:
     """The rows of the table, each yielded as soon as it is measured."""
     k = 1 if quick else 4
-
-    def seq(n: int) -> Callable[[Bench], int]:
-        return lambda b: (b.run_sync(n), n)[1]
-
-    def thr(t: int, n: int) -> Callable[[Bench], int]:
-        return lambda b: (b.run_threads(t, n), t * n)[1]
-
-    def asy(c: int, n: int) -> Callable[[Bench], int]:
-        return lambda b: (b.run_async(c, n), c * n)[1]
 
     t0 = time.perf_counter()
     plain_calls(20000)
@@ -227,9 +313,60 @@ def table(quick: bool = False) -> Iterator[Dict[str, Any]]:
                             asy(conc, max(2, 2500 * k // conc))))
 
 
+def pg_table(dsn: str, quick: bool = False) -> Iterator[Dict[str, Any]]:
+    """PostgreSQL beside SQLite (FULL: both fsync every commit) in the same configurations."""
+    k = 1 if quick else 3
+    for label, work in (("sync, sequential", seq(40 * k)),
+                        ("sync, 16 threads", thr(16, 8 * k)),
+                        ("async, 64 tasks", asy(64, 6 * k))):
+        for batch, grouped in ((1, "group commit off"), (256, "group commit")):
+            if label == "sync, sequential" and batch == 1:
+                continue  # a lone caller never groups: the same as with it on
+            yield measure(f"PostgreSQL, {label}, {grouped}",
+                          lambda: Bench(dsn=dsn, max_batch=batch), work, repeat=2 if k > 1 else 1)
+            yield measure(f"SQLite FULL, {label}, {grouped}",
+                          lambda: Bench(max_batch=batch), work, repeat=2 if k > 1 else 1)
+
+
+def main_pg(argv: List[str]) -> None:
+    quick = "--quick" in argv
+    server = None
+    if "--dsn" in argv:
+        dsn = argv[argv.index("--dsn") + 1]
+    else:
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                                        "tests"))
+        from pg_server import PgServer
+        server = PgServer().start()
+        dsn = server.dsn()
+    try:
+        one = statistics.median(raw_pg_commits_per_s(dsn) for _ in range(3))
+        many = statistics.median(raw_pg_commits_per_s(dsn, 16) for _ in range(3))
+        print(f"raw PostgreSQL single-row commits (one UPDATE, autocommit) on the same server: "
+              f"{one:,.0f}/s on one connection, {many:,.0f}/s on 16 connections "
+              f"(a lone 3-step saga makes 4 commits in sequence: at most {one / 4:,.0f} "
+              f"sagas/s)")
+        print()
+        print("| configuration | committed 3-step sagas/s (median) | min..max "
+              "| writes per commit | wall ms per commit |")
+        print("|---|---:|---:|---:|---:|")
+        for r in pg_table(dsn, quick):
+            print(f"| {r['label']} | {r['rate']:,.0f} | {r['min']:,.0f}..{r['max']:,.0f} "
+                  f"| {r['batch']:.1f} | {r['commit_ms']:.2f} |", flush=True)
+        # the disk is shared and its fsync time drifts: the raw figure again, after
+        one = statistics.median(raw_pg_commits_per_s(dsn) for _ in range(3))
+        print(f"\nraw single-row commits again, after the table: {one:,.0f}/s on one "
+              f"connection")
+    finally:
+        if server is not None:
+            server.stop()
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     quick = "--quick" in argv
+    if "--postgres" in argv or "--dsn" in argv:
+        return main_pg(argv)
     full_us = statistics.median(raw_commit_us("full") for _ in range(3))
     normal_us = statistics.median(raw_commit_us("normal") for _ in range(3))
     print(f"raw SQLite commit of one small UPDATE (WAL): synchronous=FULL {full_us:.0f} us, "

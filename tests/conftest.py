@@ -48,3 +48,6 @@ def both_twins(name: str) -> tuple[ModuleType, ModuleType]:
         pytest.skip("compiled kernels not built")
     return (importlib.import_module(f"gameguard._fast.{name}"),
             importlib.import_module(f"gameguard._pure.{name}"))
+
+
+from pg_server import pg_server  # noqa: E402,F401  (the session's PostgreSQL server)

@@ -86,6 +86,64 @@ class Ledger:
         return bool(applied)
 
 
+PG_LEDGER = """
+CREATE TABLE IF NOT EXISTS {p}_entries (key TEXT PRIMARY KEY, tx TEXT NOT NULL,
+    step TEXT NOT NULL, account TEXT NOT NULL, amount INTEGER NOT NULL, kind TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS {p}_calls (id BIGSERIAL PRIMARY KEY, key TEXT NOT NULL,
+    tx TEXT NOT NULL, attempt INTEGER NOT NULL, applied INTEGER NOT NULL, pid INTEGER NOT NULL);
+"""
+
+
+class PgLedger:
+    """The remote side on PostgreSQL, exactly-once through ``Barrier``: the barrier row and
+    the effect commit together. A null compensation leaves no entry (only barrier rows)."""
+
+    def __init__(self, dsn: str, prefix: str) -> None:
+        import psycopg
+
+        from gameguard.saga import Barrier
+        self.dsn, self.prefix, self.psycopg = dsn, prefix, psycopg
+        self.barrier = Barrier(f"{prefix}_barrier")
+        self.local = threading.local()
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("SELECT pg_advisory_lock(hashtext(%s))", (prefix,))
+            for stmt in PG_LEDGER.format(p=prefix).split(";"):
+                if stmt.strip():
+                    c.execute(stmt)
+            c.execute("SELECT pg_advisory_unlock(hashtext(%s))", (prefix,))
+
+    def conn(self):
+        c = getattr(self.local, "c", None)
+        if c is None:
+            c = self.local.c = self.psycopg.connect(self.dsn)
+        return c
+
+    def _record(self, ctx, account: str, amount: int, kind: str) -> bool:
+        c = self.conn()
+        with c.transaction():
+            applied = self.barrier.check(c, ctx)
+            if applied:
+                c.execute(f"INSERT INTO {self.prefix}_entries VALUES (%s, %s, %s, %s, %s, %s)",
+                          (ctx.idempotency_key, ctx.tx_id, ctx.step, account, amount, kind))
+            c.execute(f"INSERT INTO {self.prefix}_calls (key, tx, attempt, applied, pid) "
+                      f"VALUES (%s, %s, %s, %s, %s)",
+                      (ctx.idempotency_key, ctx.tx_id, ctx.attempt, int(applied), os.getpid()))
+        return applied
+
+    def apply(self, ctx, account: str, amount: int) -> bool:
+        return self._record(ctx, account, amount, "do")
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        c = getattr(self.local, "c", None)
+        if c is not None:
+            c.close()
+            self.local.c = None
+
+    def undo(self, ctx, account: str, amount: int) -> bool:
+        return self._record(ctx, account, -amount, "undo")
+
+
 RUNNING = threading.Event()  # set once recovery is over: the planted kills spare recovery
 
 
@@ -99,6 +157,11 @@ def suicide(ctx, point: str) -> None:
 def build(saga_db: str, ledger_db: str, mode: str) -> tuple:
     store = SQLiteStore(saga_db)
     ledger = Ledger(ledger_db)
+    return store, ledger, build_saga(store, ledger, mode)
+
+
+def build_saga(store, ledger, mode: str) -> Saga:
+    """The transfer saga over any store and any ledger (``apply``/``undo``)."""
     saga = Saga("transfer", store=store, seed=1, backoff=0.0005, max_backoff=0.002)
 
     def make(step: str, account: str, sign: int):
@@ -134,7 +197,7 @@ def build(saga_db: str, ledger_db: str, mode: str) -> tuple:
     for step, account, sign in STEPS:
         act, comp = make(step, account, sign)
         saga.step(act, name=step, compensate=comp, retries=3)
-    return store, ledger, saga
+    return saga
 
 
 def payload(rng: random.Random) -> dict:
@@ -152,7 +215,19 @@ def payload(rng: random.Random) -> dict:
     return p
 
 
+def build_pg(dsn: str, schema: str, lease: float, mode: str = "sync") -> tuple:
+    from gameguard.saga import PostgresStore
+    store = PostgresStore(dsn, schema=schema, lease=lease)
+    ledger = PgLedger(dsn, f"{schema}_ledger")
+    return store, ledger, build_saga(store, ledger, mode)
+
+
 def main() -> None:
+    if sys.argv[1] == "--pg":  # --pg DSN SCHEMA SEED LEASE: 3 threads, recovered ids printed
+        dsn, schema, seed, lease = sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
+        return main_pg(*build_pg(dsn, schema, lease), seed)
+    if sys.argv[1] == "--pg-hold":  # --pg-hold DSN SCHEMA TX LEASE: one saga, paused in credit
+        return hold_pg(sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]))
     saga_db, ledger_db, seed, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     store, ledger, saga = build(saga_db, ledger_db, mode)
     if mode == "async":
@@ -183,6 +258,52 @@ def main() -> None:
             t.start()
         for t in threads:
             t.join()
+
+
+def main_pg(store, ledger, saga, seed: int) -> None:
+    """Recover (racing the other workers), report what this worker finished, run sagas."""
+    done = saga.recover()
+    print(f"recovered {len(done)} {','.join(r.tx_id for r in done)}", flush=True)
+    if sys.stdin.readline().strip() != "go":
+        store.close()
+        return
+    RUNNING.set()
+    from gameguard.saga import StaleTransaction
+
+    def runner(k: int) -> None:
+        rng = random.Random(seed * 100 + k)
+        while True:
+            try:
+                saga.run(payload(rng))
+            except StaleTransaction:  # fenced: our lease lapsed under load; the row is theirs
+                pass
+    threads = [threading.Thread(target=runner, args=(k,), daemon=True) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def hold_pg(dsn: str, schema: str, tx_id: str, lease: float) -> None:
+    """Run one saga that stops in ``credit`` (before its effect) until a line arrives on
+    stdin: the test freezes this process there (SIGSTOP) past its lease."""
+    store, ledger, _ = build_pg(dsn, schema, lease)
+    saga = Saga("transfer", store=store, backoff=0.0)
+    for step, account, sign in STEPS:
+        def action(ctx, step=step, account=account, sign=sign):
+            if ctx.step == "credit":
+                print(f"holding {store.owner}", flush=True)
+                sys.stdin.readline()
+            ledger.apply(ctx, account, ctx.payload["amount"] * sign if sign else 1)
+            return {"amount": ctx.payload["amount"]}
+        saga.step(action, name=step, compensate=lambda ctx: None)
+    from gameguard.saga import StaleTransaction
+    try:
+        saga.run({"amount": 7}, tx_id=tx_id)
+        print("not fenced", flush=True)
+    except StaleTransaction as exc:
+        print(f"fenced {type(exc).__name__}: {exc}", flush=True)
+    store.close()
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """``python -m gameguard``: the command line. ``demo [--seed N] [--only NAME]`` runs the seeded
-demo of each capability; ``--version`` says which build is installed; no command prints help."""
+demo of each capability; ``sagas`` lists, shows and retries saga transactions (``saga/cli.py``);
+``--version`` says which build is installed; no command prints help."""
 from __future__ import annotations
 
 import argparse
@@ -30,6 +31,8 @@ def parser() -> argparse.ArgumentParser:
                       help="random seed (default: 7); the same seed prints the same figures")
     demo.add_argument("--only", choices=SECTIONS, action="append", metavar="SECTION",
                       help=f"run only this section, repeatable: {', '.join(SECTIONS)}")
+    from .saga import cli as sagas
+    sagas.add_parser(sub)
     return cli
 
 
@@ -49,9 +52,13 @@ def run_demo(seed: int, only: Optional[List[str]]) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     cli = parser()
     args = cli.parse_args(argv)
+    code = 0
     try:
         if args.command is None:
             cli.print_help()
+        elif args.command == "sagas":
+            from .saga import cli as sagas
+            code = sagas.run(args)
         else:
             run_demo(args.seed, args.only)
         sys.stdout.flush()  # here, so a closed pipe is met inside this try
@@ -60,7 +67,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         # interpreter's last flush at exit has nowhere to fail either
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from typing import Any, Callable, Dict, List, Tuple
 
-from ..saga import Saga, SQLiteStore, StepContext
+from ..saga import Barrier, Saga, SQLiteStore, StepContext
 from . import header
 
 __all__ = ["run"]
@@ -34,41 +34,35 @@ CREATE TABLE IF NOT EXISTS deliveries (key TEXT NOT NULL, attempt INTEGER NOT NU
 
 
 class World:
-    """Both game servers' side: effects keyed by idempotency key, applied once each."""
+    """Both game servers' side: each effect applied once, through the saga ``Barrier``
+    (duplicates skipped, a compensation whose action never ran does nothing and blocks
+    that action if it arrives late), in the same SQLite transaction as the effect."""
 
     def __init__(self, path: str) -> None:
         self.db = sqlite3.connect(path, isolation_level=None, timeout=10.0)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(WORLD)
+        self.barrier = Barrier()
+
+    def _effect(self, ctx: StepContext, server: str, what: str, delta: int,
+                kind: str) -> bool:
+        self.db.execute("BEGIN IMMEDIATE")
+        applied = self.barrier.check(self.db, ctx)
+        if applied:
+            self.db.execute("INSERT INTO effects VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (ctx.idempotency_key, ctx.tx_id, server, ctx.payload["player"],
+                             what, delta, kind))
+        if kind == "do":  # the demo reports re-sent actions
+            self.db.execute("INSERT INTO deliveries VALUES (?, ?, ?)",
+                            (ctx.idempotency_key, ctx.attempt, int(applied)))
+        self.db.execute("COMMIT")
+        return applied
 
     def apply(self, ctx: StepContext, server: str, what: str, delta: int) -> bool:
-        player = ctx.payload["player"]
-        self.db.execute("BEGIN IMMEDIATE")
-        n = self.db.execute("INSERT OR IGNORE INTO effects VALUES (?, ?, ?, ?, ?, ?, 'do')",
-                            (ctx.idempotency_key, ctx.tx_id, server, player, what,
-                             delta)).rowcount
-        self.db.execute("INSERT INTO deliveries VALUES (?, ?, ?)",
-                        (ctx.idempotency_key, ctx.attempt, n))
-        self.db.execute("COMMIT")
-        return bool(n)
+        return self._effect(ctx, server, what, delta, "do")
 
     def undo(self, ctx: StepContext, server: str, what: str, delta: int) -> bool:
-        """dtm's barrier: a compensation of an action that never applied does nothing and
-        blocks that action from applying later."""
-        action_key = ctx.idempotency_key.rsplit("/", 1)[0] + "/action"
-        player = ctx.payload["player"]
-        self.db.execute("BEGIN IMMEDIATE")
-        barrier = self.db.execute(
-            "INSERT OR IGNORE INTO effects VALUES (?, ?, ?, ?, ?, 0, 'barrier')",
-            (action_key, ctx.tx_id, server, player, what)).rowcount
-        row = self.db.execute("SELECT kind FROM effects WHERE key = ?", (action_key,)).fetchone()
-        n = 0
-        if not barrier and row[0] == "do":
-            n = self.db.execute("INSERT OR IGNORE INTO effects VALUES (?, ?, ?, ?, ?, ?, 'undo')",
-                                (ctx.idempotency_key, ctx.tx_id, server, player, what,
-                                 -delta)).rowcount
-        self.db.execute("COMMIT")
-        return bool(n)
+        return self._effect(ctx, server, what, -delta, "undo")
 
     def population(self) -> Dict[str, int]:
         rows = self.db.execute("SELECT server, SUM(delta) FROM effects WHERE what = 'players' "

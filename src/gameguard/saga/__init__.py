@@ -8,8 +8,10 @@ effect once. See ``docs/saga.md``.
 
 Modules: ``core`` (``Saga``), ``runner`` (the state machine), ``recovery``, ``records``,
 ``store`` (the store interface), ``sqlite`` (``SQLiteStore``), ``writer`` (group commit),
-``owners`` (owner liveness). ``SQLiteStore`` is imported on first use, so importing this
-package costs no ``sqlite3``.
+``owners`` (owner liveness), ``postgres`` (``PostgresStore``, shared by many machines),
+``barrier`` (``Barrier``, the callee side of exactly-once), ``cli`` (``python -m gameguard
+sagas``). The stores and the barrier are imported on first use, so importing this package
+costs no ``sqlite3`` and no ``psycopg``.
 """
 from __future__ import annotations
 
@@ -21,19 +23,26 @@ from .store import (COMMITTED, COMPENSATED, COMPENSATING, EXECUTING, FAILED, PRE
                     SagaStore, Transition, TxRecord)
 
 if TYPE_CHECKING:
+    from .barrier import Barrier
+    from .postgres import PostgresStore
     from .sqlite import SQLiteStore
 
 __all__ = [
-    "ACTION", "COMMITTED", "COMPENSATED", "COMPENSATING", "COMPENSATION",
-    "DuplicateTransaction", "EXECUTING", "FAILED", "PREPARING", "SQLiteStore", "Saga",
-    "SagaResult", "SagaStore", "StaleTransaction", "StepContext", "StoreError",
-    "Transition", "TxRecord", "default_store",
+    "ACTION", "Barrier", "COMMITTED", "COMPENSATED", "COMPENSATING", "COMPENSATION",
+    "DuplicateTransaction", "EXECUTING", "FAILED", "PREPARING", "PostgresStore",
+    "SQLiteStore", "Saga", "SagaResult", "SagaStore", "StaleTransaction", "StepContext",
+    "StoreError", "Transition", "TxRecord", "default_store",
 ]
 
 
+#: loaded on first use: sqlite3 and psycopg only for those who use them
+_LAZY = {"SQLiteStore": "sqlite", "PostgresStore": "postgres", "Barrier": "barrier"}
+
+
 def __getattr__(name: str) -> Any:
-    if name == "SQLiteStore":
-        from .sqlite import SQLiteStore
-        globals()["SQLiteStore"] = SQLiteStore  # later look-ups skip this function
-        return SQLiteStore
+    if name in _LAZY:
+        import importlib
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

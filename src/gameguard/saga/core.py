@@ -16,7 +16,7 @@ from .._loop import warn_if_loop_thread
 from ..errors import ConfigurationError, DuplicateTransaction, SagaError
 from .records import (ACTION, COMPENSATION, MAX_TX_ID, SagaResult, Step, StepContext, Tx,
                       dumps, loads, new_id)
-from .recovery import ACTIVE, recover, recover_async
+from .recovery import ACTIVE, recover, recover_async, retry, retry_async
 from .runner import drive, perform, perform_async
 from .store import FAILED, PREPARING, SagaStore, TxRecord
 
@@ -282,6 +282,21 @@ class Saga:
         from .._checks import check_int
         check_int("concurrency", concurrency, 1, 1 << 16)
         return await recover_async(self, include_failed, concurrency)
+
+    def retry(self, tx_id: str, *, include_failed: bool = False) -> SagaResult:
+        """Drive one unfinished (or, with ``include_failed=True``, failed) transaction to
+        its end, as :meth:`recover` would: an operator's retry (``python -m gameguard
+        sagas retry``). :class:`SagaError` if it does not exist, belongs to another saga, is
+        finished, is driven by a live process, or its steps are no longer registered."""
+        if self._has_async:
+            raise TypeError(f"saga {self.name!r} has async steps: use "
+                            f"'await saga.retry_async(tx_id)'")
+        warn_if_loop_thread("Saga.retry()", "await saga.retry_async(tx_id)")
+        return retry(self, tx_id, include_failed)
+
+    async def retry_async(self, tx_id: str, *, include_failed: bool = False) -> SagaResult:
+        """:meth:`retry` for sagas with async steps."""
+        return await retry_async(self, tx_id, include_failed)
 
     def failed(self) -> List[TxRecord]:
         """This saga's ``failed`` transactions, for an operator (errors in ``.errors``)."""

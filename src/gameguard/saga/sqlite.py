@@ -26,10 +26,11 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..errors import ConfigurationError, DuplicateTransaction, StaleTransaction, StoreError
 from . import owners
+from .readers import Readers, forks
 from .store import COMPENSATED, COMMITTED, FAILED, UNFINISHED, Transition, TxRecord
 from .writer import GroupCommit, Op
 
@@ -69,79 +70,6 @@ _CLAIM = ("UPDATE saga_tx SET owner = ?, version = version + 1, attempt = attemp
           "updated_at = ? WHERE tx_id = ? AND version = ? AND status IN (?, ?, ?, ?)")
 
 _INSERT_OP, _UPDATE_OP, _CLAIM_OP = 0, 1, 2
-
-_forks = [0]  # bumped in a forked child: stores then reopen their connections
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
-
-
-class _Readers:
-    """At most ``cap`` read connections, shared by every thread (one at a time each), opened
-    on demand. Per-thread connections would pile up with thread churn: nothing closes a
-    dead thread's connection reliably."""
-
-    def __init__(self, connect: Callable[[], sqlite3.Connection], cap: int,
-                 wait: float) -> None:
-        self._connect = connect
-        self._cap = cap
-        self._wait = wait  # seconds a read waits for a free connection before failing
-        self._cv = threading.Condition(threading.Lock())
-        self._idle: List[sqlite3.Connection] = []
-        self._open = 0
-        self._closed = False
-
-    def read(self, sql: str, params: Tuple[Any, ...]) -> List[Tuple[Any, ...]]:
-        conn = self._take()
-        try:
-            return conn.execute(sql, params).fetchall()
-        finally:
-            self._give(conn)
-
-    def _take(self) -> sqlite3.Connection:
-        with self._cv:
-            while not self._idle:
-                if self._closed:
-                    raise sqlite3.ProgrammingError("the store is closed")
-                if self._open < self._cap:
-                    self._open += 1
-                    break
-                if not self._cv.wait(self._wait):
-                    raise sqlite3.OperationalError(
-                        f"no read connection came free within {self._wait}s")
-            else:
-                return self._idle.pop()
-        try:
-            return self._connect()  # outside the lock: opening may take a while
-        except BaseException:
-            with self._cv:
-                self._open -= 1
-                self._cv.notify()
-            raise
-
-    def _give(self, conn: sqlite3.Connection) -> None:
-        with self._cv:
-            if not self._closed:
-                self._idle.append(conn)
-                self._cv.notify()
-                return
-            self._open -= 1
-        conn.close()
-
-    @property
-    def open(self) -> int:
-        """Read connections open now (idle or in use)."""
-        return self._open
-
-    def close(self) -> None:
-        """Close the idle connections now, the busy ones when their read ends."""
-        with self._cv:
-            self._closed = True
-            idle, self._idle = self._idle, []
-            self._open -= len(idle)
-            self._cv.notify_all()
-        for c in idle:
-            c.close()
-
 
 class SQLiteStore:
     """The embedded durable message table. See the module docstring for durability.
@@ -188,10 +116,10 @@ class SQLiteStore:
     def _connections(self) -> None:
         """(Re)make the write connection, the reader pool and the write queue: at
         construction, and in a forked child (the parent's are not ours to use)."""
-        self._forks = _forks[0]
+        self._forks = forks[0]
         self._db_mu = threading.Lock()  # the write connection (memory mode: every read too)
         self._writer = GroupCommit(self._execute, self.max_batch, self.path)
-        self._readers = _Readers(self._open, self.max_readers, self.busy_timeout)
+        self._readers = Readers(self._open, self.max_readers, self.busy_timeout)
         self._wconn = self._open()
 
     def _open(self) -> sqlite3.Connection:
@@ -247,7 +175,7 @@ class SQLiteStore:
     def _check_open(self) -> None:
         if self.closed:
             raise StoreError(f"saga store {self.path!r} is closed")
-        if self._forks != _forks[0]:  # forked: the parent's connections are not ours
+        if self._forks != forks[0]:  # forked: the parent's connections are not ours
             self._connections()
 
     def _read(self, sql: str, params: Tuple[Any, ...] = ()) -> List[Tuple[Any, ...]]:
@@ -257,7 +185,7 @@ class SQLiteStore:
                 with self._db_mu:
                     return self._wconn.execute(sql, params).fetchall()
             return self._readers.read(sql, params)
-        except sqlite3.Error as exc:
+        except sqlite3.Error as exc:  # (the pool's own StoreErrors pass as they are)
             raise StoreError(f"saga store {self.path!r}: read failed: {exc}") from exc
 
     # -- identity and ownership -----------------------------------------------------------

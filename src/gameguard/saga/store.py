@@ -21,12 +21,14 @@ contract, in the order the core relies on it:
   existing ``tx_id`` raises :class:`DuplicateTransaction` and changes nothing.
 * **Ownership.** ``owner`` is this process's token, written on insert and claim.
   ``owner_alive(token)`` answers whether the process holding ``token`` may still be running
-  transactions (SQLite: a file lock the owner holds for its lifetime; PostgreSQL: a session
-  advisory lock), so ``recover()`` never takes over a transaction a live process is driving.
+  transactions (SQLite: a file lock the owner holds for its lifetime; PostgreSQL: a lease
+  its heartbeat renews, fenced by owner and version on every write), so ``recover()`` never
+  takes over a transaction a live process is driving.
 * **Retention.** ``purge()`` deletes finished rows (``committed`` / ``compensated``) older
   than the retention period; ``failed`` rows stay until an operator acts.
 
-A PostgreSQL store implements the same methods over the same columns; see ``docs/saga.md``.
+``PostgresStore`` (``postgres.py``) implements the same methods over the same columns; see
+``docs/saga.md``.
 """
 from __future__ import annotations
 
