@@ -192,11 +192,13 @@ class RedisBackend:
         """Release the backend's own connections (a cluster client stays the caller's)."""
         if not self.is_cluster and not self.is_async:
             self.client.close()
+            self.client.connection_pool.disconnect()  # the pool is ours: close() spares it
 
     async def aclose(self) -> None:
         """``close()`` for an asyncio client."""
         if not self.is_cluster and self.is_async:
             await self.client.aclose()
+            await self.client.connection_pool.disconnect()
 
     # -- what the bound limiters report ----------------------------------------------------
     def _count(self, field: str, n: int = 1) -> None:
