@@ -7,9 +7,7 @@ one ``EVALSHA`` of ``limit.lua``, the in-process kernel's arithmetic in Lua. Nee
 """
 from __future__ import annotations
 
-import hashlib
 import threading
-from importlib import resources
 import weakref
 from typing import TYPE_CHECKING, Any, Dict, Optional
 
@@ -25,6 +23,7 @@ try:
 except ImportError as exc:  # pragma: no cover - the extra is installed wherever tests run
     raise ImportError("gameguard.redis needs redis-py: pip install gameguard[redis]") from exc
 
+from ._calls import AsyncCalls, ClientCalls, OwnConnections, connection_settings
 from .._checks import check_int, check_name, check_positive
 from .._log import logger
 from .._registry import register
@@ -37,9 +36,6 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisBackend", "key_text"]
 
-#: the decision script (the in-process kernel's arithmetic in Lua) and the SHA it runs by
-SCRIPT: str = resources.files(__name__).joinpath("limit.lua").read_text("utf-8")
-SHA: str = hashlib.sha1(SCRIPT.encode()).hexdigest()
 FALLBACKS = ("local", "allow", "deny", "raise")
 _SYNC = (redis.Redis, redis.RedisCluster)
 _ASYNC = (redis.asyncio.Redis, redis.asyncio.RedisCluster)
@@ -65,20 +61,6 @@ def key_text(key: Any) -> str:
     from .._pure.sketch import key_hash
 
     return f"#h{key_hash(key, 0):016x}"
-
-
-def _private_client(client: Any, timeout: float) -> Any:
-    """A client on its own pool with the caller's connection settings, each call bounded by
-    ``timeout`` and never retried by redis-py (a timed-out EVALSHA may have been applied:
-    replaying it would spend the budget twice). Builds lazily: no network here."""
-    pool = client.connection_pool
-    kwargs = dict(pool.connection_kwargs)
-    retry_cls = redis.asyncio.retry.Retry if isinstance(client, _ASYNC) else Retry
-    kwargs.update(socket_timeout=timeout, socket_connect_timeout=timeout,
-                  retry=retry_cls(NoBackoff(), 0), retry_on_timeout=False, retry_on_error=[])
-    own = type(pool)(connection_class=pool.connection_class,
-                     max_connections=pool.max_connections, **kwargs)
-    return type(client)(connection_pool=own)
 
 
 def describe(exc: BaseException, timeout: float) -> str:
@@ -148,8 +130,7 @@ class RedisBackend:
         self.server_time = server_time
         self.is_async = isinstance(client, _ASYNC)
         self.is_cluster = isinstance(client, (redis.RedisCluster, redis.asyncio.RedisCluster))
-        #: the client decisions go through: the caller's cluster client, else a private one
-        self.client: Any = client if self.is_cluster else _private_client(client, self.timeout)
+        self.calls: Any = self._calls(client)
         self.breaker = CircuitBreaker(f"{self.name}:redis", consecutive_failures=1,
                                       open_duration=check_positive("probe_interval",
                                                                    probe_interval))
@@ -188,17 +169,31 @@ class RedisBackend:
         self._remotes.add(remote)
         return remote
 
+    def _calls(self, client: Any) -> Any:
+        """How commands go: the backend's own connections for a plain client (its settings,
+        bounded by ``timeout``, never retried), the caller's client for a cluster."""
+        if not self.is_async:
+            if self.is_cluster:
+                return ClientCalls(client)
+            return OwnConnections(client, self.timeout, Retry(NoBackoff(), 0))
+        if not self.is_cluster:
+            settings = connection_settings(client, self.timeout,
+                                           redis.asyncio.retry.Retry(NoBackoff(), 0))
+            pool = redis.asyncio.ConnectionPool(
+                connection_class=client.connection_pool.connection_class, **settings)
+            client = redis.asyncio.Redis(connection_pool=pool)
+        return AsyncCalls(client, self.timeout, bound=self.is_cluster)
+
     def close(self) -> None:
         """Release the backend's own connections (a cluster client stays the caller's)."""
-        if not self.is_cluster and not self.is_async:
-            self.client.close()
-            self.client.connection_pool.disconnect()  # the pool is ours: close() spares it
+        if not self.is_async:
+            self.calls.close()
 
     async def aclose(self) -> None:
         """``close()`` for an asyncio client."""
-        if not self.is_cluster and self.is_async:
-            await self.client.aclose()
-            await self.client.connection_pool.disconnect()
+        if self.is_async and not self.is_cluster:
+            await self.calls.client.aclose()
+            await self.calls.client.connection_pool.disconnect()  # ours: aclose() spares it
 
     # -- what the bound limiters report ----------------------------------------------------
     def _count(self, field: str, n: int = 1) -> None:
@@ -207,24 +202,26 @@ class RedisBackend:
 
     def _round_trip(self, decisions: int, leases: int, error: Optional[BaseException]) -> None:
         """Account one round trip: ``decisions`` answered by Redis (``leases`` of them took
-        a lease) and its first error, if any, a breaker failure that starts an episode."""
-        if error is None:
-            self.breaker.record_success()
-            why = None
-        else:
+        a lease) and its first error, if any. While Redis answers, the breaker is left alone
+        (one failure opens it: successes before that change nothing); a failure opens it
+        and starts an episode, a probe's success ends it."""
+        healthy, why = True, None
+        if error is not None:
             self.breaker.record_failure()
-            why = describe(error, self.timeout)
+            healthy, why = False, describe(error, self.timeout)
+        elif not self._available:
+            self.breaker.record_success()
+            healthy = self.breaker.state == "closed"  # a probe, not a late straggler
         with self._lock:
             counts = self._counts
             counts["decisions"] += decisions
             counts["leases"] += leases
             counts["round_trips"] += 1
-            was = self._available
-            self._available = error is None
+            was, self._available = self._available, healthy
             if why is not None:
                 counts["errors"] += 1
                 self.last_error = why
-        if why is None and not was:
+        if healthy and not was:
             logger().warning("gameguard: Redis backend %r answers again; deciding in Redis",
                              self.name)
         elif why is not None and was:
@@ -236,5 +233,5 @@ class RedisBackend:
                                   f"{self.last_error or 'circuit open'}")
 
     def __repr__(self) -> str:
-        return (f"RedisBackend({type(self.client).__name__}, prefix={self.prefix!r}, "
+        return (f"RedisBackend({type(self.calls).__name__}, prefix={self.prefix!r}, "
                 f"fallback={self.fallback!r}, lease={self.lease!r}, name={self.name!r})")

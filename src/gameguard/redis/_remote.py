@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-from typing import TYPE_CHECKING, Any, Iterable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, List, Optional, Sequence, Tuple
 
 from redis.exceptions import NoScriptError
 
 from .. import _impl
 from ..ratelimit._common import check_cost
 from ..ratelimit.keyed import PROCESS_SEED
-from . import _ERRORS, _KEEP_CLIENT_MS, _KEEP_SERVER_MS, SCRIPT, SHA, key_text
+from . import _ERRORS, _KEEP_CLIENT_MS, _KEEP_SERVER_MS, key_text
 
 if TYPE_CHECKING:
     from ..ratelimit.keyed import KeyedLimiter
@@ -56,29 +56,34 @@ class Remote:
             self._local.configure(self._clock(), rate * share, capacity * share, math.inf)
         self._capacity, self._local_capacity = capacity, capacity * share
         self._head = (str(self._kind), repr(float(rate)), repr(float(capacity)))
+        self._tail1 = self._tail(1.0, 0.0)  # the common call, cost 1 on Redis's clock
 
     # -- the steps of a decision --------------------------------------------------------------
-    def _key(self, key: Any) -> str:
-        return self._prefix + key_text(key) + "}"
-
-    def _argv(self, cost: float, now: float) -> tuple[str, ...]:
+    def _tail(self, cost: float, now: float) -> Tuple[str, ...]:
+        """The script's arguments after the key: settings, cost, lease wanted, time, keep."""
         want = cost if cost >= self._lease else self._lease
         clock = "" if self._b.server_time else repr(float(now))
         return (*self._head, repr(cost), repr(want), clock, self._keep)
 
-    def _check(self, asynchronous: bool, cost: Any) -> float:
-        if self._b.is_async != asynchronous:
-            use = "await try_acquire_async" if self._b.is_async else "try_acquire"
-            raise TypeError(f"{self._b!r} has a{'n asyncio' if self._b.is_async else ' sync'} "
-                            f"Redis client: use {use}(...) (and the _many form alike)")
-        return check_cost(cost, self._capacity)
+    def _start(self, asynchronous: bool, cost: Any) -> Tuple[float, float, Tuple[str, ...]]:
+        """Checks, then (cost, now, script tail)."""
+        b = self._b
+        if b.is_async != asynchronous:
+            use = "await try_acquire_async" if b.is_async else "try_acquire"
+            raise TypeError(f"{b!r} has a{'n asyncio' if b.is_async else ' sync'} Redis "
+                            f"client: use {use}(...) (and the _many form alike)")
+        now = self._clock()
+        if cost.__class__ is int and cost == 1 and b.server_time:
+            return 1.0, now, self._tail1
+        c = check_cost(cost, self._capacity)
+        return c, now, self._tail(c, now)
 
     def _without_redis(self, rkey: str, cost: float, now: float) -> Optional[bool]:
         """A decision taken here: a leased unit in hand, or the fallback while the breaker
         is open; None when Redis must decide."""
         if self._lease and self._spend(rkey, cost, now):
             return True
-        if not self._b.breaker.allow():
+        if not self._b._available and not self._b.breaker.allow():
             return self._fallback(rkey, cost, now)
         return None
 
@@ -94,16 +99,16 @@ class Remote:
             self.leased_decisions += 1
             return True
 
-    def _take(self, rkey: str, cost: float, now: float, raw: Sequence[Any]) -> bool:
-        """Read one script reply; a lease keeps what the call did not spend. Returns whether
-        the call was admitted."""
-        granted = float(raw[0])
+    def _take(self, rkey: str, cost: float, now: float, raw: Any) -> bool:
+        """Read one script reply (units granted, or minus the wait); a lease keeps what the
+        call did not spend. Returns whether the call was admitted."""
+        granted = float(raw)
         if granted > cost:
             with self._lock:
                 if len(self._leases) >= _SWEEP_AT:
                     self._sweep(now)
                 self._leases[rkey] = [granted - cost, now + self._b.lease_ttl]
-        return granted >= cost
+        return granted > 0.0
 
     def _sweep(self, now: float) -> None:
         leases = self._leases
@@ -123,131 +128,106 @@ class Remote:
         return b.fallback == "allow"
 
     def _answer(self, rkey: str, cost: float, now: float, raw: Any) -> bool:
-        return self._answers([rkey], cost, now, [raw])[0]
+        if isinstance(raw, BaseException):
+            self._b._round_trip(0, 0, raw)
+            return self._fallback(rkey, cost, now)
+        admitted = self._take(rkey, cost, now, raw)
+        self._b._round_trip(1, int(float(raw) > cost), None)
+        return admitted
 
     def _answers(self, rkeys: Sequence[str], cost: float, now: float,
                  raws: Sequence[Any]) -> List[bool]:
-        """Read one round trip's replies; entries that failed go to the fallback."""
+        """Read one pipelined round trip's replies; entries that failed go to the fallback."""
         failed = [r for r in raws if isinstance(r, BaseException)]
         ok = [r for r in raws if not isinstance(r, BaseException)]
-        self._b._round_trip(len(ok), sum(1 for r in ok if float(r[0]) > cost),
+        self._b._round_trip(len(ok), sum(1 for r in ok if float(r) > cost),
                             failed[0] if failed else None)
         return [self._fallback(k, cost, now) if isinstance(r, BaseException)
                 else self._take(k, cost, now, r) for k, r in zip(rkeys, raws)]
 
+    def _many_start(self, asynchronous: bool, keys: Iterable[Any], cost: Any) -> Any:
+        """Checks, then the keys decided without Redis: ``(cost, tail, now, out, todo,
+        sent)``, ``out[i]`` None for the keys ``todo``, whose Redis keys are ``sent``."""
+        c, now, tail = self._start(asynchronous, cost)
+        rkeys = [self._prefix + key_text(k) + "}" for k in keys]
+        out = [self._without_redis(k, c, now) for k in rkeys]
+        todo = [i for i, v in enumerate(out) if v is None]
+        return c, tail, now, out, todo, [rkeys[i] for i in todo]
+
+    def _many_end(self, cost: float, now: float, out: List[Optional[bool]], todo: List[int],
+                  sent: List[str], raws: Sequence[Any]) -> List[bool]:
+        for i, v in zip(todo, self._answers(sent, cost, now, raws)):
+            out[i] = v
+        return [bool(v) for v in out]
+
     # -- sync ---------------------------------------------------------------------------------
     def try_acquire(self, key: Any, cost: float = 1) -> bool:
         """Admit ``cost`` for ``key`` in the shared budget now."""
-        c = self._check(False, cost)
-        rkey, now = self._key(key), self._clock()
+        c, now, tail = self._start(False, cost)
+        rkey = self._prefix + key_text(key) + "}"
         early = self._without_redis(rkey, c, now)
         if early is not None:
             return early
-        client, argv = self._b.client, self._argv(c, now)
+        calls = self._b.calls
         try:
             try:
-                raw: Any = client.evalsha(SHA, 1, rkey, *argv)
+                raw: Any = calls.decide(rkey, tail)
             except NoScriptError:  # flushed, failed over: load it (EVAL) and run it, once
-                raw = client.eval(SCRIPT, 1, rkey, *argv)
+                raw = calls.decide(rkey, tail, False)
         except _ERRORS as exc:
             raw = exc
         return self._answer(rkey, c, now, raw)
 
     def try_acquire_many(self, keys: Iterable[Any], cost: float = 1) -> List[bool]:
         """``try_acquire`` for each key, the ones Redis decides in one pipelined round trip."""
-        c, now, out, todo, sent = self._many_start(False, keys, cost)
-        if sent:
-            argv = self._argv(c, now)
-            try:
-                raws = self._pipeline(sent, argv, SHA)
-                again = _noscript(raws)
-                if again:
-                    for j, r in zip(again, self._pipeline([sent[j] for j in again], argv)):
-                        raws[j] = r
-            except _ERRORS as exc:
-                raws = [exc] * len(sent)
-            self._many_end(c, now, out, todo, sent, raws)
-        return [bool(v) for v in out]
-
-    def _many_start(self, asynchronous: bool, keys: Iterable[Any], cost: Any) -> Any:
-        """Checks, then the keys decided without Redis: ``(cost, now, out, todo, sent)``,
-        ``out[i]`` None for the keys ``todo``, whose Redis keys are ``sent``."""
-        c = self._check(asynchronous, cost)
-        now = self._clock()
-        rkeys = [self._key(k) for k in keys]
-        out = [self._without_redis(k, c, now) for k in rkeys]
-        todo = [i for i, v in enumerate(out) if v is None]
-        return c, now, out, todo, [rkeys[i] for i in todo]
-
-    def _many_end(self, cost: float, now: float, out: List[Optional[bool]], todo: List[int],
-                  sent: List[str], raws: Sequence[Any]) -> None:
-        for i, v in zip(todo, self._answers(sent, cost, now, raws)):
-            out[i] = v
-
-    def _pipeline(self, rkeys: Sequence[str], argv: Sequence[str],
-                  sha: Optional[str] = None) -> List[Any]:
-        pipe = _queue(self._b.client.pipeline(transaction=False), rkeys, argv, sha)
-        return list(pipe.execute(raise_on_error=False))
+        c, tail, now, out, todo, sent = self._many_start(False, keys, cost)
+        if not sent:
+            return [bool(v) for v in out]
+        calls = self._b.calls
+        try:
+            raws = calls.decide_many(sent, tail)
+            again = _noscript(raws)
+            if again:
+                for j, r in zip(again, calls.decide_many([sent[j] for j in again], tail, False)):
+                    raws[j] = r
+        except _ERRORS as exc:
+            raws = [exc] * len(sent)
+        return self._many_end(c, now, out, todo, sent, raws)
 
     # -- asyncio ------------------------------------------------------------------------------
     async def try_acquire_async(self, key: Any, cost: float = 1) -> bool:
         """``try_acquire`` for an asyncio client."""
-        c = self._check(True, cost)
-        rkey, now = self._key(key), self._clock()
+        c, now, tail = self._start(True, cost)
+        rkey = self._prefix + key_text(key) + "}"
         early = self._without_redis(rkey, c, now)
         if early is not None:
             return early
-        argv = self._argv(c, now)
+        calls = self._b.calls
         try:
-            raw: Any = await self._bounded(self._eval_async(rkey, argv))
+            try:
+                raw: Any = await calls.decide(rkey, tail)
+            except NoScriptError:
+                raw = await calls.decide(rkey, tail, False)
         except _ASYNC_ERRORS as exc:
             raw = exc
         return self._answer(rkey, c, now, raw)
 
-    async def _eval_async(self, rkey: str, argv: Sequence[str]) -> Any:
-        client = self._b.client
-        try:
-            return await client.evalsha(SHA, 1, rkey, *argv)
-        except NoScriptError:
-            return await client.eval(SCRIPT, 1, rkey, *argv)
-
-    async def _bounded(self, awaitable: Any) -> Any:
-        """A cluster client is the caller's, with its own timeouts: bound the call here too."""
-        if self._b.is_cluster:
-            return await asyncio.wait_for(awaitable, self._b.timeout)
-        return await awaitable
-
     async def try_acquire_many_async(self, keys: Iterable[Any], cost: float = 1) -> List[bool]:
         """``try_acquire_many`` for an asyncio client."""
-        c, now, out, todo, sent = self._many_start(True, keys, cost)
-        if sent:
-            argv = self._argv(c, now)
-            try:
-                raws = await self._bounded(self._pipeline_async(sent, argv, SHA))
-                again = _noscript(raws)
-                if again:
-                    redo = await self._bounded(
-                        self._pipeline_async([sent[j] for j in again], argv))
-                    for j, r in zip(again, redo):
-                        raws[j] = r
-            except _ASYNC_ERRORS as exc:
-                raws = [exc] * len(sent)
-            self._many_end(c, now, out, todo, sent, raws)
-        return [bool(v) for v in out]
-
-    async def _pipeline_async(self, rkeys: Sequence[str], argv: Sequence[str],
-                              sha: Optional[str] = None) -> List[Any]:
-        pipe = _queue(self._b.client.pipeline(transaction=False), rkeys, argv, sha)
-        return list(await pipe.execute(raise_on_error=False))
-
-
-def _queue(pipe: Any, rkeys: Sequence[str], argv: Sequence[str], sha: Optional[str]) -> Any:
-    """``pipe`` with one decision queued per key: by SHA, or (``sha=None``) with the script."""
-    # execute_command: a cluster pipeline refuses its .evalsha(), yet routes EVALSHA by key
-    command, body = ("EVAL", SCRIPT) if sha is None else ("EVALSHA", sha)
-    for rkey in rkeys:
-        pipe.execute_command(command, body, 1, rkey, *argv)
-    return pipe
+        c, tail, now, out, todo, sent = self._many_start(True, keys, cost)
+        if not sent:
+            return [bool(v) for v in out]
+        calls = self._b.calls
+        try:
+            raws = await calls.decide_many(sent, tail)
+            again = _noscript(raws)
+            if again:
+                redo = await calls.decide_many([sent[j] for j in again], tail, False)
+                for j, r in zip(again, redo):
+                    raws[j] = r
+        except _ASYNC_ERRORS as exc:
+            raws = [exc] * len(sent)
+        return self._many_end(c, now, out, todo, sent, raws)
 
 
 def _noscript(raws: Sequence[Any]) -> List[int]:

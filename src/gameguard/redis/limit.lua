@@ -1,10 +1,11 @@
 -- One KeyedLimiter decision in Redis: the same arithmetic as the in-process kernel
 -- (gameguard/_pure/keyed.py), so a key decides alike here and there.
--- KEYS[1]  the key's state: a hash {a = tokens (token kind) or level (leaky kind), t = time}
+-- KEYS[1]  the key's state: two little-endian doubles, a = tokens (token kind) or level
+--          (leaky kind), then t = the time of a (exact, and one GET / SET a call)
 -- ARGV     kind (0 token, 1 leaky), rate, capacity, cost, want, now, keep_ms
 --          want >= cost: take up to `want` (a lease) when at least `cost` fits, else nothing;
 --          now = '' reads Redis's own TIME; keep_ms: how long a full key outlives its refill
--- returns  {granted, wait}: units taken (0 = refused), seconds until `cost` would fit
+-- returns  units taken (> 0), or minus the seconds until `cost` would fit (refused)
 local kind, rate, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local cost, want, keep = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[7])
 local now
@@ -14,9 +15,11 @@ if ARGV[6] == '' then
 else
   now = tonumber(ARGV[6])
 end
-local s = redis.call('HMGET', KEYS[1], 'a', 't')
-local a, last = tonumber(s[1]), tonumber(s[2])
-if a == nil or last == nil then  -- a new key starts full (token) or empty (leaky)
+local a, last
+local s = redis.call('GET', KEYS[1])
+if s and #s == 16 then
+  a, last = struct.unpack('<dd', s)
+else  -- a new key starts full (token) or empty (leaky)
   last = now
   if kind == 0 then a = cap else a = 0 end
 end
@@ -47,9 +50,9 @@ else
     wait = (a + cost - cap) / rate
   end
 end
-redis.call('HSET', KEYS[1], 'a', string.format('%.17g', a), 't', string.format('%.17g', last))
 -- idle keys leave once full again: recreating one then starts it full, which loses nothing
 local full_in
 if kind == 0 then full_in = (cap - a) / rate else full_in = a / rate end
-redis.call('PEXPIRE', KEYS[1], math.ceil(full_in * 1000) + keep)
-return {string.format('%.17g', granted), string.format('%.17g', wait)}
+redis.call('SET', KEYS[1], struct.pack('<dd', a, last), 'PX', math.ceil(full_in * 1000) + keep)
+if granted > 0 then return string.format('%.17g', granted) end
+return string.format('%.17g', -wait)

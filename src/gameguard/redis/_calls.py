@@ -1,0 +1,144 @@
+"""How a :class:`RedisBackend` sends commands: one interface over three kinds of client.
+
+``decide(rkey, tail)`` is one decision (EVALSHA, or EVAL with ``by_sha=False``: the NOSCRIPT
+retry), ``decide_many(rkeys, tail)`` one pipelined round trip with errors in place.
+A plain sync client gets connections of the backend's own, kept on a free list: redis-py's
+pool and retry wrapper cost more CPU than the round trip's own work, and the backend wants
+neither (it never replays a command, and bounds each call with the socket timeout). A
+cluster client is used as given, for its slot routing and redirects; an asyncio client goes
+through redis-py with the same timeouts.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Dict, List, Sequence, Tuple
+
+from redis.exceptions import ResponseError
+
+from ._script import SCRIPT, SHA
+
+
+
+def connection_settings(client: Any, timeout: float, retry: Any) -> dict[str, Any]:
+    """The caller's connection settings, each call bounded by ``timeout`` and never retried
+    (a timed-out EVALSHA may have been applied: replaying it would spend budget twice)."""
+    kwargs = dict(client.connection_pool.connection_kwargs)
+    kwargs.update(socket_timeout=timeout, socket_connect_timeout=timeout, retry=retry,
+                  retry_on_timeout=False, retry_on_error=[])
+    return kwargs
+
+
+def _bulk(arg: Any) -> bytes:
+    b = arg if isinstance(arg, bytes) else str(arg).encode()
+    return b"$%d\r\n%s\r\n" % (len(b), b)
+
+
+class OwnConnections:
+    """Connections of the backend's own to one plain Redis: at most as many as calls ever ran
+    at once. A connection whose call failed in transit is dropped (its socket state is
+    unknown); a Redis error reply leaves it usable. Decisions are packed here, the constant
+    part of each once (the SHA, the limiter's settings), since redis-py's packer costs as
+    much CPU as the rest of the decision."""
+
+    def __init__(self, client: Any, timeout: float, retry: Any) -> None:
+        self._class = client.connection_pool.connection_class
+        self._kwargs = connection_settings(client, timeout, retry)
+        self._idle: List[Any] = []  # list.pop/append are atomic: no lock needed
+        self._tails: Dict[Tuple[str, ...], bytes] = {}
+
+    def _take(self) -> Any:
+        try:
+            return self._idle.pop()
+        except IndexError:
+            return self._class(**self._kwargs)  # connects on its first command
+
+    def _packed(self, head: bytes, rkey: str, tail: Tuple[str, ...]) -> bytes:
+        packed = self._tails.get(tail)
+        if packed is None:
+            if len(self._tails) > 256:  # tails vary with cost and client time: stay bounded
+                self._tails.clear()
+            packed = self._tails[tail] = b"".join(map(_bulk, tail))
+        return b"*%d\r\n%s%s%s" % (len(tail) + 4, head, _bulk(rkey), packed)
+
+    def _send(self, packed: Sequence[bytes], replies: int) -> List[Any]:
+        conn = self._take()
+        out: List[Any] = []
+        try:
+            conn.send_packed_command(packed)
+            for _ in range(replies):
+                try:
+                    out.append(conn.read_response())
+                except ResponseError as exc:
+                    out.append(exc)
+        except BaseException:
+            conn.disconnect()
+            raise
+        self._idle.append(conn)
+        return out
+
+    def decide(self, rkey: str, tail: Tuple[str, ...], by_sha: bool = True) -> Any:
+        reply = self._send([self._packed(_SHA_HEAD if by_sha else _EVAL_HEAD, rkey, tail)], 1)[0]
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply
+
+    def decide_many(self, rkeys: Sequence[str], tail: Tuple[str, ...],
+                    by_sha: bool = True) -> List[Any]:
+        head = _SHA_HEAD if by_sha else _EVAL_HEAD
+        return self._send([b"".join(self._packed(head, k, tail) for k in rkeys)], len(rkeys))
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().disconnect()
+
+
+def _command(rkey: str, tail: Tuple[str, ...], by_sha: bool) -> Tuple[Any, ...]:
+    return ("EVALSHA", SHA, 1, rkey, *tail) if by_sha else ("EVAL", SCRIPT, 1, rkey, *tail)
+
+
+class ClientCalls:
+    """Decisions through a redis-py client (a cluster one: routing by key, redirects)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def decide(self, rkey: str, tail: Tuple[str, ...], by_sha: bool = True) -> Any:
+        return self.client.execute_command(*_command(rkey, tail, by_sha))
+
+    def decide_many(self, rkeys: Sequence[str], tail: Tuple[str, ...],
+                    by_sha: bool = True) -> List[Any]:
+        # execute_command: a cluster pipeline refuses .evalsha(), yet routes EVALSHA by key
+        pipe = self.client.pipeline(transaction=False)
+        for rkey in rkeys:
+            pipe.execute_command(*_command(rkey, tail, by_sha))
+        return list(pipe.execute(raise_on_error=False))
+
+    def close(self) -> None:
+        """The caller's client stays the caller's to close."""
+
+
+class AsyncCalls:
+    """Decisions through a redis.asyncio client; ``bound``: also bound each by ``timeout``
+    here (a cluster client is the caller's, with its own socket settings)."""
+
+    def __init__(self, client: Any, timeout: float, bound: bool) -> None:
+        self.client, self.timeout, self.bound = client, timeout, bound
+
+    async def _bounded(self, awaitable: Any) -> Any:
+        if self.bound:
+            return await asyncio.wait_for(awaitable, self.timeout)
+        return await awaitable
+
+    async def decide(self, rkey: str, tail: Tuple[str, ...], by_sha: bool = True) -> Any:
+        return await self._bounded(self.client.execute_command(*_command(rkey, tail, by_sha)))
+
+    async def decide_many(self, rkeys: Sequence[str], tail: Tuple[str, ...],
+                          by_sha: bool = True) -> List[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for rkey in rkeys:
+            pipe.execute_command(*_command(rkey, tail, by_sha))
+        return list(await self._bounded(pipe.execute(raise_on_error=False)))
+
+
+_SHA_HEAD = _bulk("EVALSHA") + _bulk(SHA) + _bulk("1")
+_EVAL_HEAD = _bulk("EVAL") + _bulk(SCRIPT) + _bulk("1")
