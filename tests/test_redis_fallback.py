@@ -2,6 +2,7 @@
 and Redis decides again as soon as it answers. Real servers, each with its own settings."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -12,6 +13,7 @@ from typing import Any, Callable, Dict, List
 
 import pytest
 import redis
+import redis.asyncio
 
 import gameguard as gg
 from gameguard.errors import BackendUnavailable
@@ -173,3 +175,32 @@ def test_stopped_then_restarted_keeps_the_fleet_bound(redis_factory: Factory) ->
     assert all(n > 10 for n in after)
     assert sum(admitted) <= 3 * capacity + rate * elapsed
     assert sum(admitted) >= rate * elapsed * 0.5  # and the budget was used, not refused
+
+
+def test_async_cancellation_mid_call(redis_factory: Factory) -> None:
+    """A caller cancelled while its EVALSHA is in flight gets CancelledError; it is not a
+    Redis failure, and the next decisions read their own replies, not the stale one."""
+    server = redis_factory()
+    assert server.proc is not None
+    pid = server.proc.pid
+
+    async def main() -> None:
+        backend = RedisBackend(redis.asyncio.Redis(port=server.port), prefix="cancel:",
+                               timeout=2.0, server_time=False, fallback="raise")
+        lim = gg.KeyedLimiter(1e-6, 3, clock=lambda: 5.0, name="casts", backend=backend)
+        assert await lim.try_acquire_async("p")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            task = asyncio.ensure_future(lim.try_acquire_async("p"))
+            await asyncio.sleep(0.1)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert backend.available and backend.stats()["errors"] == 0
+        # the cancelled call reached Redis and was applied once: one unit is left
+        assert [await lim.try_acquire_async("p") for _ in range(2)] == [True, False]
+        await backend.aclose()
+
+    asyncio.run(main())

@@ -266,16 +266,27 @@ class KeyedLimiter(CostOneGuard):
                 import inspect
                 afunc: Any = func
 
-                @functools.wraps(func)
-                async def guarded_async(*args: Any, **kwargs: Any) -> Any:
-                    k = key(*args, **kwargs)
-                    if (await acquire_async(k, c)) if acquire_async is not None \
-                            else acquire(k, c):
-                        return await afunc(*args, **kwargs)
+                async def refused(k: Any, args: Any, kwargs: Any) -> Any:
                     if fb is None:
                         raise self._exceeded(k, self._now(), c)
                     result = fb(*args, **kwargs)
                     return (await result) if inspect.isawaitable(result) else result
+
+                if acquire_async is not None:  # an asyncio backend client: one awaited trip
+                    @functools.wraps(func)
+                    async def guarded_remote(*args: Any, **kwargs: Any) -> Any:
+                        k = key(*args, **kwargs)
+                        if await acquire_async(k, c):
+                            return await afunc(*args, **kwargs)
+                        return await refused(k, args, kwargs)
+                    return cast("Callable[P, R]", guarded_remote)
+
+                @functools.wraps(func)
+                async def guarded_async(*args: Any, **kwargs: Any) -> Any:
+                    k = key(*args, **kwargs)
+                    if acquire(k, c):
+                        return await afunc(*args, **kwargs)
+                    return await refused(k, args, kwargs)
                 return cast("Callable[P, R]", guarded_async)
 
             @functools.wraps(func)
