@@ -112,6 +112,24 @@ def latencies_sync(call: Callable[[], Any], seconds: float) -> List[float]:
     return out
 
 
+def cpu_per_call(call: Callable[[], Any], port: int, n: int = 2000) -> float:
+    """Client plus server CPU seconds per call (getrusage, INFO cpu): steadier than wall time
+    on a loaded machine, where a round trip waits for the scheduler."""
+    import resource
+
+    info = redis.Redis(host="127.0.0.1", port=port)
+
+    def used() -> float:
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        srv = info.info("cpu")
+        return float(me.ru_utime + me.ru_stime + srv["used_cpu_user"] + srv["used_cpu_sys"])
+
+    before = used()
+    for _ in range(n):
+        call()
+    return (used() - before) / n
+
+
 def latencies_async(case: Tuple[Callable[[], Any], RedisBackend],
                     seconds: float) -> List[float]:
     make, backend = case
@@ -184,15 +202,22 @@ def report(seconds: float) -> None:
     server = start_server()
     try:
         rows: Dict[str, Tuple[float, float, float]] = {}
+        cpu: Dict[str, float] = {}
         for name, per in SYNC_CASES.items():
-            rows[name] = summary(latencies_sync(sync_case(name, server.port), seconds), per)
+            call = sync_case(name, server.port)
+            rows[name] = summary(latencies_sync(call, seconds), per)
+            cpu[name] = cpu_per_call(call, server.port) / per
         for name, per in ASYNC_CASES.items():
             rows[name] = summary(latencies_async(async_case(name, server.port), seconds), per)
         base = rows["limits_moving"][0]
         print(f"{'case':20s} {'decisions/s':>12s} {'p50 µs':>9s} {'p99 µs':>9s} "
-              f"{'× limits_moving':>16s}   (p50/p99 per call; many: per 100-key call)")
+              f"{'× limits_moving':>16s} {'CPU µs/dec':>11s}   (p50/p99 per call; many: "
+              "per 100-key call; CPU: client + server)")
         for name, (dps, p50, p99) in sorted(rows.items(), key=lambda kv: -kv[1][0]):
-            print(f"{name:20s} {dps:12.0f} {p50:9.1f} {p99:9.1f} {dps / base:16.2f}")
+            c = f"{cpu[name] * 1e6:11.1f}" if name in cpu else f"{'':11s}"
+            print(f"{name:20s} {dps:12.0f} {p50:9.1f} {p99:9.1f} {dps / base:16.2f} {c}")
+        print(f"CPU per decision, limits_moving / gameguard_sync: "
+              f"{cpu['limits_moving'] / cpu['gameguard_sync']:.2f}×")
         sync = rows["gameguard_sync"][0]
         for n in (8, 64):
             print(f"leased n={n}: {rows[f'gameguard_lease{n}'][0] / sync:.1f}× un-leased sync")
