@@ -145,6 +145,13 @@ class Remote:
         return [self._fallback(k, cost, now) if isinstance(r, BaseException)
                 else self._take(k, cost, now, r) for k, r in zip(rkeys, raws)]
 
+    def _one_start(self, asynchronous: bool, key: Any, cost: Any) -> Any:
+        """Checks, then ``(redis key, cost, now, tail, decision)``: the decision taken
+        without Redis, or None."""
+        c, now, tail = self._start(asynchronous, cost)
+        rkey = self._prefix + key_text(key) + "}"
+        return rkey, c, now, tail, self._without_redis(rkey, c, now)
+
     def _many_start(self, asynchronous: bool, keys: Iterable[Any], cost: Any) -> Any:
         """Checks, then the keys decided without Redis: ``(cost, tail, now, out, todo,
         sent)``, ``out[i]`` None for the keys ``todo``, whose Redis keys are ``sent``."""
@@ -163,9 +170,7 @@ class Remote:
     # -- sync ---------------------------------------------------------------------------------
     def try_acquire(self, key: Any, cost: float = 1) -> bool:
         """Admit ``cost`` for ``key`` in the shared budget now."""
-        c, now, tail = self._start(False, cost)
-        rkey = self._prefix + key_text(key) + "}"
-        early = self._without_redis(rkey, c, now)
+        rkey, c, now, tail, early = self._one_start(False, key, cost)
         if early is not None:
             return early
         calls = self._b.calls
@@ -197,9 +202,7 @@ class Remote:
     # -- asyncio ------------------------------------------------------------------------------
     async def try_acquire_async(self, key: Any, cost: float = 1) -> bool:
         """``try_acquire`` for an asyncio client."""
-        c, now, tail = self._start(True, cost)
-        rkey = self._prefix + key_text(key) + "}"
-        early = self._without_redis(rkey, c, now)
+        rkey, c, now, tail, early = self._one_start(True, key, cost)
         if early is not None:
             return early
         calls = self._b.calls
