@@ -23,7 +23,7 @@ try:
 except ImportError as exc:  # pragma: no cover - the extra is installed wherever tests run
     raise ImportError("gameguard.redis needs redis-py: pip install gameguard[redis]") from exc
 
-from ._calls import AsyncCalls, ClientCalls, OwnConnections, connection_settings
+from ._calls import AsyncCalls, ClientCalls, OwnAsyncConnections, OwnConnections
 from .._checks import check_int, check_name, check_positive
 from .._log import logger
 from .._registry import register
@@ -176,13 +176,9 @@ class RedisBackend:
             if self.is_cluster:
                 return ClientCalls(client)
             return OwnConnections(client, self.timeout, Retry(NoBackoff(), 0))
-        if not self.is_cluster:
-            settings = connection_settings(client, self.timeout,
-                                           redis.asyncio.retry.Retry(NoBackoff(), 0))
-            pool = redis.asyncio.ConnectionPool(
-                connection_class=client.connection_pool.connection_class, **settings)
-            client = redis.asyncio.Redis(connection_pool=pool)
-        return AsyncCalls(client, self.timeout, bound=self.is_cluster)
+        if self.is_cluster:
+            return AsyncCalls(client, self.timeout)
+        return OwnAsyncConnections(client, self.timeout, redis.asyncio.retry.Retry(NoBackoff(), 0))
 
     def close(self) -> None:
         """Release the backend's own connections (a cluster client stays the caller's)."""
@@ -191,9 +187,8 @@ class RedisBackend:
 
     async def aclose(self) -> None:
         """``close()`` for an asyncio client."""
-        if self.is_async and not self.is_cluster:
-            await self.calls.client.aclose()
-            await self.calls.client.connection_pool.disconnect()  # ours: aclose() spares it
+        if self.is_async:
+            await self.calls.aclose()
 
     # -- what the bound limiters report ----------------------------------------------------
     def _count(self, field: str, n: int = 1) -> None:

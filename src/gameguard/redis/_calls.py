@@ -2,11 +2,10 @@
 
 ``decide(rkey, tail)`` is one decision (EVALSHA, or EVAL with ``by_sha=False``: the NOSCRIPT
 retry), ``decide_many(rkeys, tail)`` one pipelined round trip with errors in place.
-A plain sync client gets connections of the backend's own, kept on a free list: redis-py's
-pool and retry wrapper cost more CPU than the round trip's own work, and the backend wants
-neither (it never replays a command, and bounds each call with the socket timeout). A
-cluster client is used as given, for its slot routing and redirects; an asyncio client goes
-through redis-py with the same timeouts.
+A plain client (sync or asyncio) gets connections of the backend's own, kept on a free
+list: redis-py's pool and retry wrapper cost more CPU than the round trip's own work, and
+the backend wants neither (it never replays a command, and bounds each call with the socket
+timeout). A cluster client is used as given, for its slot routing and redirects.
 """
 from __future__ import annotations
 
@@ -33,12 +32,10 @@ def _bulk(arg: Any) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(b), b)
 
 
-class OwnConnections:
-    """Connections of the backend's own to one plain Redis: at most as many as calls ever ran
-    at once. A connection whose call failed in transit is dropped (its socket state is
-    unknown); a Redis error reply leaves it usable. Decisions are packed here, the constant
-    part of each once (the SHA, the limiter's settings), since redis-py's packer costs as
-    much CPU as the rest of the decision."""
+class _Packed:
+    """Decisions packed here, the constant part of each once (the SHA, the limiter's
+    settings): redis-py's packer costs as much CPU as the rest of a decision. Connections
+    of the backend's own, on a free list: at most as many as calls ever ran at once."""
 
     def __init__(self, client: Any, timeout: float, retry: Any) -> None:
         self._class = client.connection_pool.connection_class
@@ -52,15 +49,28 @@ class OwnConnections:
         except IndexError:
             return self._class(**self._kwargs)  # connects on its first command
 
-    def _packed(self, head: bytes, rkey: str, tail: Tuple[str, ...]) -> bytes:
+    def _packed(self, rkeys: Sequence[str], tail: Tuple[str, ...], by_sha: bool) -> bytes:
         packed = self._tails.get(tail)
         if packed is None:
             if len(self._tails) > 256:  # tails vary with cost and client time: stay bounded
                 self._tails.clear()
             packed = self._tails[tail] = b"".join(map(_bulk, tail))
-        return b"*%d\r\n%s%s%s" % (len(tail) + 4, head, _bulk(rkey), packed)
+        head = b"*%d\r\n%s" % (len(tail) + 4, _SHA_HEAD if by_sha else _EVAL_HEAD)
+        return b"".join(b"%s%s%s" % (head, _bulk(k), packed) for k in rkeys)
 
-    def _send(self, packed: Sequence[bytes], replies: int) -> List[Any]:
+
+def _first(replies: List[Any]) -> Any:
+    if isinstance(replies[0], ResponseError):
+        raise replies[0]
+    return replies[0]
+
+
+class OwnConnections(_Packed):
+    """Connections of the backend's own to one plain Redis (sync). A connection whose call
+    failed in transit is dropped (its socket state is unknown); a Redis error reply leaves
+    it usable."""
+
+    def _send(self, packed: bytes, replies: int) -> List[Any]:
         conn = self._take()
         out: List[Any] = []
         try:
@@ -77,19 +87,47 @@ class OwnConnections:
         return out
 
     def decide(self, rkey: str, tail: Tuple[str, ...], by_sha: bool = True) -> Any:
-        reply = self._send([self._packed(_SHA_HEAD if by_sha else _EVAL_HEAD, rkey, tail)], 1)[0]
-        if isinstance(reply, ResponseError):
-            raise reply
-        return reply
+        return _first(self._send(self._packed([rkey], tail, by_sha), 1))
 
     def decide_many(self, rkeys: Sequence[str], tail: Tuple[str, ...],
                     by_sha: bool = True) -> List[Any]:
-        head = _SHA_HEAD if by_sha else _EVAL_HEAD
-        return self._send([b"".join(self._packed(head, k, tail) for k in rkeys)], len(rkeys))
+        return self._send(self._packed(rkeys, tail, by_sha), len(rkeys))
 
     def close(self) -> None:
         while self._idle:
             self._idle.pop().disconnect()
+
+
+class OwnAsyncConnections(_Packed):
+    """:class:`OwnConnections` for asyncio: a call cancelled in flight drops its connection
+    (the reply it was waiting for must not be read as another call's)."""
+
+    async def _send(self, packed: bytes, replies: int) -> List[Any]:
+        conn = self._take()
+        out: List[Any] = []
+        try:
+            await conn.send_packed_command(packed)
+            for _ in range(replies):
+                try:
+                    out.append(await conn.read_response())
+                except ResponseError as exc:
+                    out.append(exc)
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+        self._idle.append(conn)
+        return out
+
+    async def decide(self, rkey: str, tail: Tuple[str, ...], by_sha: bool = True) -> Any:
+        return _first(await self._send(self._packed([rkey], tail, by_sha), 1))
+
+    async def decide_many(self, rkeys: Sequence[str], tail: Tuple[str, ...],
+                          by_sha: bool = True) -> List[Any]:
+        return await self._send(self._packed(rkeys, tail, by_sha), len(rkeys))
+
+    async def aclose(self) -> None:
+        while self._idle:
+            await self._idle.pop().disconnect()
 
 
 def _command(rkey: str, tail: Tuple[str, ...], by_sha: bool) -> Tuple[Any, ...]:
@@ -118,26 +156,25 @@ class ClientCalls:
 
 
 class AsyncCalls:
-    """Decisions through a redis.asyncio client; ``bound``: also bound each by ``timeout``
-    here (a cluster client is the caller's, with its own socket settings)."""
+    """Decisions through a redis.asyncio cluster client, each also bounded by ``timeout``
+    here (the client is the caller's, with its own socket settings)."""
 
-    def __init__(self, client: Any, timeout: float, bound: bool) -> None:
-        self.client, self.timeout, self.bound = client, timeout, bound
-
-    async def _bounded(self, awaitable: Any) -> Any:
-        if self.bound:
-            return await asyncio.wait_for(awaitable, self.timeout)
-        return await awaitable
+    def __init__(self, client: Any, timeout: float) -> None:
+        self.client, self.timeout = client, timeout
 
     async def decide(self, rkey: str, tail: Tuple[str, ...], by_sha: bool = True) -> Any:
-        return await self._bounded(self.client.execute_command(*_command(rkey, tail, by_sha)))
+        return await asyncio.wait_for(
+            self.client.execute_command(*_command(rkey, tail, by_sha)), self.timeout)
 
     async def decide_many(self, rkeys: Sequence[str], tail: Tuple[str, ...],
                           by_sha: bool = True) -> List[Any]:
         pipe = self.client.pipeline(transaction=False)
         for rkey in rkeys:
             pipe.execute_command(*_command(rkey, tail, by_sha))
-        return list(await self._bounded(pipe.execute(raise_on_error=False)))
+        return list(await asyncio.wait_for(pipe.execute(raise_on_error=False), self.timeout))
+
+    async def aclose(self) -> None:
+        """The caller's client stays the caller's to close."""
 
 
 _SHA_HEAD = _bulk("EVALSHA") + _bulk(SHA) + _bulk("1")

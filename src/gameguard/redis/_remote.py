@@ -145,7 +145,8 @@ class Remote:
         return [self._fallback(k, cost, now) if isinstance(r, BaseException)
                 else self._take(k, cost, now, r) for k, r in zip(rkeys, raws)]
 
-    def _one_start(self, asynchronous: bool, key: Any, cost: Any) -> Any:
+    def _one_start(self, asynchronous: bool, key: Any, cost: Any
+                   ) -> Tuple[str, float, float, Tuple[str, ...], Optional[bool]]:
         """Checks, then ``(redis key, cost, now, tail, decision)``: the decision taken
         without Redis, or None."""
         c, now, tail = self._start(asynchronous, cost)
