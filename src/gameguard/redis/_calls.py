@@ -74,7 +74,7 @@ class OwnConnections(_Packed):
         conn = self._take()
         out: List[Any] = []
         try:
-            conn.send_packed_command(packed)
+            conn.send_packed_command([packed])
             for _ in range(replies):
                 try:
                     out.append(conn.read_response())
@@ -106,7 +106,7 @@ class OwnAsyncConnections(_Packed):
         conn = self._take()
         out: List[Any] = []
         try:
-            await conn.send_packed_command(packed)
+            await conn.send_packed_command([packed])
             for _ in range(replies):
                 try:
                     out.append(await conn.read_response())
