@@ -252,3 +252,19 @@ def test_async_cluster(redis_cluster: List[RedisServer]) -> None:
         await client.aclose()
 
     asyncio.run(main())
+
+
+def test_async_connections_stay_bounded(redis_server: RedisServer) -> None:
+    """300 coroutines deciding at once share at most 64 connections, and decide exactly."""
+    async def main() -> None:
+        client = redis.asyncio.Redis(port=redis_server.port, client_name="crowd")
+        backend = RedisBackend(client, prefix=prefix(), timeout=5.0,
+                               fallback="raise")  # Redis decides every one
+        lim = gg.KeyedLimiter(1e-6, 100, name="crowd", backend=backend)
+        results = await asyncio.gather(*(lim.try_acquire_async("hot") for _ in range(300)))
+        assert sum(results) == 100
+        clients = redis.Redis(port=redis_server.port).client_list()
+        assert 1 <= len([c for c in clients if c["name"] == "crowd"]) <= 64  # its settings
+        await backend.aclose()
+
+    asyncio.run(main())

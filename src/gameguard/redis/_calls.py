@@ -10,7 +10,8 @@ timeout). A cluster client is used as given, for its slot routing and redirects.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Dict, List, Sequence, Tuple
+import collections
+from typing import Any, Deque, Dict, List, Sequence, Tuple
 
 from redis.exceptions import ResponseError
 
@@ -99,11 +100,43 @@ class OwnConnections(_Packed):
 
 
 class OwnAsyncConnections(_Packed):
-    """:class:`OwnConnections` for asyncio: a call cancelled in flight drops its connection
-    (the reply it was waiting for must not be read as another call's)."""
+    """:class:`OwnConnections` for asyncio, at most ``limit`` of them (thousands of player
+    coroutines must not open thousands of sockets): past it a call waits for one to be
+    handed over. A call that fails or is cancelled in flight disconnects its connection
+    (the reply it was waiting for must not be read as another call's), which reconnects
+    on its next use."""
+
+    def __init__(self, client: Any, timeout: float, retry: Any, limit: int = 64) -> None:
+        super().__init__(client, timeout, retry)
+        pool_limit = client.connection_pool.max_connections
+        self._left = min(limit, pool_limit) if pool_limit else limit  # may still be created
+        self._waiters: Deque["asyncio.Future[Any]"] = collections.deque()
+
+    async def _take_async(self) -> Any:
+        if self._idle:
+            return self._idle.pop()
+        if self._left > 0:
+            self._left -= 1
+            return self._class(**self._kwargs)
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():  # handed over as we were cancelled
+                self._give(waiter.result())
+            raise
+
+    def _give(self, conn: Any) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        self._idle.append(conn)
 
     async def _send(self, packed: bytes, replies: int) -> List[Any]:
-        conn = self._take()
+        conn = await self._take_async()
         out: List[Any] = []
         try:
             await conn.send_packed_command([packed])
@@ -115,7 +148,8 @@ class OwnAsyncConnections(_Packed):
         except BaseException:
             await conn.disconnect(nowait=True)
             raise
-        self._idle.append(conn)
+        finally:
+            self._give(conn)
         return out
 
     async def decide(self, rkey: str, tail: Tuple[str, ...], by_sha: bool = True) -> Any:
