@@ -195,7 +195,7 @@ def test_backend_validation(redis_server: RedisServer) -> None:
     client = redis.Redis(port=redis_server.port)
     bad = [dict(fallback="maybe"), dict(fallback_share=0), dict(fallback_share=1.5),
            dict(timeout=0), dict(lease=-1), dict(lease=2.5), dict(server_time="yes"),
-           dict(prefix=3), dict(lease_ttl=0), dict(probe_interval=-1)]
+           dict(prefix=3), dict(prefix="{game}:"), dict(lease_ttl=0), dict(probe_interval=-1)]
     for kwargs in bad:
         name = next(iter(kwargs))
         with pytest.raises(ConfigurationError, match=name):
@@ -204,6 +204,8 @@ def test_backend_validation(redis_server: RedisServer) -> None:
         RedisBackend("redis://127.0.0.1")
     with pytest.raises(ConfigurationError, match="backend"):
         gg.KeyedLimiter(1, backend=object())
+    with pytest.raises(ConfigurationError, match="name without braces"):
+        gg.KeyedLimiter(1, name="casts{1}", backend=RedisBackend(client))
 
 
 def test_registered_and_reports(redis_server: RedisServer) -> None:

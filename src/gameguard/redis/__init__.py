@@ -84,10 +84,11 @@ class RedisBackend:
     """Redis as the shared store of :class:`~gameguard.KeyedLimiter` buckets.
 
     ``client`` is a ``redis.Redis`` / ``redis.RedisCluster`` (use ``try_acquire``) or a
-    ``redis.asyncio`` one (use ``await try_acquire_async``). A plain client's settings are
-    copied onto a pool of the backend's own whose calls time out after ``timeout`` seconds
-    and are never replayed; a cluster client is used as given (set its ``socket_timeout``).
-    Nothing touches the network before the first decision.
+    ``redis.asyncio`` one (use ``await try_acquire_async``). A plain client's connection
+    settings are copied onto connections of the backend's own, whose calls time out after
+    ``timeout`` seconds and are never replayed (an asyncio backend opens at most 64); a
+    cluster client is used as given (set its ``socket_timeout``; asyncio calls are also
+    bounded by ``timeout``). Nothing touches the network before the first decision.
 
     Keys live under ``{prefix}{limiter name}:{{key}}`` (one hash tag per key: one Cluster
     slot) and expire once idle and full. ``server_time=True`` reads Redis's ``TIME``;
@@ -113,8 +114,10 @@ class RedisBackend:
             raise ConfigurationError(
                 "client must be a redis.Redis, redis.RedisCluster or their redis.asyncio "
                 f"counterparts, got {client!r}")
-        if not isinstance(prefix, str):
-            raise ConfigurationError(f"prefix must be a str, got {prefix!r}")
+        if not isinstance(prefix, str) or "{" in prefix or "}" in prefix:
+            raise ConfigurationError(
+                f"prefix must be a str without braces (they would replace each key's own "
+                f"hash tag and put every key on one Cluster slot), got {prefix!r}")
         if fallback not in FALLBACKS:
             raise ConfigurationError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
         share = check_positive("fallback_share", fallback_share)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Iterable, List, Optional, Sequence, Tuple
 from redis.exceptions import NoScriptError
 
 from .. import _impl
+from ..errors import ConfigurationError
 from ..ratelimit._common import check_cost
 from ..ratelimit.keyed import PROCESS_SEED
 from . import _ERRORS, _KEEP_CLIENT_MS, _KEEP_SERVER_MS, key_text
@@ -32,6 +33,10 @@ class Remote:
     """The backend side of one limiter: its script arguments, leases and local fallback."""
 
     def __init__(self, backend: "RedisBackend", limiter: "KeyedLimiter") -> None:
+        if "{" in limiter.name or "}" in limiter.name:
+            raise ConfigurationError(
+                f"a limiter deciding in Redis needs a name without braces (they would replace "
+                f"each key's hash tag), got {limiter.name!r}")
         self._b = backend
         self._kind = 0 if limiter.kind == "token" else 1
         self._prefix = f"{backend.prefix}{limiter.name}:{{"
