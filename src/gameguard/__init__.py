@@ -5,8 +5,7 @@ Circuit breakers, rate limiters, hot-key caching and sagas, usable as decorators
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from ._hints import TYPE_CHECKING
 from ._impl import USE_EXTENSIONS
 from .breaker import AdaptiveThrottle, CircuitBreaker
 from .bulkhead import Bulkhead

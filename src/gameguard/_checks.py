@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
-
+from ._hints import TYPE_CHECKING
 from ._names import default_name
 from .clock import Clock, monotonic
 from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from typing import Any, Optional
 
 __all__ = ["check_name", "check_positive", "check_non_negative", "check_int", "check_clock",
            "check_callable"]

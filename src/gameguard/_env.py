@@ -5,7 +5,10 @@ It stands alone (no package imports) so that ``setup.py`` can load it from the s
 from __future__ import annotations
 
 import os
-from typing import Mapping
+
+TYPE_CHECKING = False  # not from ._hints: this file is loaded outside the package
+if TYPE_CHECKING:
+    from typing import Mapping
 
 __all__ = ["extensions_disabled"]
 

@@ -7,13 +7,15 @@ here *at construction*, so ``use("pure")`` (tests, debugging) affects objects bu
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
-from types import ModuleType
-from typing import Dict, Iterator, Optional
 
 from ._env import extensions_disabled
+from ._hints import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from types import ModuleType
+    from typing import Dict, Optional
 
 __all__ = ["USE_EXTENSIONS", "FAST_AVAILABLE", "kernel", "use", "active"]
 
@@ -66,16 +68,26 @@ def kernel(name: str) -> ModuleType:
         raise ImportError(f"kernel {name!r} has no {_active} twin: {exc}") from exc
 
 
-@contextlib.contextmanager
-def use(which: str) -> Iterator[None]:
-    """Build objects with the ``"fast"`` or ``"pure"`` kernels inside this block."""
-    global _active
-    if which not in ("fast", "pure"):
-        raise ValueError(f"which must be 'fast' or 'pure', got {which!r}")
-    if which == "fast" and not any(FAST_MODULES.values()):
-        raise ImportError("the compiled kernels are not built (pip install with a C compiler)")
-    previous, _active = _active, which
-    try:
-        yield
-    finally:
-        _active = previous
+class use:
+    """``with use("fast" | "pure"):`` builds objects with those kernels inside the block.
+
+    A class rather than ``contextlib.contextmanager``: contextlib would cost every
+    ``import gameguard`` a millisecond for a helper only tests use.
+    """
+
+    def __init__(self, which: str) -> None:
+        if which not in ("fast", "pure"):
+            raise ValueError(f"which must be 'fast' or 'pure', got {which!r}")
+        if which == "fast" and not any(FAST_MODULES.values()):
+            raise ImportError(
+                "the compiled kernels are not built (pip install with a C compiler)")
+        self._which = which
+        self._previous = _active
+
+    def __enter__(self) -> None:
+        global _active
+        self._previous, _active = _active, self._which
+
+    def __exit__(self, *exc: object) -> None:
+        global _active
+        _active = self._previous

@@ -7,7 +7,7 @@ holding a module-level ``logging.getLogger`` result.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from ._hints import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from logging import Logger

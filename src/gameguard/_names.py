@@ -6,7 +6,10 @@ every host that builds its objects in the same order; an ``id()`` never is.
 from __future__ import annotations
 
 import threading
-from typing import Dict
+from ._hints import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Dict
 
 __all__ = ["default_name"]
 

@@ -7,9 +7,11 @@ to it raises ``AttributeError`` instead of being silently ignored.
 """
 from __future__ import annotations
 
-from typing import Any, Collection, Dict, Mapping
-
+from ._hints import TYPE_CHECKING
 from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from typing import Any, Collection, Dict, Mapping
 
 __all__ = ["merge", "live_setting", "fixed_setting"]
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import collections
+import collections.abc
 import math
 import os
 import threading
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
-
+from ._hints import TYPE_CHECKING
 from . import _impl
 from .clock import Clock
 from .errors import CircuitOpenError, ConfigurationError
@@ -16,10 +16,14 @@ from ._settings import fixed_setting, live_setting, merge
 from .guard import Classifier, ExceptionSpec, Guard
 from ._log import logger
 
+if TYPE_CHECKING:
+    from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+
 __all__ = ["CircuitBreaker", "AdaptiveThrottle", "BreakerListener"]
 
 
-BreakerListener = Callable[["CircuitBreaker", str, str], Any]
+#: ``listener(breaker, old_state, new_state)``; its result is ignored
+BreakerListener = collections.abc.Callable[["CircuitBreaker", str, str], object]
 
 
 def _check_rate(param: str, value: Any) -> float:

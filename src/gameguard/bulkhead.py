@@ -4,8 +4,7 @@ from __future__ import annotations
 import collections
 import math
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Optional, Tuple
-
+from ._hints import TYPE_CHECKING
 from . import _impl
 from .clock import Clock
 from .errors import BulkheadFullError, ConfigurationError
@@ -16,6 +15,7 @@ from ._settings import live_setting, merge
 from .guard import Guard
 
 if TYPE_CHECKING:
+    from typing import Any, Callable, Deque, Dict, Optional, Tuple
     import asyncio
 
 __all__ = ["Bulkhead"]

@@ -9,7 +9,12 @@ from __future__ import annotations
 import math
 import threading
 import time
-from typing import Awaitable, Callable, Optional
+from collections.abc import Callable
+
+from ._hints import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Awaitable, Optional
 
 __all__ = ["Clock", "ManualClock", "monotonic", "sleeper", "async_sleeper"]
 

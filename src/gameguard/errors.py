@@ -5,7 +5,10 @@ user's own exception always passes through a guard unchanged.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from ._hints import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any, Optional, Sequence
 
 __all__ = [
     "GameGuardError",

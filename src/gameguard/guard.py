@@ -18,22 +18,27 @@ changes: both wrappers, ``with`` and ``pipeline`` only ever talk to those hooks.
 """
 from __future__ import annotations
 
-from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Optional, Protocol, Sequence,
-                    Tuple, Type, TypeVar, Union, cast, overload)
+from collections.abc import Callable
 
 from . import _impl
 from .clock import Clock, monotonic
 from ._checks import check_callable, check_clock
 from .errors import ConfigurationError, RejectedError
+from ._hints import TYPE_CHECKING, Protocol, cast, overload
 from ._log import logger
+
+if TYPE_CHECKING:
+    from typing import Any, Awaitable, Optional, Sequence, Tuple, TypeVar
+
+    F = TypeVar("F", bound=Callable[..., Any])
+    G = TypeVar("G")
 
 __all__ = ["Guard", "GuardHooks", "Pipeline", "pipeline", "Classifier", "ExceptionSpec"]
 
 
-F = TypeVar("F", bound=Callable[..., Any])
-G = TypeVar("G")
-ExceptionSpec = Union[Type[BaseException], Tuple[Type[BaseException], ...],
-                      Callable[[BaseException], bool]]
+#: what ``record=``/``ignore=`` take: exception types, or a predicate on the exception
+ExceptionSpec = (type[BaseException] | tuple[type[BaseException], ...]
+                 | Callable[[BaseException], bool])
 
 _k = _impl.kernel("kernel")  # constants are the same in both twins
 SUCCESS: int = _k.SUCCESS
@@ -154,7 +159,7 @@ def _wrap(func: F, guards: Sequence["Guard"], fallback: Optional[Callable[..., A
     if any(g._call is not call for g in guards):  # mixed twins: the pure wrapper takes any
         from ._pure import call
     wrap = call.wrap_async if _is_async_callable(func) else call.wrap_sync
-    return cast(F, wrap(func, tuple(guards), guards[0]._clock, fallback))
+    return cast("F", wrap(func, tuple(guards), guards[0]._clock, fallback))
 
 
 class _GuardMixin(_Base):

@@ -17,12 +17,8 @@ from __future__ import annotations
 
 import functools
 import os
-import random
 import threading
-import typing
-from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Coroutine, Dict, Generic,
-                    Hashable, List, Optional, Protocol, Set, Tuple, overload)
-
+from ._hints import TYPE_CHECKING, Generic, Protocol, overload
 from . import _impl
 from ._checks import check_clock, check_int, check_name, check_non_negative, check_positive
 from ._loop import warn_if_loop_thread
@@ -32,6 +28,8 @@ from ._log import logger
 
 if TYPE_CHECKING:
     import asyncio
+    from typing import (Any, Awaitable, Callable, Coroutine, Dict, Hashable, List, Optional,
+                        Set, Tuple)
 
     from typing_extensions import ParamSpec, TypeVar
 
@@ -40,10 +38,16 @@ if TYPE_CHECKING:
     K = TypeVar("K", bound=Hashable)
     P = ParamSpec("P")
 else:  # annotation-only names stay out of the import (typing_extensions costs milliseconds)
-    V = typing.TypeVar("V")
+    V = None  # only subscripts the run-time stand-in of Generic
 
 __all__ = ["HotKeyCache", "ABSENT"]
 
+
+
+def _seeded_random(seed: Optional[int]) -> Callable[[], float]:
+    import random  # on first use: it costs milliseconds at import (hashlib, bisect)
+
+    return random.Random(seed).random
 
 
 class _Absent:
@@ -209,7 +213,7 @@ class HotKeyCache(Generic[V]):
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little")
         self.seed = seed & ((1 << 64) - 1)
-        self._rng: Callable[[], float] = rng if rng is not None else random.Random(seed).random
+        self._rng: Callable[[], float] = rng if rng is not None else _seeded_random(seed)
         mod = _impl.kernel("cachetable")
         self._kmod = mod
         self._callmod = _impl.kernel("cachecall")

@@ -23,22 +23,24 @@ from __future__ import annotations
 
 import functools
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple
-
+from .._hints import TYPE_CHECKING
 from ..clock import monotonic
 from .kernel import IGNORED, SUCCESS
 from .._log import logger
 
 if TYPE_CHECKING:
+    from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+    from ..clock import Clock
     from ..guard import GuardHooks
+
+    Guards = Sequence[GuardHooks]
 
 # the twin API (the same names as the compiled module); the protocol functions below are the
 # Python implementation guard.py and the compiled waiting paths call
 __all__ = ["GuardBase", "monotonic", "new_rejection", "wrap_async", "wrap_sync"]
 
 
-Guards = Sequence["GuardHooks"]
-Clock = Callable[[], float]
 
 
 def new_rejection(cls: type, message: str, retry_after: Optional[float],

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, TypeVar, overload
-
+from .._hints import TYPE_CHECKING, overload
 from ..errors import ConfigurationError
 from .._checks import check_non_negative, check_positive
 from ..guard import Guard
 
 if TYPE_CHECKING:
+    from typing import Any, Callable, Iterable, Mapping, Optional, TypeVar
     F = TypeVar("F", bound=Callable[..., Any])
 
 

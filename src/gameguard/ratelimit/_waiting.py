@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
-
+from .._hints import TYPE_CHECKING
 from ..clock import async_sleeper, sleeper
 from ..errors import ConfigurationError, RateLimitExceeded
 from .._loop import warn_if_loop_thread
@@ -14,6 +13,7 @@ from ._common import (CostOneGuard, Setting, changed, check_cost, check_rate_cap
                       check_timeout, guard_cost_error, retry)
 
 if TYPE_CHECKING:
+    from typing import Any, Dict, List, Optional
     import asyncio
 
 _EPS = 2.220446049250313e-16

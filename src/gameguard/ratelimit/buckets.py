@@ -1,14 +1,16 @@
 """Single buckets: :class:`TokenBucket` and :class:`LeakyBucket`."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional
-
+from .._hints import TYPE_CHECKING
 from .. import _impl
 from ..clock import Clock
 from ..errors import ConfigurationError
 from .._checks import check_name, check_non_negative
 from ._common import check_rate_capacity
 from ._waiting import _PacedGuard
+
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, Optional
 
 
 class TokenBucket(_PacedGuard):

@@ -1,13 +1,17 @@
 """The MOBA limiter: :class:`HybridLimiter` (burst tokens and a steady drain over one budget)."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from collections.abc import Mapping
 
+from .._hints import TYPE_CHECKING
 from .. import _impl
 from ..clock import Clock
 from ..errors import ConfigurationError, RateLimitExceeded
 from .._checks import check_int, check_name, check_positive
 from ._common import CostOneGuard, Setting, check_cost, guard_cost_error, retry
+
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, List, Optional
 
 _KINDS = {"burst": 0, "steady": 1}
 

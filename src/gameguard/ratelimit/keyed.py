@@ -4,9 +4,7 @@ from __future__ import annotations
 import functools
 import os
 import math
-from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, TypeVar, cast,
-                    overload)
-
+from .._hints import TYPE_CHECKING, cast, overload
 from .. import _impl
 from ..clock import Clock
 from ..errors import ConfigurationError, RateLimitExceeded
@@ -16,6 +14,7 @@ from ._common import (CostOneGuard, Setting, changed, check_cost, check_rate_cap
                       guard_cost_error, retry)
 
 if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, Iterable, List, Optional, TypeVar
     from typing_extensions import ParamSpec, Protocol
 
     P = ParamSpec("P")
