@@ -115,7 +115,7 @@ def test_slow_redis_times_out_and_is_never_replayed(redis_factory: Factory,
     try:
         started = time.monotonic()
         assert not lim.try_acquire("p")  # denied by the fallback, not stuck
-        assert time.monotonic() - started < 0.1 + 0.3
+        assert time.monotonic() - started < 0.1 + 0.5  # the timeout, plus a loaded machine
         assert "no answer within timeout=0.1" in str(lim.backend.last_error)
     finally:
         os.kill(server.proc.pid, signal.SIGCONT)
@@ -167,7 +167,7 @@ def test_stopped_then_restarted_keeps_the_fleet_bound(redis_factory: Factory) ->
         t.join(10)
     elapsed = time.monotonic() - started
     assert not errors
-    assert max(worst) < 0.05 + 0.25, "a call waited past the breaker timeout"
+    assert max(worst) < 0.05 + 0.5, "a call waited past the breaker timeout (+ scheduling)"
     assert all(s["fallback_decisions"] > 0 for s in down_stats)
     assert all(lim.backend.available for lim in lims), "back on Redis after the restart"
     after = [lim.backend.stats()["round_trips"] - s["round_trips"]
