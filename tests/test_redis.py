@@ -157,7 +157,7 @@ def test_async_client(redis_server: RedisServer) -> None:
         assert await cast("k") == "cast"
         with pytest.raises(RateLimitExceeded) as info:
             await cast("k")
-        assert info.value.key == "k" and info.value.retry_after is None
+        assert info.value.key == "k" and info.value.retry_after == 1.0  # Redis's answer
         await lim.backend.aclose()
 
     asyncio.run(main())
@@ -180,8 +180,10 @@ def test_decorator_bind_configure_and_bad_cost(redis_server: RedisServer) -> Non
         return "cast"
 
     assert cast("a") == cast("a") == "cast"
-    with pytest.raises(RateLimitExceeded):
+    clock.advance(0.25)
+    with pytest.raises(RateLimitExceeded) as info:
         cast("a")
+    assert info.value.retry_after == 0.75 and info.value.key == "a"
     with pytest.raises(ConfigurationError, match="bind"):
         lim.bind("a")
     with pytest.raises(ConfigurationError, match="cost"):

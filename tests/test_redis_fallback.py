@@ -51,6 +51,7 @@ def test_unreachable_falls_back_locally_at_the_share(caplog: pytest.LogCaptureFi
     lim = limiter(unreachable(), 10, 4, clock=clock, fallback_share=0.5)  # no network yet
     assert lim.backend.available
     assert [lim.try_acquire("p") for _ in range(3)] == [True, True, False]  # 0.5 × 4
+    assert lim._remote.last_wait() == 0.2  # the local limiter refills at 0.5 × 10/s
     clock.advance(0.1)  # 0.5 × 10/s: half a token
     assert not lim.try_acquire("p")
     clock.advance(0.1)

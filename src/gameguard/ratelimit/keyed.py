@@ -235,8 +235,9 @@ class KeyedLimiter(CostOneGuard):
         return _KeyGuard(self, key)
 
     def _exceeded(self, key: Any, now: float, cost: float) -> RateLimitExceeded:
-        # with a backend the key's state is remote: no local estimate of the wait
-        wait = None if self._remote is not None else retry(self._table.delay_at(now, key, cost))
+        # with a backend, the wait its reply to this thread's refused call gave
+        wait = retry(self._table.delay_at(now, key, cost)) if self._remote is None \
+            else self._remote.last_wait()
         return RateLimitExceeded(f"rate limit {self.name!r} exceeded for key {key!r}",
                                  retry_after=wait, name=self.name, key=key)
 

@@ -47,6 +47,7 @@ class Remote:
         self._lock = threading.Lock()
         self._keep = str(_KEEP_SERVER_MS if backend.server_time else _KEEP_CLIENT_MS)
         self.leased_decisions = 0
+        self._refused = threading.local()  # .wait: the retry_after of this thread's last refusal
         self._local: Any = None
         self.configure(limiter.rate, limiter.capacity)
 
@@ -113,7 +114,14 @@ class Remote:
                 if len(self._leases) >= _SWEEP_AT:
                     self._sweep(now)
                 self._leases[rkey] = [granted - cost, now + self._b.lease_ttl]
+        elif granted <= 0.0:
+            self._refused.wait = -granted
         return granted > 0.0
+
+    def last_wait(self) -> Optional[float]:
+        """Seconds until this thread's last refused call could have gone (None: unknown,
+        e.g. refused by ``fallback="deny"``): the ``retry_after`` of its rejection."""
+        return getattr(self._refused, "wait", None)
 
     def _sweep(self, now: float) -> None:
         leases = self._leases
@@ -126,8 +134,13 @@ class Remote:
         b = self._b
         b._count("fallback_decisions")
         b._count("decisions")
+        self._refused.wait = None
         if b.fallback == "local":
-            return cost <= self._local_capacity and bool(self._local.acquire_at(now, rkey, cost))
+            if cost <= self._local_capacity and self._local.acquire_at(now, rkey, cost):
+                return True
+            if cost <= self._local_capacity:
+                self._refused.wait = float(self._local.delay_at(now, rkey, cost))
+            return False
         if b.fallback == "raise":
             raise b._unavailable()
         return b.fallback == "allow"
