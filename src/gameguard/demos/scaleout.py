@@ -156,7 +156,8 @@ def run(seed: int = 7, out: Callable[[str], Any] = print) -> Dict[str, Any]:
         f"{RATE:.0f}/s × {span:.1f} s = {CAPACITY + RATE * span:.0f}, + {CAPACITY:.0f} per "
         f"switch (local buckets and the restarted Redis start full);")
     out(f"   per-process limiters would have let through up to "
-        f"{2 * (CAPACITY + RATE * span):.0f}. No error reached a handler.")
+        f"{2 * (CAPACITY + RATE * span):.0f}. No error reached a handler; each process logged "
+        "the outage once, at its start and its end (logger 'gameguard').")
     result["admitted"] = admitted
     return result
 
