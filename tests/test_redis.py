@@ -10,6 +10,8 @@ from typing import Any, List
 import pytest
 import redis
 import redis.asyncio
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from hypothesis import given, settings, strategies as st
 
 import gameguard as gg
@@ -218,8 +220,14 @@ def test_registered_and_reports(redis_server: RedisServer) -> None:
     b.close()
 
 
-def test_cluster_hash_tags_and_redirects(redis_cluster: List[RedisServer]) -> None:
+def test_cluster_hash_tags_and_redirects(redis_cluster: List[RedisServer],
+                                         caplog: pytest.LogCaptureFixture) -> None:
     client = redis.RedisCluster(host="127.0.0.1", port=redis_cluster[0].port)
+    RedisBackend(client)  # redis-py's default: retries, which could replay a timed-out call
+    assert "may be applied twice" in caplog.text
+    caplog.clear()
+    client = redis.RedisCluster(host="127.0.0.1", port=redis_cluster[0].port,
+                                retry=Retry(NoBackoff(), 0))
     clock = gg.ManualClock(0.0)
     lim = gg.KeyedLimiter(1, 2, clock=clock, name="lim", backend=RedisBackend(
         client, prefix="c:", server_time=False))
@@ -244,6 +252,7 @@ def test_cluster_hash_tags_and_redirects(redis_cluster: List[RedisServer]) -> No
         one, prefix="c:", server_time=False))
     assert [lim2.try_acquire(k) for k in keys] == [ref.try_acquire(k) for k in keys]
     assert lim.backend.stats()["errors"] == lim2.backend.stats()["errors"] == 0
+    assert "may be applied twice" in caplog.text  # `one` kept redis-py's default retries
 
 
 def test_async_cluster(redis_cluster: List[RedisServer]) -> None:

@@ -175,6 +175,13 @@ class RedisBackend:
     def _calls(self, client: Any) -> Any:
         """How commands go: the backend's own connections for a plain client (its settings,
         bounded by ``timeout``, never retried), the caller's client for a cluster."""
+        if self.is_cluster:
+            retry = getattr(client, "retry", None)
+            if retry is not None and retry.get_retries() > 0:
+                logger().warning(
+                    "gameguard: Redis backend %r: this cluster client retries failed calls "
+                    "(%d times): a timed-out decision may be applied twice; build it with "
+                    "retry=Retry(NoBackoff(), 0)", self.name, retry.get_retries())
         if not self.is_async:
             if self.is_cluster:
                 return ClientCalls(client)
