@@ -20,7 +20,7 @@ SOURCES := $(shell find src -name '*.py' -o -name '*.pyx' -o -name '*.pxd') pypr
 PYTEST_ARGS ?=
 TEST_ENV := GAMEGUARD_REQUIRE_EXTENSIONS=1 GAMEGUARD_WHEELHOUSE=$(abspath $(WHEELHOUSE))
 
-.PHONY: demo test check lint wheel install bench clean
+.PHONY: demo test check lint wheel install bench clean redis
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,13 @@ $(VENV)/.installed: $(VENV)/.deps $(SOURCES)
 	touch $@
 
 install: $(VENV)/.installed
+
+# Debian's redis-server, for the Redis tests (which start and stop their own servers on free
+# loopback ports): installed when missing (as root, like CI), its packaged service stopped
+redis:
+	@command -v redis-server >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server && \
+		(service redis-server stop || true); }
 
 demo: install
 	$(BIN)/python -m gameguard demo
@@ -68,11 +75,11 @@ $(WHEELHOUSE)/.done: $(BIN)/python pyproject.toml
 
 # pytest's console script, run from the repository: neither src/ nor the current directory is
 # on sys.path, so `import gameguard` is the installed wheel (tests/test_install.py checks it)
-test: lint $(WVENV)/.installed $(WHEELHOUSE)/.done
+test: redis lint $(WVENV)/.installed $(WHEELHOUSE)/.done
 	$(TEST_ENV) GAMEGUARD_TEST_TARGET=wheel GAMEGUARD_SDIST="$$(echo $(CURDIR)/dist/gameguard-*.tar.gz)" \
 		$(WBIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-check: install $(WHEELHOUSE)/.done
+check: redis install $(WHEELHOUSE)/.done
 	$(TEST_ENV) GAMEGUARD_TEST_TARGET=source $(BIN)/python -m pytest -q -p no:cacheprovider \
 		$(PYTEST_ARGS)
 

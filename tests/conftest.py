@@ -14,6 +14,7 @@ from typing import Callable, Iterator
 import pytest
 
 from gameguard import _impl
+from redis_servers import redis_cluster, redis_factory, redis_server  # noqa: F401 (fixtures)
 
 REQUIRE = os.environ.get("GAMEGUARD_REQUIRE_EXTENSIONS") == "1"
 

@@ -14,7 +14,7 @@ from ._common import (CostOneGuard, Setting, changed, check_cost, check_rate_cap
                       guard_cost_error, retry)
 
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, Optional, TypeVar
+    from typing import Any, Callable, Dict, Iterable, List, Optional, TypeVar
     from typing_extensions import ParamSpec, Protocol
 
     P = ParamSpec("P")
@@ -83,7 +83,7 @@ class KeyedLimiter(CostOneGuard):
                  max_keys: int = 1_000_000, idle_ttl: Optional[float] = None,
                  clock: Optional[Clock] = None, name: Optional[str] = None,
                  fallback: Optional[Callable[..., Any]] = None,
-                 seed: Optional[int] = None) -> None:
+                 seed: Optional[int] = None, backend: Optional[Any] = None) -> None:
         self._rate, self._capacity, self._idle_ttl = self._settings(rate, capacity, idle_ttl)
         if not isinstance(kind, str) or kind not in ("token", "leaky"):
             raise ConfigurationError(f"kind must be 'token' or 'leaky', got {kind!r}")
@@ -99,6 +99,23 @@ class KeyedLimiter(CostOneGuard):
         self._kernel = self._table
         #: ``try_acquire(key, cost=1) -> bool``: the kernel's own method
         self.try_acquire = self._table.try_acquire  # type: ignore[method-assign]
+        self.backend = backend
+        self._remote: Any = None
+        if backend is not None:
+            self._use_backend(backend)
+
+    def _use_backend(self, backend: Any) -> None:
+        """Decide through ``backend`` (e.g. :class:`gameguard.redis.RedisBackend`): its
+        ``bind(limiter)`` gives the ``try_acquire`` family, which replace the table's."""
+        if not callable(getattr(backend, "bind", None)):
+            raise ConfigurationError(
+                f"backend must be a shared-state backend such as "
+                f"gameguard.redis.RedisBackend, got {backend!r}")
+        remote = self._remote = backend.bind(self)
+        self.try_acquire = remote.try_acquire  # type: ignore[method-assign]
+        self.try_acquire_async = remote.try_acquire_async  # type: ignore[method-assign]
+        self.try_acquire_many = remote.try_acquire_many  # type: ignore[method-assign]
+        self.try_acquire_many_async = remote.try_acquire_many_async  # type: ignore[method-assign]
 
     @staticmethod
     def _settings(rate: Any, capacity: Any, idle_ttl: Any) -> tuple[float, float, Optional[float]]:
@@ -130,6 +147,8 @@ class KeyedLimiter(CostOneGuard):
         rate, capacity, ttl = self._settings(new["rate"], new["capacity"], new["idle_ttl"])
         self._check_bound([("capacity", capacity)])
         self._table.configure(self._now(), rate, capacity, math.inf if ttl is None else ttl)
+        if self._remote is not None:
+            self._remote.configure(rate, capacity)
         self._rate, self._capacity, self._idle_ttl = rate, capacity, ttl
 
     def _guard_error(self) -> Optional[ConfigurationError]:
@@ -138,6 +157,22 @@ class KeyedLimiter(CostOneGuard):
     def try_acquire(self, key: Any, cost: float = 1) -> bool:  # replaced per instance
         """Admit ``cost`` for ``key`` now; never waits. A new key starts full."""
         return bool(self._table.try_acquire(key, cost))
+
+    async def try_acquire_async(self, key: Any, cost: float = 1) -> bool:  # per instance too
+        """``try_acquire`` awaited: in-process it never waits; with an asyncio backend
+        client it is the one round trip."""
+        return bool(self._table.try_acquire(key, cost))
+
+    def try_acquire_many(self, keys: Iterable[Any], cost: float = 1) -> List[bool]:
+        """``try_acquire(key, cost)`` for each key, in order (with a backend: one pipelined
+        round trip for all of them)."""
+        acquire = self._table.try_acquire
+        return [bool(acquire(k, cost)) for k in keys]
+
+    async def try_acquire_many_async(self, keys: Iterable[Any],
+                                     cost: float = 1) -> List[bool]:
+        """``try_acquire_many`` awaited (asyncio backend clients)."""
+        return self.try_acquire_many(keys, cost)
 
     def retry_after(self, key: Any, cost: float = 1) -> float:
         """Seconds until ``try_acquire(key, cost)`` would succeed (0.0 if now)."""
@@ -192,13 +227,19 @@ class KeyedLimiter(CostOneGuard):
     def bind(self, key: Any) -> Guard:
         """A guard for one key: ``with limiter.bind(player_id):`` (cost 1 per call; a
         capacity below 1 is refused here, not on every call)."""
+        if self._remote is not None:
+            raise ConfigurationError(
+                f"{self.name!r} decides through {self.backend!r}: use try_acquire(key) or "
+                "@limiter.limit(key=...), not bind(key)")
         self._bind_cost(1.0)
         return _KeyGuard(self, key)
 
     def _exceeded(self, key: Any, now: float, cost: float) -> RateLimitExceeded:
-        return RateLimitExceeded(
-            f"rate limit {self.name!r} exceeded for key {key!r}",
-            retry_after=retry(self._table.delay_at(now, key, cost)), name=self.name, key=key)
+        # with a backend, the wait its reply to this thread's refused call gave
+        wait = retry(self._table.delay_at(now, key, cost)) if self._remote is None \
+            else self._remote.last_wait()
+        return RateLimitExceeded(f"rate limit {self.name!r} exceeded for key {key!r}",
+                                 retry_after=wait, name=self.name, key=key)
 
     def limit(self, key: Callable[..., Any], cost: float = 1,
               fallback: Optional[Callable[..., Any]] = None) -> "KeyedDecorator":
@@ -214,7 +255,10 @@ class KeyedLimiter(CostOneGuard):
         check_callable("fallback", fallback)
         self._bind_cost(c)
         fb = fallback if fallback is not None else self._fallback
-        acquire = self._table.try_acquire
+        acquire = self.try_acquire  # the table's own method, or the backend's
+        # an asyncio backend client decides by awaiting; everything else answers at once
+        acquire_async = self.try_acquire_async if getattr(self.backend, "is_async", False) \
+            else None
 
         def decorate(func: Callable[P, R]) -> Callable[P, R]:
             _check_decoratable(func)
@@ -222,15 +266,27 @@ class KeyedLimiter(CostOneGuard):
                 import inspect
                 afunc: Any = func
 
+                async def refused(k: Any, args: Any, kwargs: Any) -> Any:
+                    if fb is None:
+                        raise self._exceeded(k, self._now(), c)
+                    result = fb(*args, **kwargs)
+                    return (await result) if inspect.isawaitable(result) else result
+
+                if acquire_async is not None:  # an asyncio backend client: one awaited trip
+                    @functools.wraps(func)
+                    async def guarded_remote(*args: Any, **kwargs: Any) -> Any:
+                        k = key(*args, **kwargs)
+                        if await acquire_async(k, c):
+                            return await afunc(*args, **kwargs)
+                        return await refused(k, args, kwargs)
+                    return cast("Callable[P, R]", guarded_remote)
+
                 @functools.wraps(func)
                 async def guarded_async(*args: Any, **kwargs: Any) -> Any:
                     k = key(*args, **kwargs)
                     if acquire(k, c):
                         return await afunc(*args, **kwargs)
-                    if fb is None:
-                        raise self._exceeded(k, self._now(), c)
-                    result = fb(*args, **kwargs)
-                    return (await result) if inspect.isawaitable(result) else result
+                    return await refused(k, args, kwargs)
                 return cast("Callable[P, R]", guarded_async)
 
             @functools.wraps(func)
