@@ -13,7 +13,7 @@ from typing import List, Optional
 from . import USE_EXTENSIONS, __version__
 
 #: demo sections, in order; each module in gameguard.demos exposes run(seed, out)
-SECTIONS = ("breaker", "ratelimit", "hotcache", "saga")
+SECTIONS = ("breaker", "ratelimit", "hotcache", "saga", "scaleout")
 BUILD = f"gameguard {__version__} ({'compiled' if USE_EXTENSIONS else 'pure-Python'} kernels)"
 
 
