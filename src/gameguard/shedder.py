@@ -223,9 +223,10 @@ class LoadShedder(Guard):
     1)``: the hotter the CPU, the fewer calls it lets through.
 
     ``cpu`` is a zero-argument callable returning a reading in [0, 1], read on every call
-    and used as given (readings outside [0, 1] are clipped); by default this process's
-    cgroup (or host) usage, sampled every 0.25 s by one background thread per process
-    (:func:`default_sampler`). A call ending in ``drop`` (default ``TimeoutError``) or
+    and used as given (readings outside [0, 1] are clipped), or a :class:`CpuSampler`,
+    whose readings are pushed in as it takes them; by default :func:`default_sampler`:
+    this process's cgroup (or host) usage, sampled every 0.25 s by one background thread
+    per process. A call ending in ``drop`` (default ``TimeoutError``) or
     counting as nothing only leaves the in-flight count; any other end is a pass.
     """
 
@@ -243,15 +244,18 @@ class LoadShedder(Guard):
             raise ConfigurationError(
                 f"buckets must be at least 1 ms long, got window={window!r}, buckets={buckets!r}")
         cool_off = check_non_negative("cool_off", cool_off)
-        self._cpu = check_callable("cpu", cpu)
+        sampler = default_sampler() if cpu is None else cpu
+        if isinstance(sampler, CpuSampler):
+            cpu = None  # the sampler pushes its readings in: nothing to read per call
+        check_callable("cpu", cpu)
         self._classifier = DropClassifier(drop, ignore)
         self._init_guard(check_name(name, "shedder"), clock, fallback)
         self._kernel = _impl.kernel("shedder").ShedderKernel(
             float(cpu_threshold), window, buckets, cool_off, cpu)
         self._settings = dict(cpu_threshold=float(cpu_threshold), window=window,
                               buckets=buckets, cool_off=cool_off)
-        if cpu is None:
-            default_sampler().attach(self)
+        if isinstance(sampler, CpuSampler):
+            sampler.attach(self)
         register(self)
 
     @property
