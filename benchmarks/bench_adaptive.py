@@ -11,19 +11,10 @@ from __future__ import annotations
 import pytest
 
 import gameguard as gg
-from gameguard import _impl
 from gameguard.adaptive import AdaptiveLimiter
 from gameguard.shedder import CpuSampler, LoadShedder
 
-
-def handler(x: int) -> int:
-    return x
-
-
-def _twin(kind: str):
-    if kind == "fast" and not _impl.FAST_AVAILABLE:
-        pytest.skip("compiled kernels not built")
-    return _impl.use(kind)
+from bench_breaker import _twin, handler
 
 
 @pytest.mark.benchmark(group="adaptive-sync")

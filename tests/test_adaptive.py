@@ -290,3 +290,59 @@ def test_kernel_twins_decide_alike(algorithm, window, seed, ops):
                      "long_rtt", "rtt_noload", "probe_count", "probe_jitter", "window_end"):
             f, p = getattr(fast, name), getattr(pure, name)
             assert f == p or (math.isinf(f) and f == p), name
+
+
+# -- threads: nothing lost, the bound holds ---------------------------------------------------------
+def test_threads_through_a_shedder_and_a_limiter(impl):
+    """8 threads through ``pipeline(shedder, limiter)`` with a real clock and a CPU that is
+    hot half the time: every call is admitted or refused exactly once, nothing stays in
+    flight, and no more calls than ``max_limit`` are ever inside."""
+    import threading
+
+    from gameguard.shedder import LoadShedder
+
+    calls, threads = 2_000, 8
+    hot = [False]
+    with gg._impl.use(impl):
+        lim = AdaptiveLimiter("vegas", initial=4, max_limit=6, window=0.0, min_rtt=0.0)
+        shed = LoadShedder(cpu=lambda: 0.95 if hot[0] else 0.1, window=0.5, buckets=5)
+    inside = [0]
+    peak = [0]
+    guard = threading.Lock()
+    outcomes = {"ran": 0, "refused": 0}
+
+    @gg.pipeline(shed, lim)
+    def work(i):
+        with guard:
+            inside[0] += 1
+            peak[0] = max(peak[0], inside[0])
+        try:
+            if i % 97 == 0:
+                raise TimeoutError
+        finally:
+            with guard:
+                inside[0] -= 1
+
+    def run(seed):
+        for i in range(calls):
+            hot[0] = (i // 100) % 2 == 1
+            try:
+                work(i + seed)
+                kind = "ran"
+            except TimeoutError:
+                kind = "ran"
+            except RejectedError:
+                kind = "refused"
+            with guard:
+                outcomes[kind] += 1
+
+    pool = [threading.Thread(target=run, args=(s,)) for s in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(60)
+        assert not t.is_alive()
+    assert outcomes["ran"] + outcomes["refused"] == calls * threads
+    assert (lim.in_flight, shed.in_flight) == (0, 0)
+    assert peak[0] <= 6
+    assert 1 <= lim.limit <= 6

@@ -94,3 +94,29 @@ def test_gradient2_keeps_p99_within_twice_no_load(twin, no_load_p99):
     p99, limits = simulate(limiter, clock, seconds=60.0)
     assert p99 <= 2 * no_load_p99
     assert max(limits) < 2 * KNEE
+
+
+def test_gradient2_without_tolerance_settles_near_the_knee(twin, no_load_p99):
+    """``rtt_tolerance=1.0``: any rise over the long-term RTT backs the limit off."""
+    clock = gg.ManualClock()
+    p99, limits = simulate(AdaptiveLimiter(rtt_tolerance=1.0, clock=clock), clock)
+    assert all(0.8 * KNEE <= limit <= 1.2 * KNEE for limit in limits), (min(limits),
+                                                                          max(limits))
+    assert p99 <= 2 * no_load_p99
+
+
+if __name__ == "__main__":  # the table in docs/edge-adaptive.md: python <this file> [seconds]
+    import sys
+
+    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 60.0
+    base, _ = simulate(None, gg.ManualClock(), load=0.2, seconds=20.0)
+    cases = [("Bulkhead(200)", lambda c: gg.Bulkhead(4 * KNEE, clock=c)),
+             ("vegas", lambda c: AdaptiveLimiter("vegas", clock=c, seed=7)),
+             ("gradient2", lambda c: AdaptiveLimiter(clock=c)),
+             ("gradient2 rtt_tolerance=1.0", lambda c: AdaptiveLimiter(rtt_tolerance=1.0,
+                                                                       clock=c)),
+             ("aimd", lambda c: AdaptiveLimiter("aimd", clock=c))]
+    for label, make in cases:
+        clock = gg.ManualClock()
+        p99, limits = simulate(make(clock), clock, seconds=seconds)
+        print(f"{label:30s} limit {min(limits)}-{max(limits)}  p99/no-load {p99 / base:.2f}")
