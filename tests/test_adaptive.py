@@ -292,7 +292,7 @@ def test_kernel_twins_decide_alike(algorithm, window, seed, ops):
             assert f == p or (math.isinf(f) and f == p), name
 
 
-# -- threads: nothing lost, the bound holds ---------------------------------------------------------
+# -- threads: nothing lost, the bound holds -----------------------------------------------
 def test_threads_through_a_shedder_and_a_limiter(impl):
     """8 threads through ``pipeline(shedder, limiter)`` with a real clock and a CPU that is
     hot half the time: every call is admitted or refused exactly once, nothing stays in
