@@ -263,14 +263,15 @@ def test_read_only_limit():
 # -- the twins in lockstep ------------------------------------------------------------------------
 @settings(max_examples=150, deadline=None)
 @given(algorithm=st.sampled_from(["GRADIENT2", "VEGAS", "AIMD"]),
-       window=st.sampled_from([0.0, 0.05]), seed=st.integers(0, 2**64 - 1),
+       window=st.sampled_from([0.0, 0.05]), min_rtt=st.sampled_from([0.0, 0.001]),
+       seed=st.integers(0, 2**64 - 1),
        ops=st.lists(st.tuples(st.sampled_from(["enter", "exit"]), st.integers(0, 50),
                               st.floats(0.0, 0.2), st.sampled_from([SUCCESS, FAILURE, IGNORED])),
                     max_size=150))
-def test_kernel_twins_decide_alike(algorithm, window, seed, ops):
+def test_kernel_twins_decide_alike(algorithm, window, min_rtt, seed, ops):
     fast_mod, pure_mod = both_twins("adaptive")
     # initial 8 in [1, 60]; a 2-sample window; short windows and probes so every path runs
-    args = (8.0, 1.0, 60.0, window, 2, 0.001, 0.3, 4.0, 20, 1.5, 2.0, 0.9, 0.1, seed)
+    args = (8.0, 1.0, 60.0, window, 2, min_rtt, 0.3, 4.0, 20, 1.5, 2.0, 0.9, 0.1, seed)
     fast = fast_mod.AdaptiveKernel(getattr(fast_mod, algorithm), *args)
     pure = pure_mod.AdaptiveKernel(getattr(pure_mod, algorithm), *args)
     now = 0.0

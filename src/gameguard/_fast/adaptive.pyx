@@ -107,7 +107,7 @@ cdef class AdaptiveKernel(GuardKernel):
 
     # -- WindowedLimit -------------------------------------------------------------------------
     cdef void _pool(self, double now, double rtt, long long in_flight, bint drop) noexcept:
-        if rtt < self.min_rtt:
+        if rtt < self.min_rtt or not rtt > 0.0:  # no time measured: says nothing
             return
         self._w_sum += rtt
         self._w_count += 1

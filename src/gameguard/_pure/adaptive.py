@@ -113,7 +113,7 @@ class AdaptiveKernel(GuardKernel):
 
     # -- WindowedLimit -------------------------------------------------------------------------
     def _pool(self, now: float, rtt: float, in_flight: int, drop: bool) -> None:
-        if rtt < self.min_rtt:
+        if rtt < self.min_rtt or not rtt > 0.0:  # no time measured: says nothing
             return
         self._w_sum += rtt
         self._w_count += 1
