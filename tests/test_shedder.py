@@ -125,6 +125,26 @@ def test_cpu_readings_are_clipped(twin):
         assert s.cpu == 0.0
 
 
+def test_a_cpu_source_that_raises_keeps_the_last_good_reading(twin, caplog):
+    reading = [0.95]
+
+    def flaky():
+        if reading[0] is None:
+            raise OSError("no counter")
+        return reading[0]
+
+    s = LoadShedder(cpu=flaky, clock=ManualClock())
+    with s:
+        assert s.cpu == 0.95
+    reading[0] = None
+    ran = []
+    s(lambda: ran.append(1))()
+    s(lambda: ran.append(2))()
+    assert (ran, s.cpu, s.in_flight) == ([1, 2], 0.95, 0)
+    assert [r.message for r in caplog.records].count(
+        f"gameguard: cpu reading {flaky!r} raised; the last good reading (0.95) stands") == 1
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(cpu_threshold=1.0), "cpu_threshold"), (dict(cpu_threshold=0), "cpu_threshold"),
     (dict(window=0), "window"), (dict(buckets=0), "buckets"),
@@ -240,3 +260,32 @@ print("ok")
                          timeout=SAFETY)  # exits: the daemon thread keeps nothing alive
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_a_forked_worker_samples_its_own_cpu():
+    """A pre-fork server: shedders made before ``fork`` keep getting readings in the child."""
+    code = """
+import os, threading, time, gameguard.shedder as sh
+ticks = []
+sampler = sh.CpuSampler(lambda: (ticks.append(1) or float(len(ticks)), 2.0 * len(ticks)),
+                        interval=0.01, beta=0.0)
+s = sh.LoadShedder(cpu=sampler)
+pid = os.fork()
+if pid == 0:
+    ticks.clear()
+    deadline = time.monotonic() + 10
+    while len(ticks) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os._exit(0 if len(ticks) >= 3 and s.cpu == 0.5 else 1)
+deadline = time.monotonic() + 20
+while time.monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        print("child", os.waitstatus_to_exitcode(status))
+        break
+    time.sleep(0.01)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=SAFETY + 10)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "child 0", (out.stdout, out.stderr)

@@ -113,8 +113,9 @@ def _proc_stat() -> Tuple[float, float]:
 
 class CpuSampler:
     """Reads a CPU counter every ``interval`` seconds on one daemon thread (started by the
-    first :meth:`attach` or call, never at import) and keeps an exponential moving average
-    of the usage (``beta`` 0.95 every 0.25 s: about a 5 s horizon, as go-zero does).
+    first :meth:`attach` or call, never at import; started again in a forked child) and
+    keeps an exponential moving average of the usage (``beta`` 0.95 every 0.25 s: about a
+    5 s horizon, as go-zero does).
 
     Calling it returns the current average in [0, 1]. Attached shedders get each new
     reading pushed into their kernel, so a guarded call never reads the CPU itself.
@@ -134,6 +135,7 @@ class CpuSampler:
         self._stop = threading.Event()
         self._shedders: "weakref.WeakSet[LoadShedder]" = weakref.WeakSet()
         self._failed = False
+        _samplers.add(self)
 
     def __call__(self) -> float:
         self.start()
@@ -182,6 +184,16 @@ class CpuSampler:
             thread.join(timeout)
         self._stop = threading.Event()
 
+    def _after_fork(self) -> None:
+        """In a forked child (a pre-fork server's worker): the thread did not come along;
+        start a new one for the shedders the child inherited, from a fresh origin."""
+        self._lock = threading.Lock()  # may have been held by a thread that is gone
+        self._thread = None
+        self._stop = threading.Event()
+        self._last = None
+        if len(self._shedders):
+            self.start()
+
     def _run(self) -> None:
         stop = self._stop
         while True:
@@ -194,6 +206,41 @@ class CpuSampler:
                                        "counter; load shedders keep the last reading")
             if stop.wait(self.interval):
                 return
+
+
+def _restart_in_child() -> None:
+    for sampler in list(_samplers):
+        try:
+            sampler._after_fork()
+        except Exception:  # never break a fork; the child's shedders keep the last reading
+            logger().exception("gameguard: the CPU sampler did not restart after fork")
+
+
+_samplers: "weakref.WeakSet[CpuSampler]" = weakref.WeakSet()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_restart_in_child)
+
+class _Reading:
+    """A user's ``cpu`` callable as the kernel reads it: a reading that raises (or is not a
+    number) is logged once and the last good one stands, so a broken signal never fails or
+    sheds the calls it was meant to protect."""
+
+    __slots__ = ("source", "last", "failed")
+
+    def __init__(self, source: Callable[[], float]) -> None:
+        self.source = source
+        self.last = 0.0
+        self.failed = False
+
+    def __call__(self) -> float:
+        try:
+            self.last = float(self.source())
+        except Exception:
+            if not self.failed:
+                self.failed = True
+                logger().exception("gameguard: cpu reading %r raised; the last good reading "
+                                   "(%s) stands", self.source, self.last)
+        return self.last
 
 
 _default: Optional[CpuSampler] = None
@@ -223,7 +270,8 @@ class LoadShedder(Guard):
     1)``: the hotter the CPU, the fewer calls it lets through.
 
     ``cpu`` is a zero-argument callable returning a reading in [0, 1], read on every call
-    and used as given (readings outside [0, 1] are clipped), or a :class:`CpuSampler`,
+    and used as given (readings outside [0, 1] are clipped; one that raises leaves the last
+    good reading in force, logged once), or a :class:`CpuSampler`,
     whose readings are pushed in as it takes them; by default :func:`default_sampler`:
     this process's cgroup (or host) usage, sampled every 0.25 s by one background thread
     per process. A call ending in ``drop`` (default ``TimeoutError``) or
@@ -248,6 +296,8 @@ class LoadShedder(Guard):
         if isinstance(sampler, CpuSampler):
             cpu = None  # the sampler pushes its readings in: nothing to read per call
         check_callable("cpu", cpu)
+        if cpu is not None:
+            cpu = _Reading(cpu)
         self._classifier = DropClassifier(drop, ignore)
         self._init_guard(check_name(name, "shedder"), clock, fallback)
         self._kernel = _impl.kernel("shedder").ShedderKernel(
