@@ -18,15 +18,16 @@ import pytest
 
 import gameguard as gg
 from gameguard.adaptive import AdaptiveLimiter
-from gameguard.guard import SUCCESS
+from gameguard.guard import FAILURE, SUCCESS
 
 KNEE = 50
 BASE = 0.010  # seconds of work per call
 
 
 def simulate(guard: Any, clock: gg.ManualClock, *, load: float = 2.0, seconds: float = 60.0,
-             seed: int = 1) -> Tuple[float, List[int]]:
-    """Run the server behind ``guard`` (None: no guard); returns (p99 latency, limits)."""
+             seed: int = 1, deadline: float = math.inf) -> Tuple[float, List[int]]:
+    """Run the server behind ``guard`` (None: no guard); returns (p99 latency, limits).
+    A call over ``deadline`` ends as a drop (its caller timed out)."""
     rng = random.Random(seed)
     rate = load * KNEE / BASE
     kernel = guard._kernel if guard is not None else None
@@ -53,7 +54,7 @@ def simulate(guard: Any, clock: gg.ManualClock, *, load: float = 2.0, seconds: f
             continue
         virtual, start, token = heapq.heappop(calls)
         if kernel is not None:
-            kernel.exit(token, now, now - start, SUCCESS)
+            kernel.exit(token, now, now - start, FAILURE if now - start > deadline else SUCCESS)
         if now >= half:
             latencies.append(now - start)
             limits.append(int(kernel.limit) if kernel is not None else 0)
@@ -68,7 +69,7 @@ def no_load_p99() -> float:
     return p99
 
 
-def test_a_fixed_bulkhead_at_four_times_the_knee_lets_latency_run_away(twin, no_load_p99):
+def test_a_fixed_bulkhead_at_four_times_the_knee_lets_latency_run_away(no_load_p99):
     clock = gg.ManualClock()
     p99, _ = simulate(gg.Bulkhead(4 * KNEE, clock=clock), clock)
     assert p99 > 2 * no_load_p99
@@ -105,6 +106,16 @@ def test_gradient2_without_tolerance_settles_near_the_knee(twin, no_load_p99):
     assert p99 <= 2 * no_load_p99
 
 
+def test_aimd_backs_off_on_callers_timing_out(twin, no_load_p99):
+    """AIMD only hears drops: with callers giving up at 1.5x the work, it holds the limit
+    where calls start to time out; without, it climbs a step a window."""
+    clock = gg.ManualClock()
+    limiter = AdaptiveLimiter("aimd", clock=clock)
+    p99, limits = simulate(limiter, clock, deadline=1.5 * BASE)
+    assert limiter.snapshot()["drops"] > 0
+    assert max(limits) <= 1.3 * KNEE and p99 <= 2 * no_load_p99  # without drops: 79
+
+
 if __name__ == "__main__":  # the table in docs/edge-adaptive.md: python <this file> [seconds]
     import sys
 
@@ -115,8 +126,10 @@ if __name__ == "__main__":  # the table in docs/edge-adaptive.md: python <this f
              ("gradient2", lambda c: AdaptiveLimiter(clock=c)),
              ("gradient2 rtt_tolerance=1.0", lambda c: AdaptiveLimiter(rtt_tolerance=1.0,
                                                                        clock=c)),
-             ("aimd", lambda c: AdaptiveLimiter("aimd", clock=c))]
+             ("aimd", lambda c: AdaptiveLimiter("aimd", clock=c)),
+             ("aimd, callers give up at 15 ms", lambda c: AdaptiveLimiter("aimd", clock=c))]
     for label, make in cases:
         clock = gg.ManualClock()
-        p99, limits = simulate(make(clock), clock, seconds=seconds)
+        p99, limits = simulate(make(clock), clock, seconds=seconds,
+                               deadline=1.5 * BASE if "give up" in label else math.inf)
         print(f"{label:30s} limit {min(limits)}-{max(limits)}  p99/no-load {p99 / base:.2f}")
