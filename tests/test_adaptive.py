@@ -254,10 +254,11 @@ def test_bad_configuration(kwargs, message):
         AdaptiveLimiter(**kwargs)
 
 
-def test_read_only_limit():
+@pytest.mark.parametrize("attribute", ["limit", "algorithm", "in_flight"])
+def test_read_only_settings(attribute):
     lim = AdaptiveLimiter()
     with pytest.raises(AttributeError):
-        lim.limit = 5  # type: ignore[misc]
+        setattr(lim, attribute, 5)
 
 
 # -- the twins in lockstep ------------------------------------------------------------------------

@@ -130,7 +130,6 @@ class AdaptiveLimiter(Guard):
             backoff_ratio=backoff_ratio, timeout=timeout))
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little")
-        self.algorithm = algorithm
         self._classifier = DropClassifier(drop, ignore)
         self._init_guard(check_name(name, "adaptive"), clock, fallback)
         self._kernel = _impl.kernel("adaptive").AdaptiveKernel(
@@ -145,6 +144,11 @@ class AdaptiveLimiter(Guard):
                               max_limit=max_limit, window=float(window),
                               window_samples=window_samples, min_rtt=float(min_rtt), **knobs)
         register(self)
+
+    @property
+    def algorithm(self) -> str:
+        """``"gradient2"``, ``"vegas"`` or ``"aimd"`` (fixed at construction)."""
+        return str(self._settings["algorithm"])
 
     @property
     def limit(self) -> int:
