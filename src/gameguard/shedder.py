@@ -271,11 +271,11 @@ class LoadShedder(Guard):
 
     ``cpu`` is a zero-argument callable returning a reading in [0, 1], read on every call
     and used as given (readings outside [0, 1] are clipped; one that raises leaves the last
-    good reading in force, logged once), or a :class:`CpuSampler`,
-    whose readings are pushed in as it takes them; by default :func:`default_sampler`:
-    this process's cgroup (or host) usage, sampled every 0.25 s by one background thread
-    per process. A call ending in ``drop`` (default ``TimeoutError``) or
-    counting as nothing only leaves the in-flight count; any other end is a pass.
+    good reading in force, logged once), or a :class:`CpuSampler`, whose readings are
+    pushed in as it takes them; by default :func:`default_sampler`: this process's cgroup
+    (or host) usage, sampled every 0.25 s by one background thread per process. A call
+    ending in ``drop`` (default ``TimeoutError``) or counting as nothing only leaves the
+    in-flight count; any other end is a pass.
     """
 
     def __init__(self, cpu_threshold: float = 0.9, *, cpu: Optional[Callable[[], float]] = None,
