@@ -159,11 +159,18 @@ def test_bad_configuration(kwargs, message):
 @settings(max_examples=150, deadline=None)
 @given(ops=st.lists(st.tuples(st.sampled_from(["enter", "exit", "cpu", "tick"]),
                               st.integers(0, 40), st.floats(0.0, 0.3),
-                              st.sampled_from([SUCCESS, FAILURE, IGNORED])), max_size=200))
-def test_kernel_twins_decide_alike(ops):
+                              st.sampled_from([SUCCESS, FAILURE, IGNORED])), max_size=200),
+       readings=st.none() | st.lists(st.floats(-1.0, 2.0) | st.just(float("nan")),
+                                     min_size=1, max_size=20))
+def test_kernel_twins_decide_alike(ops, readings):
     fast_mod, pure_mod = both_twins("shedder")
-    fast = fast_mod.ShedderKernel(0.8, 1.0, 10, 0.5)
-    pure = pure_mod.ShedderKernel(0.8, 1.0, 10, 0.5)
+
+    def source():  # each twin reads the same sequence of readings, round and round
+        it = iter(readings * 1000)
+        return lambda: next(it)
+
+    fast = fast_mod.ShedderKernel(0.8, 1.0, 10, 0.5, source() if readings else None)
+    pure = pure_mod.ShedderKernel(0.8, 1.0, 10, 0.5, source() if readings else None)
     now = 0.0
     tokens = []
     for op, which, x, outcome in ops:
@@ -182,6 +189,7 @@ def test_kernel_twins_decide_alike(ops):
         else:
             now += x
         assert fast.max_flight(now) == pure.max_flight(now)
+        assert 0.0 <= fast.cpu <= 1.0
         for name in ("cpu", "flying", "avg_flying", "overload_time", "dropped_recently",
                      "passed", "dropped"):
             assert getattr(fast, name) == getattr(pure, name), name
