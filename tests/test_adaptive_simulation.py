@@ -84,23 +84,26 @@ def test_vegas_settles_near_the_knee_and_keeps_p99_within_twice_no_load(twin, no
     assert p99 <= 2 * no_load_p99
 
 
-def test_gradient2_keeps_p99_within_twice_no_load(twin, no_load_p99):
-    """Gradient2 tolerates RTTs up to ``rtt_tolerance`` (1.5) x its long-term average, so
-    on this server it holds the limit above the knee, and under demand that never lets up
-    the long-term average follows the loaded RTT upwards (the drift discussed upstream,
-    Netflix/concurrency-limits#134): over this run latency stays bounded, the limit far
-    under the bulkhead's."""
+def test_gradient2_at_upstreams_tolerance_keeps_p99_within_twice_no_load(twin, no_load_p99):
+    """concurrency-limits' ``rtt_tolerance=1.5`` tolerates RTTs up to 1.5x its long-term
+    average, so on this server it holds the limit above the knee, and under demand that
+    never lets up the long-term average follows the loaded RTT upwards (the drift discussed
+    upstream, Netflix/concurrency-limits#134): over this run latency stays bounded, the
+    limit far under the bulkhead's."""
     clock = gg.ManualClock()
-    limiter = AdaptiveLimiter(clock=clock)
+    limiter = AdaptiveLimiter(rtt_tolerance=1.5, clock=clock)
     p99, limits = simulate(limiter, clock, seconds=60.0)
     assert p99 <= 2 * no_load_p99
     assert max(limits) < 2 * KNEE
 
 
-def test_gradient2_without_tolerance_settles_near_the_knee(twin, no_load_p99):
-    """``rtt_tolerance=1.0``: any rise over the long-term RTT backs the limit off."""
+def test_gradient2_default_settles_near_the_knee(twin, no_load_p99):
+    """The default (``rtt_tolerance=1.0``): any rise over the long-term RTT backs the limit
+    off, so it settles within 20 % of the knee and keeps p99 within 2x no-load."""
     clock = gg.ManualClock()
-    p99, limits = simulate(AdaptiveLimiter(rtt_tolerance=1.0, clock=clock), clock)
+    limiter = AdaptiveLimiter(clock=clock)
+    assert limiter.algorithm == "gradient2"
+    p99, limits = simulate(limiter, clock)
     assert all(0.8 * KNEE <= limit <= 1.2 * KNEE for limit in limits), (min(limits),
                                                                           max(limits))
     assert p99 <= 2 * no_load_p99
@@ -123,8 +126,8 @@ if __name__ == "__main__":  # the table in docs/edge-adaptive.md: python <this f
     base, _ = simulate(None, gg.ManualClock(), load=0.2, seconds=20.0)
     cases = [("Bulkhead(200)", lambda c: gg.Bulkhead(4 * KNEE, clock=c)),
              ("vegas", lambda c: AdaptiveLimiter("vegas", clock=c, seed=7)),
-             ("gradient2", lambda c: AdaptiveLimiter(clock=c)),
-             ("gradient2 rtt_tolerance=1.0", lambda c: AdaptiveLimiter(rtt_tolerance=1.0,
+             ("gradient2 (rtt_tolerance=1.0)", lambda c: AdaptiveLimiter(clock=c)),
+             ("gradient2 rtt_tolerance=1.5", lambda c: AdaptiveLimiter(rtt_tolerance=1.5,
                                                                        clock=c)),
              ("aimd", lambda c: AdaptiveLimiter("aimd", clock=c)),
              ("aimd, callers give up at 15 ms", lambda c: AdaptiveLimiter("aimd", clock=c))]
