@@ -21,7 +21,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
 import gameguard as gg
-from gameguard.asgi import GuardMiddleware
+from gameguard import _http
+from gameguard.asgi import GuardMiddleware, ServerErrorResponse
 
 #: every wait on the server is a bounded poll
 DEADLINE = 10.0
@@ -42,7 +43,8 @@ class Uvicorn:
 
     def __init__(self, app: Any = None, lifespan: str = "off") -> None:
         self.app: Any = app
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # proto given: asyncio sets TCP_NODELAY only on sockets that say they are TCP
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -497,3 +499,91 @@ def test_one_route_needs_one_clock_and_distinct_guards() -> None:
         GuardMiddleware(app, {"*": [b, gg.TokenBucket(1.0, clock=gg.ManualClock())]})
     with pytest.raises(gg.ConfigurationError, match="twice"):
         GuardMiddleware(app, {"*": [b, gg.pipeline(b)]})
+
+
+@pytest.mark.asyncio
+async def test_cancelled_in_an_inner_wait_releases_the_outer_blocks(twin: str) -> None:
+    outer = gg.Bulkhead(4)
+    per_player = gg.KeyedLimiter(100.0, 10)
+    inner = gg.Bulkhead(1, max_wait=None)
+    started = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        started.set()
+        await receive()
+
+    mw = GuardMiddleware(app, {"*": [outer, per_player, inner]}, key=lambda s: "p")
+    holder = asyncio.ensure_future(_drive(mw, _http_scope(), []))
+    await asyncio.wait_for(started.wait(), DEADLINE)
+    waiter = asyncio.ensure_future(_drive(mw, _http_scope(), []))
+    for _ in range(100):
+        if inner.snapshot()["waiting"] == 1:
+            break
+        await asyncio.sleep(0)
+    assert (outer.in_flight, inner.snapshot()["waiting"]) == (2, 1)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert (outer.in_flight, inner.in_flight) == (1, 1)
+    holder.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await holder
+    assert (outer.in_flight, inner.in_flight) == (0, 0)
+
+
+@pytest.mark.asyncio
+async def test_inner_rejection_releases_outer_blocks_as_no_outcome(twin: str) -> None:
+    clock = gg.ManualClock()
+    breaker = gg.CircuitBreaker(consecutive_failures=1, clock=clock)
+    per_player = gg.KeyedLimiter(1.0, 1, clock=clock)
+    outer = gg.Bulkhead(2, clock=clock)
+    sent: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    mw = GuardMiddleware(app, {"*": [breaker, outer, per_player]}, key=lambda s: 1)
+    await _drive(mw, _http_scope(), [], sent)
+    await _drive(mw, _http_scope(), [], sent)
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [200, 429]
+    assert outer.in_flight == 0
+    assert breaker.snapshot()["calls"] == 1  # the rejected request counted as nothing
+
+
+def test_a_5xx_reaches_breakers_as_server_error_response(server: Uvicorn,
+                                                         client: httpx.Client) -> None:
+    spare_501 = gg.CircuitBreaker(consecutive_failures=1, ignore=lambda e: isinstance(
+        e, ServerErrorResponse) and e.status == 501)
+    bulkhead = gg.Bulkhead(1)
+    serve(server, {"/status/*": [spare_501, bulkhead]})
+    assert client.get("/status/501").status_code == 501
+    eventually(lambda: bulkhead.in_flight == 0, "the permits back")
+    assert spare_501.state == "closed"
+    assert client.get("/status/503").status_code == 503
+    eventually(lambda: spare_501.state == "open", "a 503 to count")
+
+
+@pytest.mark.parametrize("error, status", [
+    (gg.RateLimitExceeded(retry_after=0.2), 429), (gg.BulkheadFullError(), 429),
+    (gg.CircuitOpenError(retry_after=3.0), 503), (gg.DrainingError(), 503),
+    (gg.OverloadedError(retry_after=1.5), 503), (gg.RejectedError(), 503)])
+def test_status_of_each_rejection(error: gg.RejectedError, status: int) -> None:
+    assert _http.status_of(error) == status
+
+
+@pytest.mark.parametrize("retry_after, header", [
+    (None, None), (0.0, "1"), (0.2, "1"), (1.0, "1"), (1.0001, "2"), (59.5, "60"),
+    (float("inf"), None), (float("nan"), None)])
+def test_retry_after_header_is_whole_seconds_rounded_up(retry_after: Optional[float],
+                                                         header: Optional[str]) -> None:
+    headers = dict(_http.rejection_headers(gg.CircuitOpenError(retry_after=retry_after)))
+    assert headers.get("Retry-After") == header
+
+
+def test_close_reason_fits_a_close_frame_on_a_character_boundary() -> None:
+    long = gg.CircuitOpenError("é" * 200, retry_after=2.0)
+    reason = _http.close_reason(long)
+    assert len(reason.encode("utf-8")) <= 123 and set(reason) == {"é"}
+    assert _http.close_reason(gg.CircuitOpenError("busy", retry_after=2.5)) == \
+        "busy; retry after 3 s"

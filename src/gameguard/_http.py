@@ -1,10 +1,12 @@
 """What the ASGI and aiohttp middleware share: routes, admission, outcomes, rejections.
 
-A route is the guards one path pattern names, outermost first. Each request enters them
-through the guard protocol (``_pure/call.py``, which drives kernels of either twin), so a
-waiting bulkhead waits, cancellation gives back what was taken, and every permit comes back
-exactly once. The protocol's fallbacks are not used: the middleware answers a rejection
-itself (429 or 503), since a guard's fallback takes a handler's arguments, not a request.
+A route is the guards one path pattern names, outermost first. Runs of plain guards enter
+as one block through the guard protocol's ``async with`` (compiled when the kernels are: no
+Python frame per guard), so a waiting bulkhead waits, cancellation gives back what was
+taken and every permit comes back exactly once; a :class:`KeyedLimiter` decides with its
+table's ``try_acquire(key)`` (it holds no permit). The guards' fallbacks are not used: the
+middleware answers a rejection itself (429 or 503), since a guard's fallback takes a
+handler's arguments, not a request.
 """
 from __future__ import annotations
 
@@ -12,12 +14,12 @@ from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, Unio
 
 from ._checks import check_callable
 from ._edge import PatternTable, retry_after_seconds
-from ._pure import call as protocol
-from .errors import BulkheadFullError, ConfigurationError, RateLimitExceeded
-from .guard import FAILURE, IGNORED, REJECT, Guard, Pipeline
+from ._log import logger
+from .errors import BulkheadFullError, ConfigurationError, RateLimitExceeded, RejectedError
+from .guard import Guard, Pipeline, pipeline
 from .ratelimit import KeyedLimiter
 
-__all__ = ["Route", "routes", "settle", "release", "status_of", "rejection_headers",
+__all__ = ["Route", "routes", "ServerErrorResponse", "status_of", "rejection_headers",
            "close_reason", "TRY_AGAIN_LATER"]
 
 #: what one pattern may name: a guard, a pipeline, a keyed limiter, or several (outermost first)
@@ -32,38 +34,116 @@ TRY_AGAIN_LATER = 1013
 _REASON_BYTES = 123
 
 
+class ServerErrorResponse(Exception):
+    """How a route's breakers see a response with a 5xx ``status``: the outcome their
+    ``record``/``ignore`` give it (a failure by default; ``ignore=lambda e: getattr(e,
+    "status", 0) == 501`` would spare one status). Never raised to anyone."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
+def _judges(guard: Any) -> bool:
+    """Whether ``guard`` classifies outcomes (breakers, throttles): only then is a
+    response's status watched."""
+    return "_classify" in vars(guard) or type(guard)._classify is not Guard._classify
+
+
 class Route:
     """The guards of one pattern, outermost first, with the clock they share.
 
-    ``guards(subject)`` is the tuple to enter for one request: fixed at construction, except
-    that each :class:`KeyedLimiter` is bound to ``key(subject)`` (``subject``: the ASGI scope
-    or the aiohttp request)."""
+    ``steps`` holds, in order, blocks (a guard or a pipeline of the consecutive plain
+    guards: ``async with`` forms) and keyed limiters (decided per request under
+    ``key(subject)``; ``subject`` is the ASGI scope or the aiohttp request). ``judges``:
+    some guard classifies outcomes, so the response status matters."""
 
-    __slots__ = ("_parts", "_fixed", "_key", "read")
+    __slots__ = ("steps", "blocks", "single", "judges", "read", "_key", "_keyed")
 
     def __init__(self, pattern: str, spec: Any, key: Optional[KeyFunc]) -> None:
         parts = _parts(pattern, spec)
-        keyed = any(isinstance(p, KeyedLimiter) for p in parts)
-        if keyed and key is None:
+        self._keyed = any(isinstance(p, KeyedLimiter) for p in parts)
+        if self._keyed and key is None:
             raise ConfigurationError(
                 f"guards[{pattern!r}] holds a KeyedLimiter: pass key=... (a function of the "
                 "request returning the key, e.g. the player id)")
-        clocks = {id(p._clock) for p in parts}
-        if len(clocks) != 1:
+        if len({id(p._clock) for p in parts}) != 1:
             raise ConfigurationError(
                 f"guards[{pattern!r}]: the guards of one pattern must share one clock "
                 "(pass the same clock=)")
-        self._parts = tuple(parts)
-        self._fixed: Optional[Tuple[Any, ...]] = None if keyed else self._parts
+        steps: List[Any] = []
+        run: List[Guard] = []
+        for p in parts + [None]:
+            if isinstance(p, Guard) and not isinstance(p, KeyedLimiter):
+                run.append(p)
+                continue
+            if run:
+                steps.append(run[0] if len(run) == 1 else pipeline(*run))
+                run = []
+            if p is not None:
+                p.bind(None)  # refuses a capacity below one call now, not per request
+                steps.append(p)
+        self.steps: Tuple[Any, ...] = tuple(steps)
+        #: the blocks, innermost first: the order they are exited in
+        self.blocks: Tuple[Any, ...] = tuple(
+            s for s in reversed(steps) if not isinstance(s, KeyedLimiter))
+        #: the one block of a route that is nothing else (the common case: entered inline)
+        self.single: Any = steps[0] if len(steps) == 1 and not self._keyed else None
+        self.judges = any(_judges(p) for p in parts if not isinstance(p, KeyedLimiter))
         self._key = key
-        self.read: Clock = protocol.clock_of(self._parts)
+        self.read: Clock = parts[0].clock
 
-    def guards(self, subject: Any) -> Tuple[Any, ...]:
-        if self._fixed is not None:
-            return self._fixed
-        assert self._key is not None
-        k = self._key(subject)
-        return tuple(p.bind(k) if isinstance(p, KeyedLimiter) else p for p in self._parts)
+    async def enter(self, subject: Any) -> Optional[BaseException]:
+        """Enter every step outermost first: ``None`` once all admitted, else the refusing
+        guard's rejection, with the steps already entered exited as no outcome. Anything
+        else raising (cancellation while waiting, a broken clock) exits them too."""
+        key = self._key(subject) if self._keyed else None  # type: ignore[misc]
+        entered = 0
+        try:
+            for step in self.steps:
+                if isinstance(step, KeyedLimiter):
+                    if not step.try_acquire(key):
+                        rejection: BaseException = step.bind(key)._rejection(self.read())
+                        self._unwind(entered, rejection)
+                        return rejection
+                    continue
+                try:
+                    await step.__aenter__()
+                except RejectedError as refused:
+                    self._unwind(entered, refused)
+                    return refused
+                entered += 1
+        except BaseException as error:
+            self._unwind(entered, error)
+            raise
+        return None
+
+    def _unwind(self, entered: int, why: BaseException) -> None:
+        """Exit the ``entered`` outermost blocks, innermost first, as no outcome."""
+        if entered:
+            self._exit(self.blocks[len(self.blocks) - entered:], why, True)
+
+    def exit(self, exc_type: Any, exc: Optional[BaseException], tb: Any = None) -> None:
+        """Exit every block, innermost first, with ``exc`` as the outcome (``None``:
+        success; an app exception; a :class:`ServerErrorResponse`): a block's
+        ``__exit__`` signature, so one call serves a route and a lone block alike."""
+        self._exit(self.blocks, exc, exc is not None)
+
+
+    @staticmethod
+    def _exit(blocks: Sequence[Any], exc: Optional[BaseException], quiet: bool) -> None:
+        # a RejectedError outcome counts as nothing (local overload), as in a pipeline
+        error: Optional[BaseException] = None
+        for block in blocks:
+            try:
+                block.__exit__(None if exc is None else type(exc), exc, None)
+            except BaseException as e:  # the next blocks still get their permits back
+                error = error or e
+        if error is not None:
+            if not quiet:
+                raise error
+            logger().error("gameguard: %r raised while releasing permits; the request's own "
+                           "%r stands", error, exc, exc_info=error)
 
 
 def _parts(pattern: str, spec: Any) -> List[Any]:
@@ -94,38 +174,6 @@ def routes(guards: Mapping[str, Spec], key: Optional[KeyFunc]) -> PatternTable[R
             f"guards must map path patterns to guards, got {type(guards).__name__}: {guards!r}")
     return PatternTable({p: Route(p, spec, key) if isinstance(p, str) else spec
                          for p, spec in guards.items()})
-
-
-async def settle(guards: Sequence[Any], i: int, t0: float,
-                 tokens: List[int]) -> Optional[BaseException]:
-    """Guard ``i`` refused at ``t0`` (``protocol.take`` returned ``i``): wait where it
-    waits, else give back the permits before it. ``None`` once every guard admitted, else
-    the refusing guard's rejection (nothing is then held). Cancellation while waiting
-    gives back every permit."""
-    if guards[i]._waits:
-        i = await protocol.enter_async(guards, t0, tokens, REJECT)
-        if i == len(guards):
-            return None
-    else:
-        protocol.surface(protocol.release(guards, tokens, t0, 0.0, None, IGNORED, t0), None)
-    rejection: BaseException = guards[i]._rejection(t0)
-    return rejection
-
-
-def release(guards: Sequence[Any], tokens: List[int], t0: float, read: Clock,
-            exc: Optional[BaseException], failed: bool) -> None:
-    """Give back an admitted request's permits: ``exc`` (the app's exception) is classified
-    by each guard, as for a guarded call; ``failed`` (a 5xx answer) is a failure for all.
-    With ``exc`` the caller re-raises it, and an error met here is only logged."""
-    if exc is not None or not failed:
-        protocol.finish(guards, tokens, t0, read, exc)
-        return
-    try:
-        t1 = read()
-    except BaseException:
-        protocol.release(guards, tokens, t0, 0.0, None, IGNORED, t0)
-        raise
-    protocol.surface(protocol.release(guards, tokens, t1, t1 - t0, None, FAILURE, t0), None)
 
 
 def status_of(rejection: BaseException) -> int:

@@ -8,8 +8,9 @@ patterns (``"/match"``, ``"/match/*"``, ``"*"``; most specific wins) to a guard,
 - A rejected request gets 429 (rate limit, full bulkhead) or 503 (open breaker, draining,
   shedding), with ``Retry-After`` in whole seconds when known; the handler does not run.
 - A 5xx response (returned or raised as ``web.HTTPException``) or another exception of the
-  handler is a failure for the route's breakers (exceptions as their ``record``/``ignore``
-  classify them); 4xx is a success. Exceptions propagate unchanged.
+  handler is a failure for the route's breakers (as their ``record``/``ignore`` classify
+  it: a 5xx reaches them as a :class:`ServerErrorResponse`); 4xx is a success. Exceptions
+  propagate unchanged.
 - A WebSocket handler holds its permits for the whole connection; a rejected upgrade is
   accepted and closed at once with code 1013 (Try Again Later).
 - Every permit comes back exactly once, on cancellation (client disconnect) too.
@@ -27,10 +28,9 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
         "gameguard.aiohttp needs aiohttp: pip install 'gameguard[aiohttp]'") from exc
 
 from . import _http
-from ._http import KeyFunc, Spec
-from ._pure import call as protocol
+from ._http import KeyFunc, ServerErrorResponse, Spec
 
-__all__ = ["GuardMiddleware"]
+__all__ = ["GuardMiddleware", "ServerErrorResponse"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -49,25 +49,26 @@ class GuardMiddleware:
         route = self._routes.lookup(request.path)
         if route is None:
             return await handler(request)
-        guards = route.guards(request)
-        read = route.read
-        tokens: list[int] = []
-        t0 = read()
-        i = protocol.take(guards, t0, tokens)
-        if i < len(guards):
-            rejection = await _http.settle(guards, i, t0, tokens)
-            if rejection is not None:
-                return await _reject(request, rejection)
+        rejection = await route.enter(request)
+        if rejection is not None:
+            return await _reject(request, rejection)
         try:
             response = await handler(request)
-        except web.HTTPException as http_error:  # an answer, raised: judged by its status
-            _http.release(guards, tokens, t0, read, None, http_error.status >= 500)
+        except web.HTTPException as answer:  # an answer, raised: judged by its status
+            _leave(route, answer.status)
             raise
         except BaseException as error:
-            _http.release(guards, tokens, t0, read, error, True)
+            route.exit(type(error), error)
             raise
-        _http.release(guards, tokens, t0, read, None, response.status >= 500)
+        _leave(route, response.status)
         return response
+
+
+def _leave(route: _http.Route, status: int) -> None:
+    if status >= 500:
+        route.exit(ServerErrorResponse, ServerErrorResponse(status))
+    else:
+        route.exit(None, None)
 
 
 async def _reject(request: web.Request, rejection: BaseException) -> web.StreamResponse:

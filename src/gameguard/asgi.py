@@ -6,7 +6,7 @@ connection by path to the guards of its most specific pattern (``"/match"``,
 
     app = GuardMiddleware(app, {
         "/match/*": gg.pipeline(breaker, gg.Bulkhead(64)),
-        "/chat": (per_player, chat_breaker),      # a KeyedLimiter needs key=
+        "/chat": [per_player, chat_breaker],      # a KeyedLimiter needs key=
     }, key=lambda scope: dict(scope["headers"]).get(b"x-player-id"))
 
 or ``app.add_middleware(GuardMiddleware, guards={...}, key=...)`` in Starlette/FastAPI.
@@ -15,13 +15,14 @@ or ``app.add_middleware(GuardMiddleware, guards={...}, key=...)`` in Starlette/F
   an open breaker, draining or shedding, with ``Retry-After`` in whole seconds (rounded up,
   at least 1) when the guard knows it. The app is not called.
 - A response with a 5xx status, or an exception out of the app, is a failure for the
-  route's breakers (the exception as each breaker's ``record``/``ignore`` classify it; it
-  still propagates to the server); any other status, 4xx included, is a success: the
-  service answered. An app that returns without responding counts as failed (the server
-  answers 500).
-- A WebSocket connection holds its permits for its whole life. A rejected one is accepted
-  and closed at once with code 1013 (Try Again Later), the reason carrying the message and
-  retry-after: closed before accepting, the client would only see an HTTP 403.
+  route's breakers (as their ``record``/``ignore`` classify it: a 5xx reaches them as a
+  :class:`ServerErrorResponse`); the exception still propagates to the server. Any other
+  status, 4xx included, is a success: the service answered. An app that returns without
+  responding counts as a 500 (what the server then answers).
+- A WebSocket connection holds its permits for its whole life; one the app closes with
+  1011 (internal error) is a failure. A rejected one is accepted and closed at once with
+  code 1013 (Try Again Later), the reason carrying the message and retry-after: closed
+  before accepting, the client would only see an HTTP 403.
 - Every permit comes back exactly once: on return, app exception, client disconnect and
   cancellation. Lifespan and other scope types pass through untouched.
 
@@ -32,10 +33,10 @@ from __future__ import annotations
 from typing import Any, Awaitable, Callable, Mapping, MutableMapping, Optional
 
 from . import _http
-from ._http import KeyFunc, Spec
-from ._pure import call as protocol
+from ._http import KeyFunc, ServerErrorResponse, Spec
+from .errors import RejectedError
 
-__all__ = ["GuardMiddleware"]
+__all__ = ["GuardMiddleware", "ServerErrorResponse"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -67,36 +68,57 @@ class GuardMiddleware:
                  if kind == "http" or kind == "websocket" else None)
         if route is None:
             return await self.app(scope, receive, send)
-        guards = route.guards(scope)
-        read = route.read
-        tokens: list[int] = []
-        t0 = read()
-        i = protocol.take(guards, t0, tokens)
-        if i < len(guards):
-            rejection = await _http.settle(guards, i, t0, tokens)
+        single = route.single
+        if single is not None:  # one guard or pipeline: entered inline
+            try:
+                await single.__aenter__()
+            except RejectedError as refused:
+                return await _reject(kind, receive, send, refused)
+            leave = single.__exit__
+        else:
+            rejection = await route.enter(scope)
             if rejection is not None:
-                if kind == "http":
-                    return await _reject_http(send, rejection)
-                return await _reject_websocket(receive, send, rejection)
-        failed = True  # until a response starts with a status below 500
+                return await _reject(kind, receive, send, rejection)
+            leave = route.exit
+        if not route.judges:  # no guard here classifies outcomes: the status is not needed
+            try:
+                await self.app(scope, receive, send)
+            except BaseException as exc:
+                leave(type(exc), exc, None)
+                raise
+            leave(None, None, None)
+            return
+        status = 500  # until a response starts: the server answers 500 for an app that didn't
 
-        async def watched(message: Message) -> None:
-            nonlocal failed
+        def watched(message: Message) -> Awaitable[None]:
+            # a plain function handing back send's awaitable: no coroutine of its own
+            nonlocal status
             t = message["type"]
             if t == "http.response.start" or t == "websocket.http.response.start":
-                failed = message["status"] >= 500
+                status = message["status"]
             elif t == "websocket.accept":
-                failed = False
+                status = 101
             elif t == "websocket.close":
-                failed = message.get("code", 1000) == _INTERNAL_ERROR
-            await send(message)
+                status = 500 if message.get("code", 1000) == _INTERNAL_ERROR else 101
+            return send(message)
 
         try:
             await self.app(scope, receive, watched)
         except BaseException as exc:
-            _http.release(guards, tokens, t0, read, exc, True)
+            leave(type(exc), exc, None)
             raise
-        _http.release(guards, tokens, t0, read, None, failed)
+        if status >= 500:
+            failure = ServerErrorResponse(status)
+            leave(ServerErrorResponse, failure, None)
+        else:
+            leave(None, None, None)
+
+
+async def _reject(kind: str, receive: Receive, send: Send, rejection: BaseException) -> None:
+    if kind == "http":
+        await _reject_http(send, rejection)
+    else:
+        await _reject_websocket(receive, send, rejection)
 
 
 async def _reject_http(send: Send, rejection: BaseException) -> None:

@@ -1,0 +1,258 @@
+"""What GuardMiddleware costs on a minimal Starlette route (target: at most 5 % more).
+
+In process: a raw ASGI driver sends each round's 1000 GET requests straight into the app
+(scope, a receive that hands over the empty body, a send that drops the messages), so the
+figure is the app call itself, no socket or client. Through a server: uvicorn on a free
+127.0.0.1 port and one keep-alive raw-socket client, the bare and the guarded app served
+side by side; there the loopback round trip dominates and the middleware disappears in it.
+
+    .venv/bin/python -m pytest benchmarks/bench_asgi.py -q -o python_files='bench_*.py' \
+        --benchmark-only --benchmark-group-by=group --benchmark-columns=median,ops \
+        -p no:cacheprovider
+
+Wall time on a shared machine is noisy at the 5 % level, so the in-process cost is also
+counted in instructions (callgrind, two request counts, the difference per request):
+
+    .venv/bin/python benchmarks/bench_asgi.py --report [CASE ...]
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+import gameguard as gg
+from gameguard import _impl
+from gameguard.asgi import GuardMiddleware
+
+from conftest import LOOP
+
+
+async def ping(request: Request) -> Response:
+    return PlainTextResponse("pong")
+
+
+def starlette_app() -> Starlette:
+    return Starlette(routes=[Route("/ping", ping)])
+
+
+def _twin(kind: str) -> Any:
+    if kind == "fast" and not _impl.FAST_AVAILABLE:
+        pytest.fail("compiled kernels not built")
+    return _impl.use(kind)
+
+
+GUARDS: dict[str, Callable[[], Any]] = {
+    "breaker": lambda: gg.CircuitBreaker("bench"),
+    "bulkhead": lambda: gg.Bulkhead(64),
+    "token_bucket": lambda: gg.TokenBucket(1e12, 1e12),
+    "keyed": lambda: gg.KeyedLimiter(1e12, 1e12),
+    "pipeline": lambda: gg.pipeline(gg.CircuitBreaker("bench"), gg.Bulkhead(64)),
+}
+
+
+def _player(scope: Any) -> Any:
+    return scope["query_string"]
+
+
+def guarded(what: str) -> Any:
+    return GuardMiddleware(starlette_app(), {"/ping": GUARDS[what]()},
+                           key=_player if what == "keyed" else None)
+
+
+# -- in process: the app call -------------------------------------------------------------------
+SCOPE = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+         "scheme": "http", "path": "/ping", "raw_path": b"/ping", "root_path": "",
+         "query_string": b"player=7", "headers": [(b"host", b"bench")],
+         "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 50000)}
+REQUEST = {"type": "http.request", "body": b"", "more_body": False}
+
+
+def driver(app: Any) -> Callable[[], None]:
+    """One benchmark round: LOOP requests into ``app`` on one event loop."""
+    loop = asyncio.new_event_loop()
+    statuses: list[int] = []
+
+    async def receive() -> Any:
+        return REQUEST
+
+    async def send(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    async def batch() -> None:
+        for _ in range(LOOP):
+            await app(dict(SCOPE), receive, send)
+
+    def run() -> None:
+        statuses.clear()
+        loop.run_until_complete(batch())
+        assert statuses == [200] * LOOP
+
+    return run
+
+
+@pytest.mark.benchmark(group="asgi-in-process")
+def test_bare_starlette(benchmark: Any) -> None:
+    benchmark(driver(starlette_app()))
+
+
+@pytest.mark.benchmark(group="asgi-in-process")
+@pytest.mark.parametrize("kind", ["fast", "pure"])
+@pytest.mark.parametrize("what", sorted(GUARDS))
+def test_guarded_starlette(benchmark: Any, kind: str, what: str) -> None:
+    with _twin(kind):
+        app = guarded(what)
+    benchmark(driver(app))
+
+
+@pytest.mark.benchmark(group="asgi-in-process")
+def test_unmatched_path_starlette(benchmark: Any) -> None:
+    """A path no pattern names: one table lookup, then the app."""
+    benchmark(driver(GuardMiddleware(starlette_app(), {"/other": gg.Bulkhead(1)})))
+
+
+# -- through uvicorn and a client ---------------------------------------------------------------
+class Served:
+    """The bare app at /bare/*, the guarded one at /guarded/*, under one uvicorn server."""
+
+    def __init__(self, guarded_app: Any) -> None:
+        bare = starlette_app()
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            path = scope.get("path", "")
+            if path.startswith("/bare"):
+                scope = dict(scope, path=path[5:])
+                return await bare(scope, receive, send)
+            scope = dict(scope, path=path[8:])
+            return await guarded_app(scope, receive, send)
+
+        # proto given: asyncio sets TCP_NODELAY only on sockets that say they are TCP
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="error",
+                                                    access_log=False, interface="asgi3"))
+        self.thread = threading.Thread(target=self.server.run,
+                                       kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        end = time.monotonic() + 10
+        while not self.server.started:
+            assert time.monotonic() < end and self.thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[Served]:
+    with _twin("fast"):
+        s = Served(guarded("pipeline"))
+    yield s
+    s.stop()
+
+
+def client_round(port: int, prefix: str) -> Callable[[], None]:
+    """LOOP sequential keep-alive GETs over one raw socket (a client costing next to
+    nothing, so the server's share shows)."""
+    request = f"GET {prefix}/ping HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+    conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def run() -> None:
+        for _ in range(LOOP):
+            conn.sendall(request)
+            data = b""
+            while not data.endswith(b"pong"):
+                chunk = conn.recv(4096)
+                assert chunk, "server closed the connection"
+                data += chunk
+            assert data.startswith(b"HTTP/1.1 200")
+
+    return run
+
+
+@pytest.mark.benchmark(group="asgi-uvicorn")
+def test_bare_uvicorn(benchmark: Any, served: Served) -> None:
+    benchmark.pedantic(client_round(served.port, "/bare"), rounds=5, warmup_rounds=1)
+
+
+@pytest.mark.benchmark(group="asgi-uvicorn")
+def test_guarded_uvicorn_pipeline(benchmark: Any, served: Served) -> None:
+    benchmark.pedantic(client_round(served.port, "/guarded"), rounds=5, warmup_rounds=1)
+
+
+# -- instruction counts (callgrind) -------------------------------------------------------------
+CASES = ["bare", "unmatched", "breaker", "bulkhead", "token_bucket", "pipeline", "keyed",
+         "breaker_pure"]
+
+
+def build_case(case: str) -> Any:
+    if case == "bare":
+        return starlette_app()
+    if case == "unmatched":
+        return GuardMiddleware(starlette_app(), {"/other": gg.Bulkhead(1)})
+    kind, what = ("pure", case[:-5]) if case.endswith("_pure") else ("fast", case)
+    with _twin(kind):
+        return guarded(what)
+
+
+def measure(case: str, n1: int = 300, n2: int = 1300) -> float:
+    counts = []
+    for n in (n1, n2):
+        out = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+             __file__, case, str(n)],
+            env={**os.environ, "PYTHONHASHSEED": "0"}, capture_output=True, text=True,
+            check=True, timeout=900)
+        m = re.search(r"Collected : (\d+)", out.stderr)
+        assert m, out.stderr
+        counts.append(int(m.group(1)))
+    return (counts[1] - counts[0]) / (n2 - n1)
+
+
+def _requests(case: str, n: int) -> None:
+    app = build_case(case)
+    loop = asyncio.new_event_loop()
+
+    async def receive() -> Any:
+        return REQUEST
+
+    async def send(message: Any) -> None:
+        pass
+
+    async def batch() -> None:
+        for _ in range(n):
+            await app(dict(SCOPE), receive, send)
+
+    loop.run_until_complete(batch())
+    loop.close()
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "--report":
+        base = measure("bare")
+        print(f"{'bare':14s} {base:10.0f} instructions/request")
+        for case in sys.argv[2:] or CASES[1:]:
+            n = measure(case)
+            print(f"{case:14s} {n:10.0f} instructions/request  {n / base:6.3f}x  "
+                  f"(+{n - base:.0f})")
+    else:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        _requests(sys.argv[1], int(sys.argv[2]))
