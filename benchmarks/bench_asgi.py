@@ -81,9 +81,8 @@ SCOPE = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "met
 REQUEST = {"type": "http.request", "body": b"", "more_body": False}
 
 
-def driver(app: Any) -> Callable[[], None]:
-    """One benchmark round: LOOP requests into ``app`` on one event loop."""
-    loop = asyncio.new_event_loop()
+def driver(app: Any, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+    """One benchmark round: LOOP requests into ``app`` on ``loop``."""
     statuses: list[int] = []
 
     async def receive() -> Any:
@@ -105,24 +104,32 @@ def driver(app: Any) -> Callable[[], None]:
     return run
 
 
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    lp = asyncio.new_event_loop()
+    yield lp
+    lp.close()
+
+
 @pytest.mark.benchmark(group="asgi-in-process")
-def test_bare_starlette(benchmark: Any) -> None:
-    benchmark(driver(starlette_app()))
+def test_bare_starlette(benchmark: Any, loop: asyncio.AbstractEventLoop) -> None:
+    benchmark(driver(starlette_app(), loop))
 
 
 @pytest.mark.benchmark(group="asgi-in-process")
 @pytest.mark.parametrize("kind", ["fast", "pure"])
 @pytest.mark.parametrize("what", sorted(GUARDS))
-def test_guarded_starlette(benchmark: Any, kind: str, what: str) -> None:
+def test_guarded_starlette(benchmark: Any, loop: asyncio.AbstractEventLoop, kind: str,
+                           what: str) -> None:
     with _twin(kind):
         app = guarded(what)
-    benchmark(driver(app))
+    benchmark(driver(app, loop))
 
 
 @pytest.mark.benchmark(group="asgi-in-process")
-def test_unmatched_path_starlette(benchmark: Any) -> None:
+def test_unmatched_path_starlette(benchmark: Any, loop: asyncio.AbstractEventLoop) -> None:
     """A path no pattern names: one table lookup, then the app."""
-    benchmark(driver(GuardMiddleware(starlette_app(), {"/other": gg.Bulkhead(1)})))
+    benchmark(driver(GuardMiddleware(starlette_app(), {"/other": gg.Bulkhead(1)}), loop))
 
 
 # -- through uvicorn and a client ---------------------------------------------------------------
@@ -168,12 +175,18 @@ def served() -> Iterator[Served]:
     s.stop()
 
 
-def client_round(port: int, prefix: str) -> Callable[[], None]:
+@pytest.fixture
+def conn(served: Served) -> Iterator[socket.socket]:
+    c = socket.create_connection(("127.0.0.1", served.port), timeout=10)
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    yield c
+    c.close()
+
+
+def client_round(conn: socket.socket, prefix: str) -> Callable[[], None]:
     """LOOP sequential keep-alive GETs over one raw socket (a client costing next to
     nothing, so the server's share shows)."""
     request = f"GET {prefix}/ping HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
-    conn = socket.create_connection(("127.0.0.1", port), timeout=10)
-    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def run() -> None:
         for _ in range(LOOP):
@@ -189,13 +202,13 @@ def client_round(port: int, prefix: str) -> Callable[[], None]:
 
 
 @pytest.mark.benchmark(group="asgi-uvicorn")
-def test_bare_uvicorn(benchmark: Any, served: Served) -> None:
-    benchmark.pedantic(client_round(served.port, "/bare"), rounds=5, warmup_rounds=1)
+def test_bare_uvicorn(benchmark: Any, conn: socket.socket) -> None:
+    benchmark.pedantic(client_round(conn, "/bare"), rounds=5, warmup_rounds=1)
 
 
 @pytest.mark.benchmark(group="asgi-uvicorn")
-def test_guarded_uvicorn_pipeline(benchmark: Any, served: Served) -> None:
-    benchmark.pedantic(client_round(served.port, "/guarded"), rounds=5, warmup_rounds=1)
+def test_guarded_uvicorn_pipeline(benchmark: Any, conn: socket.socket) -> None:
+    benchmark.pedantic(client_round(conn, "/guarded"), rounds=5, warmup_rounds=1)
 
 
 # -- instruction counts (callgrind) -------------------------------------------------------------
