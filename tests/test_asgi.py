@@ -587,3 +587,19 @@ def test_close_reason_fits_a_close_frame_on_a_character_boundary() -> None:
     assert len(reason.encode("utf-8")) <= 123 and set(reason) == {"é"}
     assert _http.close_reason(gg.CircuitOpenError("busy", retry_after=2.5)) == \
         "busy; retry after 3 s"
+
+
+@pytest.mark.asyncio
+async def test_forced_open_breaker_is_503_without_retry_after(twin: str) -> None:
+    breaker = gg.CircuitBreaker()
+    breaker.force_open()
+    sent: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("a rejected request never reaches the app")
+
+    await _drive(GuardMiddleware(app, {"/x": breaker}), _http_scope(), [], sent)
+    start = sent[0]
+    assert start["status"] == 503
+    assert b"retry-after" not in dict(start["headers"])
+    assert breaker.name in sent[1]["body"].decode()
