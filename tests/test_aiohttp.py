@@ -261,3 +261,13 @@ def test_bad_configuration_is_refused() -> None:
         GuardMiddleware({"*": gg.KeyedLimiter(1.0)})
     with pytest.raises(gg.ConfigurationError, match="must be a guard"):
         GuardMiddleware({"*": "bulkhead"})  # type: ignore[dict-item]
+
+
+def test_without_aiohttp_the_import_error_names_the_extra() -> None:
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['aiohttp'] = None\n"
+            "try:\n    import gameguard.aiohttp\nexcept ImportError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert "pip install 'gameguard[aiohttp]'" in out
