@@ -129,7 +129,6 @@ class Route:
         ``__exit__`` signature, so one call serves a route and a lone block alike."""
         self._exit(self.blocks, exc, exc is not None)
 
-
     @staticmethod
     def _exit(blocks: Sequence[Any], exc: Optional[BaseException], quiet: bool) -> None:
         # a RejectedError outcome counts as nothing (local overload), as in a pipeline
