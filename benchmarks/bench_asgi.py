@@ -14,6 +14,11 @@ Wall time on a shared machine is noisy at the 5 % level, so the in-process cost 
 counted in instructions (callgrind, two request counts, the difference per request):
 
     .venv/bin/python benchmarks/bench_asgi.py --report [CASE ...]
+
+and as interleaved best-of-N rounds (thread CPU time in process, wall time through uvicorn;
+the pipeline is a breaker and a bulkhead):
+
+    .venv/bin/python benchmarks/bench_asgi.py --interleaved [ROUNDS]
 """
 from __future__ import annotations
 
@@ -258,8 +263,58 @@ def _requests(case: str, n: int) -> None:
     loop.close()
 
 
+def interleaved(rounds: int) -> None:
+    """CPU time per request (this thread's, so other processes' load counts less), best of
+    ``rounds`` interleaved rounds: in process for each case, then through uvicorn."""
+    cases = ["bare", "unmatched", "breaker", "bulkhead", "token_bucket", "pipeline", "keyed"]
+    loop = asyncio.new_event_loop()
+    runs = {c: driver(build_case(c), loop) for c in cases}
+    best = {c: float("inf") for c in cases}
+    for _ in range(rounds):
+        for c, run in runs.items():
+            t = time.thread_time()
+            run()
+            best[c] = min(best[c], time.thread_time() - t)
+    loop.close()
+    print("in process (thread CPU time per request, best of %d rounds)" % rounds)
+    for c in cases:
+        print(f"  {c:14s} {best[c] / LOOP * 1e6:8.2f} us  {best[c] / best['bare']:6.3f}x")
+    # the server in a process of its own, so the client never competes with it for the GIL
+    server = subprocess.Popen([sys.executable, __file__, "--serve"], stdout=subprocess.PIPE,
+                              text=True)
+    assert server.stdout is not None
+    port = int(server.stdout.readline())
+    conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    wall = {p: float("inf") for p in ("/bare", "/guarded")}
+    try:
+        for i in range(rounds):
+            for p in sorted(wall, reverse=bool(i % 2)):  # neither always goes first
+                run = client_round(conn, p)
+                t = time.perf_counter()
+                run()
+                wall[p] = min(wall[p], time.perf_counter() - t)
+    finally:
+        conn.close()
+        server.terminate()
+        server.wait(10)
+    print("through uvicorn + a raw keep-alive client (wall time per request, best of %d)"
+          % rounds)
+    for p, v in wall.items():
+        print(f"  {p:14s} {v / LOOP * 1e6:8.2f} us  {v / wall['/bare']:6.3f}x")
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "--report":
+    if sys.argv[1] == "--serve":  # for --interleaved: serve until terminated
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        with _twin("fast"):
+            served = Served(guarded("pipeline"))
+        print(served.port, flush=True)
+        served.thread.join()
+    elif sys.argv[1] == "--interleaved":
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        interleaved(int(sys.argv[2]) if len(sys.argv) > 2 else 15)
+    elif sys.argv[1] == "--report":
         base = measure("bare")
         print(f"{'bare':14s} {base:10.0f} instructions/request")
         for case in sys.argv[2:] or CASES[1:]:
