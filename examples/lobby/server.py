@@ -1,6 +1,6 @@
 """A FastAPI game lobby guarded by gameguard.
 
-- ``POST /lobby/join``: each player may join at most 2 times a second (burst 3), keyed by
+- ``POST /lobby/join``: each player may join once every 2 seconds (burst 3), keyed by
   the ``X-Player-Id`` header: a player spamming the button gets 429 with ``Retry-After``;
   other players are untouched.
 - ``GET /matchmaking/find``: calls the matchmaker, a dependency that can fail. A breaker
@@ -47,7 +47,7 @@ def player_of(scope: Any) -> str:
 def create_app() -> tuple[FastAPI, dict[str, Any]]:
     """The app, and the guards and dependency (for the client to report on)."""
     matchmaker = Matchmaker()
-    joins = gg.KeyedLimiter(2.0, 3, name="lobby-joins")
+    joins = gg.KeyedLimiter(0.5, 3, name="lobby-joins")
     breaker = gg.CircuitBreaker("matchmaker", consecutive_failures=3, open_duration=1.0)
     chat = gg.Bulkhead(CHAT_SEATS, name="chat-seats")
     app = FastAPI(title="lobby")
