@@ -37,6 +37,28 @@ def _http_scope(path: str = "/x") -> dict[str, Any]:
             "query_string": b""}
 
 
+async def holder_and_waiter(guards: Any, bulkhead: gg.Bulkhead,
+                            **options: Any) -> tuple[Any, Any]:
+    """Two requests through ``GuardMiddleware(app, guards)`` whose app waits for ever: the
+    first holds ``bulkhead``'s slot, the second is left waiting for it."""
+    started = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        started.set()
+        await receive()
+
+    mw = GuardMiddleware(app, guards, **options)
+    holder = asyncio.ensure_future(_drive(mw, _http_scope(), []))
+    await asyncio.wait_for(started.wait(), DEADLINE)
+    waiter = asyncio.ensure_future(_drive(mw, _http_scope(), []))
+    for _ in range(100):
+        if bulkhead.snapshot()["waiting"] == 1:
+            break
+        await asyncio.sleep(0)
+    assert bulkhead.snapshot()["waiting"] == 1
+    return holder, waiter
+
+
 @pytest.mark.asyncio
 async def test_cancellation_gives_the_permit_back(twin: str) -> None:
     bulkhead = gg.Bulkhead(1)
@@ -60,21 +82,7 @@ async def test_cancellation_gives_the_permit_back(twin: str) -> None:
 async def test_cancelled_while_waiting_for_a_slot_takes_nothing(twin: str) -> None:
     bulkhead = gg.Bulkhead(1, max_wait=None)
     limiter = gg.TokenBucket(100.0, 10, clock=bulkhead.clock)  # outer: taken before the wait
-    started = asyncio.Event()
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        started.set()
-        await receive()
-
-    mw = GuardMiddleware(app, {"*": [limiter, bulkhead]})
-    holder = asyncio.ensure_future(_drive(mw, _http_scope(), []))
-    await asyncio.wait_for(started.wait(), DEADLINE)
-    waiter = asyncio.ensure_future(_drive(mw, _http_scope(), []))
-    for _ in range(100):
-        if bulkhead.snapshot()["waiting"] == 1:
-            break
-        await asyncio.sleep(0)
-    assert bulkhead.snapshot()["waiting"] == 1
+    holder, waiter = await holder_and_waiter({"*": [limiter, bulkhead]}, bulkhead)
     waiter.cancel()
     holder.cancel()
     for t in (waiter, holder):
@@ -143,21 +151,9 @@ async def test_cancelled_in_an_inner_wait_releases_the_outer_blocks(twin: str) -
     outer = gg.Bulkhead(4)
     per_player = gg.KeyedLimiter(100.0, 10)
     inner = gg.Bulkhead(1, max_wait=None)
-    started = asyncio.Event()
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        started.set()
-        await receive()
-
-    mw = GuardMiddleware(app, {"*": [outer, per_player, inner]}, key=lambda s: "p")
-    holder = asyncio.ensure_future(_drive(mw, _http_scope(), []))
-    await asyncio.wait_for(started.wait(), DEADLINE)
-    waiter = asyncio.ensure_future(_drive(mw, _http_scope(), []))
-    for _ in range(100):
-        if inner.snapshot()["waiting"] == 1:
-            break
-        await asyncio.sleep(0)
-    assert (outer.in_flight, inner.snapshot()["waiting"]) == (2, 1)
+    holder, waiter = await holder_and_waiter({"*": [outer, per_player, inner]}, inner,
+                                             key=lambda s: "p")
+    assert outer.in_flight == 2
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
