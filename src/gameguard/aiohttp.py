@@ -1,0 +1,83 @@
+"""Guards for aiohttp servers: the ASGI middleware's behaviour as an aiohttp middleware.
+
+``web.Application(middlewares=[GuardMiddleware(guards, key=None)])``: ``guards`` maps path
+patterns (``"/match"``, ``"/match/*"``, ``"*"``; most specific wins) to a guard, a
+``pipeline(...)``, a ``KeyedLimiter`` or a list of them (outermost first); ``key(request)
+-> key`` gives a ``KeyedLimiter`` its key.
+
+- A rejected request gets 429 (rate limit, full bulkhead) or 503 (open breaker, draining,
+  shedding), with ``Retry-After`` in whole seconds when known; the handler does not run.
+- A 5xx response (returned or raised as ``web.HTTPException``) or another exception of the
+  handler is a failure for the route's breakers (as their ``record``/``ignore`` classify
+  it: a 5xx reaches them as a :class:`ServerErrorResponse`); 4xx is a success. Exceptions
+  propagate unchanged.
+- A WebSocket handler holds its permits for the whole connection; a rejected upgrade is
+  accepted and closed at once with code 1013 (Try Again Later).
+- Every permit comes back exactly once, on cancellation (client disconnect) too.
+
+Needs the extra: ``pip install gameguard[aiohttp]``.
+"""
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable, Mapping, Optional
+
+try:
+    from aiohttp import web
+except ImportError as exc:  # pragma: no cover - exercised without the extra installed
+    raise ImportError(
+        "gameguard.aiohttp needs aiohttp: pip install 'gameguard[aiohttp]'") from exc
+
+from . import _http
+from ._http import KeyFunc, ServerErrorResponse, Spec
+
+__all__ = ["GuardMiddleware", "ServerErrorResponse"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class GuardMiddleware:
+    """An aiohttp (new-style) middleware guarding handlers by path pattern; see the module
+    docstring. Bad arguments are a ``ConfigurationError`` here, never per request."""
+
+    #: marks a new-style ``(request, handler)`` middleware for aiohttp 3
+    __middleware_version__ = 1
+
+    def __init__(self, guards: Mapping[str, Spec], *, key: Optional[KeyFunc] = None) -> None:
+        self._routes = _http.routes(guards, key)
+
+    async def __call__(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = self._routes.lookup(request.path)
+        if route is None:
+            return await handler(request)
+        rejection = await route.enter(request)
+        if rejection is not None:
+            return await _reject(request, rejection)
+        try:
+            response = await handler(request)
+        except web.HTTPException as answer:  # an answer, raised: judged by its status
+            _leave(route, answer.status)
+            raise
+        except BaseException as error:
+            route.exit(type(error), error)
+            raise
+        _leave(route, response.status)
+        return response
+
+
+def _leave(route: _http.Route, status: int) -> None:
+    if status >= 500:
+        route.exit(ServerErrorResponse, ServerErrorResponse(status))
+    else:
+        route.exit(None, None)
+
+
+async def _reject(request: web.Request, rejection: BaseException) -> web.StreamResponse:
+    ws = web.WebSocketResponse()
+    if ws.can_prepare(request).ok:
+        await ws.prepare(request)
+        await ws.close(code=_http.TRY_AGAIN_LATER,
+                       message=_http.close_reason(rejection).encode("utf-8"))
+        return ws
+    headers: Any = dict(_http.rejection_headers(rejection))
+    return web.Response(status=_http.status_of(rejection), text=str(rejection),
+                        headers=headers)
