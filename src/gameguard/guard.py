@@ -356,10 +356,10 @@ class _WrappingPipeline(Pipeline):
     def _kind(self) -> str:
         return f"pipeline with {next(g for g in self._guards if isinstance(g, WrappingGuard))!r}"
 
-    __enter__ = WrappingGuard.__enter__  # type: ignore[assignment]
-    __exit__ = WrappingGuard.__exit__  # type: ignore[assignment]
-    __aenter__ = WrappingGuard.__aenter__  # type: ignore[assignment]
-    __aexit__ = WrappingGuard.__aexit__  # type: ignore[assignment]
+    __enter__ = WrappingGuard.__enter__
+    __exit__ = WrappingGuard.__exit__
+    __aenter__ = WrappingGuard.__aenter__
+    __aexit__ = WrappingGuard.__aexit__
 
 
 MAX_PIPELINE = 16
