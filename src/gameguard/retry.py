@@ -61,7 +61,8 @@ class RetryBudget:
         self._buckets = check_int("buckets", buckets, 1, 10_000)
         self._clock = check_clock(clock)
         self.name = check_name(name, "retry-budget")
-        self._kernel = _impl.kernel("retry").Budget(
+        self._kernels = _impl.kernel("retry")  # the twin: a Retry using this budget uses it too
+        self._kernel = self._kernels.Budget(
             self._ratio, self._min_per_second * self._window, self._window, self._buckets)
         self._refused = 0
         from ._registry import register
@@ -138,6 +139,7 @@ class Retry(WrappingGuard):
         if budget is not None and not isinstance(budget, RetryBudget):
             raise ConfigurationError(f"budget must be a RetryBudget or None, got {budget!r}")
         self._budget = budget
+        self._kernels = _impl.kernel("retry") if budget is None else budget._kernels
         check_callable("rng", rng)
         if rng is None:
             s = int.from_bytes(os.urandom(8), "little") if seed is None else \
@@ -194,7 +196,7 @@ class Retry(WrappingGuard):
         def again(args: tuple[Any, ...], kwargs: Dict[str, Any], exc: Exception) -> Any:
             return self._retry_sync(call, args, kwargs, exc)
 
-        return _impl.kernel("retry").wrap_sync(  # type: ignore[no-any-return]
+        return self._kernels.wrap_sync(  # type: ignore[no-any-return]
             call, again, None if budget is None else budget._kernel,
             None if budget is None else budget._clock)
 
