@@ -353,3 +353,28 @@ def test_default_names_are_stable():
 def test_pipeline_needs_one_clock():
     with pytest.raises(ConfigurationError, match="clock"):
         pipeline(Retry(clock=ManualClock()), CircuitBreaker())
+
+
+def test_sync_retries_load_no_asyncio():
+    """A sync server using Retry, RetryBudget (and importing Timeout, Hedge) pays nothing for
+    asyncio: those modules import it only when an async call runs."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import gameguard as gg, sys\n"
+            "from gameguard.retry import Retry, RetryBudget\n"
+            "from gameguard.timeout import Timeout\n"
+            "from gameguard.hedge import Hedge\n"
+            "clock = gg.ManualClock()\n"
+            "n = []\n"
+            "def f():\n"
+            "    n.append(1)\n"
+            "    if len(n) < 2: raise ValueError\n"
+            "    return 1\n"
+            "assert Retry(3, budget=RetryBudget(clock=clock), clock=clock)(f)() == 1\n"
+            "Timeout(1.0), Hedge(0.1)\n"
+            "import json; print(json.dumps(sorted(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    assert "asyncio" not in json.loads(out)
