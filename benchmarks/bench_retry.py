@@ -14,24 +14,9 @@ import asyncio
 import pytest
 
 import gameguard as gg
-from gameguard import _impl
 from gameguard.retry import Retry, RetryBudget
 
-from conftest import LOOP
-
-
-def handler(x: int) -> int:
-    return x
-
-
-async def ahandler(x: int) -> int:
-    return x
-
-
-def _twin(kind: str):
-    if kind == "fast" and not _impl.FAST_AVAILABLE:
-        pytest.skip("compiled kernels not built")
-    return _impl.use(kind)
+from bench_breaker import _bench_async, _twin, ahandler, handler
 
 
 # -- sync: first attempt succeeds ---------------------------------------------------------
@@ -86,27 +71,7 @@ def test_stamina(benchmark, loop_calls):
     benchmark(loop_calls(f))
 
 
-# -- async: first attempt succeeds --------------------------------------------------------
-def _await_loop(f):
-    async def calls() -> None:
-        for _ in range(LOOP):
-            await f(1)
-
-    loop = asyncio.new_event_loop()
-
-    def run() -> None:
-        loop.run_until_complete(calls())
-    return run, loop
-
-
-def _bench_async(benchmark, f):
-    run, loop = _await_loop(f)
-    try:
-        benchmark(run)
-    finally:
-        loop.close()
-
-
+# -- async: first attempt succeeds -------------------------------------------------------
 @pytest.mark.benchmark(group="retry-async")
 def test_bare_await(benchmark):
     _bench_async(benchmark, ahandler)

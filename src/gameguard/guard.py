@@ -24,8 +24,8 @@ around each attempt, then the wrapping guard wraps that, and so on outwards.
 """
 from __future__ import annotations
 
-from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Optional, Protocol, Sequence,
-                    Tuple, Type, TypeVar, Union, cast, overload)
+from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Dict, Optional, Protocol,
+                    Sequence, Tuple, Type, TypeVar, Union, cast, overload)
 
 from . import _impl
 from .clock import Clock, monotonic
@@ -304,7 +304,18 @@ class WrappingGuard(Guard):
                         f"function cannot be pre-empted or raced; got {_qualname(call)}")
 
     def _wrap_async(self, call: Callable[..., Any]) -> Callable[..., Any]:
-        """``call`` (a coroutine function) under this guard."""
+        """``call`` (a coroutine function) under this guard: :meth:`_run_async` per call."""
+        import functools
+
+        async def guarded(*args: Any, **kwargs: Any) -> Any:
+            return await self._run_async(call, args, kwargs)
+
+        functools.update_wrapper(guarded, call)
+        return guarded
+
+    async def _run_async(self, call: Callable[..., Any], args: Tuple[Any, ...],
+                         kwargs: Dict[str, Any]) -> Any:
+        """One guarded await of ``call(*args, **kwargs)``."""
         raise NotImplementedError
 
     def _kind(self) -> str:

@@ -1,7 +1,6 @@
 """Hedged requests for coroutines: :class:`Hedge`."""
 from __future__ import annotations
 
-import functools
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Set
 
 from ._checks import check_int, check_name, check_non_negative
@@ -48,14 +47,7 @@ class Hedge(WrappingGuard):
         return {"name": self.name, "hedges": self._hedges, "hedge_wins": self._hedge_wins,
                 "config": {"delay": self._delay, "max_extra": self._max_extra}}
 
-    def _wrap_async(self, call: Callable[..., Any]) -> Callable[..., Any]:
-        async def hedged(*args: Any, **kwargs: Any) -> Any:
-            return await self._race(call, args, kwargs)
-
-        functools.update_wrapper(hedged, call)
-        return hedged
-
-    async def _race(self, call: Callable[..., Any], args: tuple[Any, ...],
+    async def _run_async(self, call: Callable[..., Any], args: tuple[Any, ...],
                     kwargs: Dict[str, Any]) -> Any:
         import asyncio
 

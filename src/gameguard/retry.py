@@ -7,7 +7,6 @@ within ``ratio`` of the calls plus a floor, so a failing dependency never sees a
 """
 from __future__ import annotations
 
-import functools
 import os
 import threading
 from typing import Any, Callable, Dict, Optional
@@ -220,31 +219,26 @@ class Retry(WrappingGuard):
             self._count("recovered")
             return result
 
-    def _wrap_async(self, call: Callable[..., Any]) -> Callable[..., Any]:
-        budget = self._budget
-
-        async def retried(*args: Any, **kwargs: Any) -> Any:
-            if budget is not None:
-                budget.deposit()
-            attempt = 1
-            while True:
-                try:
-                    result = await call(*args, **kwargs)
-                except Exception as e:
-                    exc = e
-                else:
-                    if attempt > 1:
-                        self._count("recovered")
-                    return result
-                delay = self._delay_after(attempt, exc)
-                if delay is None:
-                    raise exc
-                if delay > 0.0:
-                    await self._sleep_async(delay)  # cancellation ends the call here
-                attempt += 1
-
-        functools.update_wrapper(retried, call)
-        return retried
+    async def _run_async(self, call: Callable[..., Any], args: tuple[Any, ...],
+                         kwargs: Dict[str, Any]) -> Any:
+        if self._budget is not None:
+            self._budget.deposit()
+        attempt = 1
+        while True:
+            try:
+                result = await call(*args, **kwargs)
+            except Exception as e:
+                exc = e
+            else:
+                if attempt > 1:
+                    self._count("recovered")
+                return result
+            delay = self._delay_after(attempt, exc)
+            if delay is None:
+                raise exc
+            if delay > 0.0:
+                await self._sleep_async(delay)  # cancellation ends the call here
+            attempt += 1
 
     def __repr__(self) -> str:
         return f"<Retry {self.name!r} attempts={self._attempts}>"

@@ -1,7 +1,6 @@
 """Deadlines for coroutines: :class:`Timeout`."""
 from __future__ import annotations
 
-import functools
 import sys
 from typing import Any, Callable, Dict, Optional
 
@@ -54,14 +53,7 @@ class Timeout(WrappingGuard):
         return {"name": self.name, "timeouts": self._timeouts,
                 "config": {"seconds": self._seconds}}
 
-    def _wrap_async(self, call: Callable[..., Any]) -> Callable[..., Any]:
-        async def timed(*args: Any, **kwargs: Any) -> Any:
-            return await self._run(call, args, kwargs)
-
-        functools.update_wrapper(timed, call)
-        return timed
-
-    async def _run(self, call: Callable[..., Any], args: tuple[Any, ...],
+    async def _run_async(self, call: Callable[..., Any], args: tuple[Any, ...],
                    kwargs: Dict[str, Any]) -> Any:
         import asyncio
 
