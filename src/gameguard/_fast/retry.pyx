@@ -5,7 +5,7 @@ import functools
 
 from cpython.object cimport PyObject
 
-from gameguard._fast.kernel cimport monotonic_precise
+from gameguard._fast.kernel cimport monotonic_coarse
 from gameguard._fast.vector cimport (gg_propagate, vectorcallfunc, PyVectorcall_Call,
                                      vectorcall_raw, pack_args, enable_vectorcall)
 from gameguard._fast.window cimport RollingWindow
@@ -98,7 +98,9 @@ cdef object _retry_vectorcall(RetryCall self, PyObject **args, size_t nargsf,
                               PyObject *kwnames):
     cdef double now
     if self.budget is not None:
-        now = monotonic_precise() if self.clock is None else self.clock()
+        # the coarse view (one tick, 1-4 ms, behind) will do: budget buckets are window/buckets
+        # seconds wide (a second by default)
+        now = monotonic_coarse() if self.clock is None else self.clock()
         self.budget.deposit_c(now)
     cdef PyObject *res = vectorcall_raw(<PyObject *>self.func, args, nargsf, kwnames)
     if res != NULL:
