@@ -17,10 +17,11 @@ One public module with a :class:`Guard` subclass and one kernel pair
 changes: both wrappers, ``with`` and ``pipeline`` only ever talk to those hooks.
 
 A guard that must run the call itself (re-run it, race it, cancel it: ``Retry``,
-``Timeout``, ``Hedge``) is a :class:`WrappingGuard` instead: no kernel, one hook per kind of
-function (``_wrap_sync``/``_wrap_async``: the call in, the wrapped call out). Decorating with
-a pipeline splits it at such guards: the kernel guards inside one run under the protocol
-around each attempt, then the wrapping guard wraps that, and so on outwards.
+``Timeout``, ``Hedge``) is a :class:`WrappingGuard` instead: no kernel and no permit, only
+``_wrap_sync(call)`` (the wrapped sync call; the default refuses sync functions) and
+``_run_async(call, args, kwargs)`` (one guarded await). Decorating with a pipeline splits it
+at such guards: the kernel guards inside one run under the protocol around each attempt,
+then the wrapping guard wraps that, and so on outwards.
 """
 from __future__ import annotations
 
@@ -286,8 +287,9 @@ if TYPE_CHECKING:
 class WrappingGuard(Guard):
     """Base of guards that run the call themselves rather than admit it: ``Retry`` re-runs
     it, ``Timeout`` cancels it, ``Hedge`` races copies of it. No kernel and no permit: the
-    hooks are :meth:`_wrap_sync` and :meth:`_wrap_async`, called once at decoration with
-    the call (the user's function, or the kernel guards inside it in a pipeline).
+    hooks are :meth:`_wrap_sync` (called once at decoration) and :meth:`_run_async` (once
+    per call); ``call`` is the user's function, or the kernel guards inside this one in a
+    pipeline, already wrapped.
 
     Such a guard cannot guard a ``with`` block (a block cannot be re-run, raced or
     pre-empted from outside): ``with`` and ``async with`` raise ``TypeError``.
@@ -299,7 +301,8 @@ class WrappingGuard(Guard):
         register(self)
 
     def _wrap_sync(self, call: Callable[..., Any]) -> Callable[..., Any]:
-        """``call`` (a sync callable) under this guard; ``TypeError`` if it takes none."""
+        """``call`` (a sync callable) under this guard; by default sync functions are
+        refused (``TypeError``, at decoration)."""
         raise TypeError(f"{type(self).__name__} guards coroutine functions only: a sync "
                         f"function cannot be pre-empted or raced; got {_qualname(call)}")
 
