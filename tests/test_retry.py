@@ -320,6 +320,22 @@ async def test_cancelling_an_attempt_in_flight_is_not_retried(twin, clock):
     assert calls == [1]
 
 
+@pytest.mark.asyncio
+async def test_a_sync_backoff_on_the_loop_thread_warns(clock):
+    with pytest.warns(RuntimeWarning, match="blocks the event loop"):
+        assert Retry(2, clock=clock)(failing(1))() == "ok"
+
+
+@pytest.mark.asyncio
+async def test_the_warning_raised_as_an_error_keeps_the_failure_attached(clock):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RuntimeWarning) as info:
+            Retry(2, clock=clock)(failing(1))()
+    assert isinstance(info.value.__cause__, Boom)
+
+
 # -- construction --------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs,match", [
     (dict(attempts=0), "attempts.*0"), (dict(attempts=2.5), "attempts.*2.5"),

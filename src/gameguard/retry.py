@@ -208,7 +208,10 @@ class Retry(WrappingGuard):
             if delay is None:
                 raise exc
             if delay > 0.0:
-                warn_if_loop_thread("Retry's backoff sleep", "an async function")
+                try:
+                    warn_if_loop_thread("Retry's backoff sleep", "an async function")
+                except Warning as w:  # warnings raised as errors: the failure stays attached
+                    raise w from exc
                 self._sleep(delay)
             attempt += 1
             try:
