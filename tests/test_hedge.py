@@ -171,3 +171,35 @@ def test_sync_functions_are_refused_at_decoration():
 def test_bad_arguments_name_the_parameter_and_value(kwargs, match):
     with pytest.raises(ConfigurationError, match=match):
         Hedge(**kwargs)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("winner", [0, 1])
+async def test_every_outcome_is_read_so_none_is_reported_never_retrieved(clock, winner):
+    """Both attempts end in the same loop turn, one returning and one raising."""
+    import gc
+    reported = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda loop, context: reported.append(context))
+    gate = asyncio.Event()
+    started: List[int] = []
+
+    async def f():
+        n = len(started)
+        started.append(n)
+        if n == 0:
+            await gate.wait()   # woken in the turn after attempt 1 starts
+        else:
+            gate.set()
+            await asyncio.sleep(0)  # resumes in that same turn
+        if n == winner:
+            return "ok"
+        raise Boom(n)
+
+    try:
+        assert await asyncio.wait_for(Hedge(0.5, clock=clock)(f)(), SAFETY) == "ok"
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert started == [0, 1] and reported == []

@@ -66,18 +66,25 @@ class Hedge(WrappingGuard):
                     pending.add(asyncio.ensure_future(call(*args, **kwargs)))
                     continue
                 pending -= done
-                for attempt in done:
+                winner: Optional[asyncio.Future[Any]] = None
+                fatal: Optional[BaseException] = None
+                for attempt in done:  # every outcome read: none "never retrieved"
                     if attempt.cancelled():
                         failure = asyncio.CancelledError()
                         continue
                     exc = attempt.exception()
                     if exc is None:
-                        if attempt is not first:
-                            self._hedge_wins += 1
-                        return attempt.result()
-                    if not isinstance(exc, Exception):
-                        raise exc  # KeyboardInterrupt, SystemExit: not a failed attempt
-                    failure = exc
+                        winner = winner or attempt
+                    elif isinstance(exc, Exception):
+                        failure = exc
+                    else:
+                        fatal = exc  # KeyboardInterrupt, SystemExit: not a failed attempt
+                if fatal is not None:
+                    raise fatal
+                if winner is not None:
+                    if winner is not first:
+                        self._hedge_wins += 1
+                    return winner.result()
                 if not pending:
                     if not extra:
                         assert failure is not None
