@@ -15,6 +15,13 @@ One public module with a :class:`Guard` subclass and one kernel pair
 ``self._kernel = _impl.kernel("<name>").<Kernel>(...)`` and implements the hooks of
 :class:`GuardHooks` it needs; :class:`Guard` gives every other hook a default. Nothing else
 changes: both wrappers, ``with`` and ``pipeline`` only ever talk to those hooks.
+
+A guard that must run the call itself (re-run it, race it, cancel it: ``Retry``,
+``Timeout``, ``Hedge``) is a :class:`WrappingGuard` instead: no kernel and no permit, only
+``_wrap_sync(call)`` (the wrapped sync call; the default refuses sync functions) and
+``_run_async(call, args, kwargs)`` (one guarded await). Decorating with a pipeline splits it
+at such guards: the kernel guards inside one run under the protocol around each attempt,
+then the wrapping guard wraps that, and so on outwards.
 """
 from __future__ import annotations
 
@@ -28,12 +35,13 @@ from ._hints import TYPE_CHECKING, Protocol, cast, overload
 from ._log import logger
 
 if TYPE_CHECKING:
-    from typing import Any, Awaitable, Optional, Sequence, Tuple, TypeVar
+    from typing import Any, Awaitable, Dict, Optional, Sequence, Tuple, TypeVar
 
     F = TypeVar("F", bound=Callable[..., Any])
     G = TypeVar("G")
 
-__all__ = ["Guard", "GuardHooks", "Pipeline", "pipeline", "Classifier", "ExceptionSpec"]
+__all__ = ["Guard", "GuardHooks", "Pipeline", "WrappingGuard", "pipeline", "Classifier",
+           "ExceptionSpec"]
 
 
 #: what ``record=``/``ignore=`` take: exception types, or a predicate on the exception
@@ -153,13 +161,36 @@ def _check_decoratable(func: Any) -> None:
             "would only cover creating the generator; guard the code that iterates it instead")
 
 
-def _wrap(func: F, guards: Sequence["Guard"], fallback: Optional[Callable[..., Any]]) -> F:
-    _check_decoratable(func)
+def _admit(func: Any, guards: Sequence["Guard"], fallback: Optional[Callable[..., Any]],
+           is_async: bool) -> Any:
+    """``func`` under kernel guards (outermost first): the protocol's wrapper."""
     call = guards[0]._call
     if any(g._call is not call for g in guards):  # mixed twins: the pure wrapper takes any
         from ._pure import call
-    wrap = call.wrap_async if _is_async_callable(func) else call.wrap_sync
-    return cast("F", wrap(func, tuple(guards), guards[0]._clock, fallback))
+    wrap = call.wrap_async if is_async else call.wrap_sync
+    return wrap(func, tuple(guards), guards[0]._clock, fallback)
+
+
+def _wrap(func: F, guards: Sequence["Guard"], fallback: Optional[Callable[..., Any]]) -> F:
+    _check_decoratable(func)
+    is_async = _is_async_callable(func)
+    if not any(isinstance(g, WrappingGuard) for g in guards):
+        return cast("F", _admit(func, guards, fallback, is_async))
+    # innermost first: each run of kernel guards is one protocol wrapper around what is
+    # inside it, each wrapping guard wraps everything inside it (so it sees every attempt)
+    wrapped: Any = func
+    end = len(guards)
+    for i in range(len(guards) - 1, -1, -1):
+        g = guards[i]
+        if isinstance(g, WrappingGuard):
+            if i + 1 < end:
+                wrapped = _admit(wrapped, guards[i + 1:end], fallback, is_async)
+            wrapped = g._wrap_async(wrapped) if is_async else g._wrap_sync(wrapped)
+            end = i
+    if end:
+        wrapped = _admit(wrapped, guards[:end], fallback, is_async)
+    wrapped.__wrapped__ = func  # the user's function, not the inner wrapper
+    return cast("F", wrapped)
 
 
 class _GuardMixin(_Base):
@@ -258,6 +289,68 @@ if TYPE_CHECKING:
         return g  # mypy checks here that Guard (so every guard) satisfies GuardHooks
 
 
+class WrappingGuard(Guard):
+    """Base of guards that run the call themselves rather than admit it: ``Retry`` re-runs
+    it, ``Timeout`` cancels it, ``Hedge`` races copies of it. No kernel and no permit: the
+    hooks are :meth:`_wrap_sync` (called once at decoration) and :meth:`_run_async` (once
+    per call); ``call`` is the user's function, or the kernel guards inside this one in a
+    pipeline, already wrapped.
+
+    Such a guard cannot guard a ``with`` block (a block cannot be re-run, raced or
+    pre-empted from outside): ``with`` and ``async with`` raise ``TypeError``.
+    """
+
+    def _init_wrapping(self, name: str, clock: Optional[Clock]) -> None:
+        self._init_guard(name, clock, None)
+        from ._registry import register
+        register(self)
+
+    def _wrap_sync(self, call: Callable[..., Any]) -> Callable[..., Any]:
+        """``call`` (a sync callable) under this guard; by default sync functions are
+        refused (``TypeError``, at decoration)."""
+        raise TypeError(f"{type(self).__name__} guards coroutine functions only: a sync "
+                        f"function cannot be pre-empted or raced; got {_qualname(call)}")
+
+    def _wrap_async(self, call: Callable[..., Any]) -> Callable[..., Any]:
+        """``call`` (a coroutine function) under this guard: :meth:`_run_async` per call."""
+        import functools
+
+        async def guarded(*args: Any, **kwargs: Any) -> Any:
+            return await self._run_async(call, args, kwargs)
+
+        functools.update_wrapper(guarded, call)
+        return guarded
+
+    async def _run_async(self, call: Callable[..., Any], args: Tuple[Any, ...],
+                         kwargs: Dict[str, Any]) -> Any:
+        """One guarded await of ``call(*args, **kwargs)``."""
+        raise NotImplementedError
+
+    def _kind(self) -> str:
+        return type(self).__name__
+
+    def __enter__(self) -> Any:
+        raise _no_block(self._kind())
+
+    def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> bool:
+        raise _no_block(self._kind())
+
+    async def __aenter__(self) -> Any:
+        raise _no_block(self._kind())
+
+    async def __aexit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> bool:
+        raise _no_block(self._kind())
+
+
+def _qualname(func: Any) -> str:
+    return repr(getattr(func, "__qualname__", func))
+
+
+def _no_block(kind: str) -> TypeError:
+    return TypeError(f"{kind} runs the call itself (it may re-run, race or cancel it), which a "
+                     f"with block does not allow: decorate the function instead")
+
+
 class Pipeline(_GuardMixin):
     """Guards composed outermost first; see :func:`pipeline`."""
 
@@ -274,6 +367,18 @@ class Pipeline(_GuardMixin):
 
     def __repr__(self) -> str:
         return f"pipeline({', '.join(map(repr, self._guards))})"
+
+
+class _WrappingPipeline(Pipeline):
+    """A pipeline with a :class:`WrappingGuard` in it: a decorator only."""
+
+    def _kind(self) -> str:
+        return f"pipeline with {next(g for g in self._guards if isinstance(g, WrappingGuard))!r}"
+
+    __enter__ = WrappingGuard.__enter__
+    __exit__ = WrappingGuard.__exit__
+    __aenter__ = WrappingGuard.__aenter__
+    __aexit__ = WrappingGuard.__aexit__
 
 
 MAX_PIPELINE = 16
@@ -304,4 +409,6 @@ def pipeline(*guards: Guard, fallback: Optional[Callable[..., Any]] = None) -> P
     if len(clocks) != 1:
         raise ConfigurationError("pipeline guards must share one clock (pass the same clock=)")
     check_callable("fallback", fallback)
+    if any(isinstance(g, WrappingGuard) for g in guards):
+        return _WrappingPipeline(guards, fallback)
     return Pipeline(guards, fallback)

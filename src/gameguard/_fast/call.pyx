@@ -35,22 +35,12 @@ cdef extern from *:
     #if PY_VERSION_HEX < 0x030A0000
     #error "gameguard._fast.call needs CPython >= 3.10 (am_send, PyIter_Send); on older Pythons gameguard runs its pure-Python twin"
     #endif
-    /* Returning NULL with the caller's exception still set: Cython's error path then
-       re-raises that very exception object, traceback kept. */
-    static CYTHON_INLINE PyObject *gg_propagate(void) { return NULL; }
     """
-    object gg_propagate()
-from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
+from gameguard._fast.vector cimport (gg_propagate, vectorcallfunc, PyVectorcall_Call,
+                                     vectorcall_raw, pack_args as _pack, enable_vectorcall)
 from gameguard._log import logger
 
 cdef extern from "Python.h":
-    ctypedef PyObject *(*vectorcallfunc)(PyObject *, PyObject **, size_t, PyObject *)
-    unsigned long Py_TPFLAGS_HAVE_VECTORCALL
-    Py_ssize_t PyVectorcall_NARGS(size_t nargsf)
-    object PyVectorcall_Call(object callable, object args, object kwargs)
-    ctypedef struct TypeSlots "PyTypeObject":
-        Py_ssize_t tp_vectorcall_offset
-        unsigned long tp_flags
     ctypedef struct DictSlots "PyTypeObject":
         PyObject *tp_dict
     ctypedef struct PyMethodDef:
@@ -61,12 +51,9 @@ cdef extern from "Python.h":
     int METH_FASTCALL
     object PyDescr_NewMethod(type cls, PyMethodDef *method)
     void PyType_Modified(type cls)
-    PyObject *vectorcall_raw "PyObject_Vectorcall" (PyObject *, PyObject **, size_t, PyObject *)
     void PyErr_Fetch(PyObject **, PyObject **, PyObject **)
     void PyErr_Restore(PyObject *, PyObject *, PyObject *)
     void PyErr_NormalizeException(PyObject **, PyObject **, PyObject **)
-    Py_ssize_t PyTuple_GET_SIZE(PyObject *)
-    PyObject *PyTuple_GET_ITEM(PyObject *, Py_ssize_t)
     ctypedef struct ThreadState "PyThreadState":
         PyObject *context   # the current contextvars.Context
     ThreadState *PyThreadState_Get()
@@ -367,23 +354,6 @@ cdef object _guarded_vectorcall(GuardedCall self, PyObject **args, size_t nargsf
     Py_DECREF(result)  # `result` holds its own reference now; drop the one the call gave us
     self.exit_ok(tokens, t0)
     return result
-
-
-cdef tuple _pack(PyObject **args, size_t nargsf, PyObject *kwnames):
-    """(args tuple, kwargs dict) from a vectorcall argument vector (slow paths only)."""
-    cdef Py_ssize_t nargs = PyVectorcall_NARGS(nargsf)
-    cdef Py_ssize_t nkw = 0 if kwnames == NULL else PyTuple_GET_SIZE(kwnames)
-    cdef Py_ssize_t i
-    cdef tuple positional = PyTuple_New(nargs)
-    cdef dict kwargs = {}
-    cdef object item
-    for i in range(nargs):
-        item = <object>args[i]
-        Py_INCREF(item)
-        PyTuple_SET_ITEM(positional, i, item)
-    for i in range(nkw):
-        kwargs[<object>PyTuple_GET_ITEM(kwnames, i)] = <object>args[nargs + i]
-    return (positional, kwargs)
 
 
 # -- decorated coroutines ----------------------------------------------------------------------
@@ -791,11 +761,8 @@ cdef _install_slots():
     tp.tp_as_async.am_send = <sendfunc>_awaitable_am_send
     cdef _Wrapper probe = GuardedCall.__new__(GuardedCall)
     cdef Py_ssize_t offset = <char *>&probe.vectorcall - <char *><PyObject *>probe
-    cdef TypeSlots *ts
-    for cls in (GuardedCall, GuardedAsync):
-        ts = <TypeSlots *><PyObject *>cls
-        ts.tp_vectorcall_offset = offset
-        ts.tp_flags |= Py_TPFLAGS_HAVE_VECTORCALL
+    enable_vectorcall(GuardedCall, offset)
+    enable_vectorcall(GuardedAsync, offset)
 
 _install_slots()
 
