@@ -27,23 +27,13 @@ def method(name: str) -> str:
     return f"/{SERVICE}/{name}"
 
 
-class _Refuse:
-    """A kernel that admits nothing."""
-    pending = 0
-
-    def enter(self, now: float) -> int:
-        return -1
-
-    def exit(self, token: int, now: float, duration: float, outcome: int) -> None:
-        raise AssertionError("nothing was admitted")
-
-
-class Rejecting(gg.Guard):
-    """A guard that rejects every call with ``error`` (drains and shedders stand-in)."""
+class Rejecting(gg.CircuitBreaker):
+    """A guard that rejects every call with ``error`` (a forced-open breaker that raises
+    what it is given: stands in for drains and shedders)."""
 
     def __init__(self, error: gg.RejectedError) -> None:
-        self._init_guard("rejecting", None)
-        self._kernel = _Refuse()
+        super().__init__("rejecting")
+        self.force_open()
         self.error = error
 
     def _rejection(self, now: float) -> gg.RejectedError:
@@ -56,6 +46,7 @@ class Arrivals:
     def __init__(self) -> None:
         self.calls: List[str] = []
         self.cleaned: List[str] = []  # streams whose generator ran its finally
+        self.blocked = threading.Event()  # a sync stream is waiting on the gate
 
 
 # -- grpc.aio --------------------------------------------------------------------------------
@@ -195,6 +186,7 @@ def sync_handlers(seen: Arrivals, gate: threading.Event) -> Dict[str, grpc.RpcMe
         seen.calls.append("Stream")
         try:
             yield b"first"
+            seen.blocked.set()
             gate.wait(WAIT)
             yield b"second"
         finally:

@@ -261,3 +261,13 @@ async def test_sync_handler_on_an_aio_server_is_refused_loudly() -> None:
     handler = grpc.unary_unary_rpc_method_handler(sync_echo)
     with pytest.raises(TypeError, match="SyncServerInterceptor"):
         interceptor._guarded("/t.Game/SyncEcho", handler)
+
+
+@pytest.mark.asyncio
+async def test_guard_fallback_answers_instead_of_a_status() -> None:
+    breaker = gg.CircuitBreaker(fallback=lambda request, context: b"fallback:" + request)
+    breaker.force_open()
+    async with aio_server([ServerInterceptor({"/t.Game/Echo": breaker})]) as (port, seen, _, _s):
+        async with aio_channel(port) as stub:
+            assert await stub("Echo")(b"x", timeout=WAIT) == b"fallback:x"
+    assert seen.calls == []

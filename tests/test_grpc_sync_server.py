@@ -99,7 +99,7 @@ def test_cancelled_stream_gives_its_permit_back_while_the_handler_is_blocked(twi
     with sync_server([SyncServerInterceptor({"*": bulkhead})]) as (stub, seen, gate):
         responses = stub("Stream")(b"", timeout=WAIT)
         assert next(responses) == b"first"
-        assert bulkhead.in_flight == 1
+        assert bulkhead.in_flight == 1 and seen.blocked.wait(WAIT)
         responses.cancel()  # the handler is blocked on the gate: only grpc's callback can tell
         assert wait_until(lambda: bulkhead.in_flight == 0)
         assert seen.cleaned == []  # released while the handler is still blocked
@@ -123,3 +123,20 @@ def test_waiting_bulkhead_waits_on_the_worker_thread() -> None:
         assert list(responses) == [b"second"]
         waiter.join(WAIT)
     assert result == [b"w"]
+
+
+def test_keyed_limiter_on_a_stream_and_a_fallback_on_a_unary_call() -> None:
+    limiter = gg.KeyedLimiter(1, 1, clock=gg.ManualClock())
+    breaker = gg.CircuitBreaker(fallback=lambda request, context: b"cached")
+    breaker.force_open()
+    interceptor = SyncServerInterceptor({"/t.Game/Stream": limiter, "/t.Game/Echo": breaker},
+                                        key=lambda m, md: dict(md)["player-id"])
+    ann = (("player-id", "ann"),)
+    with sync_server([interceptor]) as (stub, seen, gate):
+        gate.set()
+        assert list(stub("Stream")(b"", metadata=ann, timeout=WAIT)) == [b"first", b"second"]
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub("Stream")(b"", metadata=ann, timeout=WAIT))
+        assert stub("Echo")(b"x", timeout=WAIT) == b"cached"
+    assert info.value.code() == RE and "'ann'" in info.value.details()
+    assert seen.calls == ["Stream"]

@@ -1,11 +1,13 @@
 """Server interceptors: :class:`ServerInterceptor` (``grpc.aio``) and
 :class:`SyncServerInterceptor` (``grpc.server``).
 
-Each wraps a method's handler once (cached per method) so that a call takes its guards'
-permits before the handler runs and gives them back when the call ends: a unary call when
-the handler returns, a stream when it ends, fails or is cancelled. The permits are held by
-the guard protocol's own enter/release steps, not by ``with`` blocks, because a stream's
-iterator may be finished on another task or thread than the one that started it.
+Each wraps a method's handler once (cached per method). Where the whole call is one
+function call (every ``grpc.aio`` call: the wrapper writes a stream's messages itself; a
+sync call with a unary response) that function is *decorated* with the method's guard, so
+the compiled wrapper does the bookkeeping and the permit lives exactly as long as the call,
+cancellation included. A sync stream's iterator outlives the handler call and may be
+dropped unfinished: there the guard protocol's enter/release steps hold the permits, and
+grpc's end-of-RPC callback gives them back if the iterator never does.
 """
 from __future__ import annotations
 
@@ -30,7 +32,6 @@ __all__ = ["ServerInterceptor", "SyncServerInterceptor"]
 #: ``key(method, metadata) -> key`` for a ``KeyedLimiter``: metadata as (key, value) pairs
 KeyFunc = Callable[[str, Sequence[Tuple[str, Any]]], Any]
 Guards = Sequence["GuardHooks"]
-GuardsFor = Callable[[Any], Guards]
 
 #: wrapped handlers kept per interceptor (one per method the server serves)
 _CACHE_LIMIT = 4096
@@ -50,6 +51,17 @@ class _FailedStatus(Exception):
     def __init__(self, code: grpc.StatusCode) -> None:
         super().__init__(f"the handler finished with status {code}")
         self.code = code
+        self.result: Any = None  # what the handler returned: still the call's response
+
+
+class _Answered:
+    """A handler that raised after setting a status that is an answer (``abort(NOT_FOUND)``):
+    returned through the guard, so it counts as a success, then raised again for grpc."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
 
 
 #: the "exception" of a call that ended with no outcome (cancelled under a sync stream)
@@ -101,12 +113,6 @@ class _Permit:
         protocol.surface(protocol.release(guards, tokens, t1, t1 - t0, judged, SUCCESS, t0),
                          raised)
 
-    def end(self, context: Any, exc: BaseException) -> Optional[RejectedError]:
-        """The handler raised ``exc``: release as its status says; returns ``exc`` when it is
-        a rejection (an inner guard's) for the caller to map to a status."""
-        self.release(_judged(context, exc), exc)
-        return exc if isinstance(exc, RejectedError) else None
-
     def cancel(self) -> None:
         """grpc's end-of-RPC callback: the permits come back with no outcome if still held."""
         self.release(_NO_OUTCOME, _NO_OUTCOME)
@@ -143,29 +149,45 @@ class _Routing:
             make, field = _ARITIES[(bool(handler.request_streaming),
                                     bool(handler.response_streaming))]
             behaviour = self._wrap(getattr(handler, field), bool(handler.response_streaming),
-                                   self._guards_for(route, method))
+                                   route, method)
             wrapped = make(behaviour, request_deserializer=handler.request_deserializer,
                            response_serializer=handler.response_serializer)
         if len(self._wrapped) < _CACHE_LIMIT:
             self._wrapped[method] = (handler, wrapped)
         return wrapped
 
-    def _guards_for(self, route: Route, method: str) -> GuardsFor:
-        """context -> the guards a call enters (a keyed limiter: bound to the call's key)."""
-        if not route._guards[0]._needs_key:
-            guards = route._guards
-            return lambda context: guards
-        limiter: Any = route
+    def _metadata_key(self, method: str) -> Callable[[Any, Any], Any]:
+        """(request, context) -> the call's key: ``key(method, invocation metadata)``."""
         key: Any = self._key
+        return lambda request, context: key(method, tuple(context.invocation_metadata() or ()))
 
-        def keyed(context: Any) -> Guards:
-            metadata = tuple(context.invocation_metadata() or ())
-            return limiter.bind(key(method, metadata))._guards  # type: ignore[no-any-return]
-        return keyed
+    def _decorate(self, route: Route, method: str, run: Callable[..., Any]) -> Any:
+        """``run(request, context)`` under ``route``: the guard's own (compiled) wrapper."""
+        if route._guards[0]._needs_key:
+            limiter: Any = route
+            return limiter.limit(key=self._metadata_key(method))(run)
+        return route(run)
 
-    def _wrap(self, behaviour: Callable[..., Any], streams_out: bool,
-              guards_for: GuardsFor) -> Callable[..., Any]:
+    def _wrap(self, behaviour: Callable[..., Any], streams_out: bool, route: Route,
+              method: str) -> Callable[..., Any]:
         raise NotImplementedError
+
+
+def _raised(context: Any, exc: Exception) -> Any:
+    """The handler raised ``exc``: returned as an answer if its status says it answered
+    (the guard counts a success), re-raised otherwise (a failure, or a rejection)."""
+    if _judged(context, exc) is None:
+        return _Answered(exc)
+    raise exc
+
+
+def _returned(context: Any, result: Any) -> Any:
+    """The handler returned ``result``: raised as a failure if it set a failure status."""
+    failed = _judged(context, None)
+    if failed is not None:
+        failed.result = result  # type: ignore[attr-defined]
+        raise failed
+    return result
 
 
 # -- grpc.aio ----------------------------------------------------------------------------------
@@ -173,15 +195,6 @@ async def _abort_async(context: Any, exc: RejectedError) -> NoReturn:
     code = status_code(exc)
     await context.abort(code, str(exc), trailers(exc, code))
     raise exc  # abort() always raises; never go on should a context not
-
-
-async def _admit_async(guards: Guards, context: Any) -> _Permit:
-    t0 = protocol.clock_of(guards)()
-    tokens: List[int] = []
-    i = await protocol.enter_async(guards, t0, tokens)
-    if i < len(guards):
-        await _abort_async(context, _refusal(guards[i], t0))
-    return _Permit(guards, t0, tokens)
 
 
 class ServerInterceptor(_Routing, aio.ServerInterceptor):  # type: ignore[misc]
@@ -194,13 +207,14 @@ class ServerInterceptor(_Routing, aio.ServerInterceptor):  # type: ignore[misc]
 
     A rejected call never reaches its handler: it is aborted with ``status_code(error)``,
     details ``str(error)``, trailing ``retry-after-ms`` and a ``google.rpc.RetryInfo``
-    detail when the delay is known. A rejection the handler itself raises (from a guard
-    inside it) is mapped the same way. A stream holds its permits until it ends, fails or
-    is cancelled. Breakers count what the client will see: a handler that raised or set a
-    failure status (``UNAVAILABLE``, ``DEADLINE_EXCEEDED``, ``INTERNAL``, ``DATA_LOSS``,
-    ``RESOURCE_EXHAUSTED``, ``UNKNOWN``) failed; one that answered, even with an error
-    status such as ``NOT_FOUND``, succeeded. Guards' fallbacks are not called: the edge
-    answers with a status and the client decides.
+    detail when the delay is known; a guard's fallback, if it has one, answers instead
+    (``fallback(request, context)`` returns the response of a unary-response call). A
+    rejection the handler itself raises (from a guard inside it) is mapped the same way. A
+    stream holds its permits until it ends, fails or is cancelled. Breakers count what the
+    client will see: a handler that raised or set a failure status (``UNAVAILABLE``,
+    ``DEADLINE_EXCEEDED``, ``INTERNAL``, ``DATA_LOSS``, ``RESOURCE_EXHAUSTED``,
+    ``UNKNOWN``) failed; one that answered, even with a status such as ``NOT_FOUND``,
+    succeeded.
     """
 
     async def intercept_service(self, continuation: Callable[..., Any],
@@ -208,20 +222,21 @@ class ServerInterceptor(_Routing, aio.ServerInterceptor):  # type: ignore[misc]
         return self._guarded(handler_call_details.method,
                              await continuation(handler_call_details))
 
-    def _wrap(self, behaviour: Callable[..., Any], streams_out: bool,
-              guards_for: GuardsFor) -> Callable[..., Any]:
+    def _wrap(self, behaviour: Callable[..., Any], streams_out: bool, route: Route,
+              method: str) -> Callable[..., Any]:
         generates = inspect.isasyncgenfunction(behaviour)
         if not generates and not inspect.iscoroutinefunction(behaviour):
             raise TypeError(
                 f"ServerInterceptor guards async handlers (async def), got {behaviour!r}: "
                 "use SyncServerInterceptor with grpc.server for sync handlers")
 
-        # one coroutine runs the whole call, writes included: its permits live and die
-        # with the RPC's task, which grpc cancels when the client goes away
-        async def guarded(request: Any, context: Any) -> Any:
-            permit = await _admit_async(guards_for(context), context)
+        # the whole call, writes included, in one coroutine: its permits live and die with
+        # the RPC's task, which grpc cancels when the client goes away
+        async def run(request: Any, context: Any) -> Any:
             try:
-                if generates:
+                if not generates:
+                    result = await behaviour(request, context)
+                else:
                     responses = behaviour(request, context)
                     try:
                         async for message in responses:
@@ -229,14 +244,20 @@ class ServerInterceptor(_Routing, aio.ServerInterceptor):  # type: ignore[misc]
                     finally:
                         await responses.aclose()
                     result = None
-                else:
-                    result = await behaviour(request, context)
-            except BaseException as exc:
-                rejection = permit.end(context, exc)
-                if rejection is not None:
-                    await _abort_async(context, rejection)
-                raise
-            permit.release(_judged(context, None), None)
+            except Exception as exc:
+                return _raised(context, exc)
+            return result if context.code() is None else _returned(context, result)
+        decorated = self._decorate(route, method, run)
+
+        async def guarded(request: Any, context: Any) -> Any:
+            try:
+                result = await decorated(request, context)
+            except RejectedError as exc:
+                await _abort_async(context, exc)
+            except _FailedStatus as failed:
+                return failed.result
+            if type(result) is _Answered:
+                raise result.error
             return result
         return guarded
 
@@ -258,15 +279,21 @@ def _admit(guards: Guards, context: Any) -> _Permit:
     return _Permit(guards, t0, tokens)
 
 
+def _ended(permit: _Permit, context: Any, exc: BaseException) -> None:
+    """A sync stream's handler raised ``exc``: release as its status says; a rejection (an
+    inner guard's) aborts with its status."""
+    permit.release(_judged(context, exc), exc)
+    if isinstance(exc, RejectedError):
+        _abort(context, exc)
+
+
 def _held(responses: Iterator[Any], permit: _Permit, context: Any) -> Iterator[Any]:
     """``responses`` passed through; the permit goes back when they end or fail (grpc's
     end-of-RPC callback covers a stream it stops reading)."""
     try:
         yield from responses
     except BaseException as exc:
-        rejection = permit.end(context, exc)
-        if rejection is not None:
-            _abort(context, rejection)
+        _ended(permit, context, exc)
         raise
     permit.release(_judged(context, None), None)
 
@@ -280,21 +307,53 @@ class SyncServerInterceptor(_Routing, grpc.ServerInterceptor):  # type: ignore[m
                           handler_call_details: Any) -> Any:
         return self._guarded(handler_call_details.method, continuation(handler_call_details))
 
-    def _wrap(self, behaviour: Callable[..., Any], streams_out: bool,
-              guards_for: GuardsFor) -> Callable[..., Any]:
-        def guarded(request: Any, context: Any) -> Any:
-            permit = _admit(guards_for(context), context)
-            if streams_out and not context.add_callback(permit.cancel):
-                permit.cancel()  # the RPC is already over
+    def _wrap(self, behaviour: Callable[..., Any], streams_out: bool, route: Route,
+              method: str) -> Callable[..., Any]:
+        if streams_out:
+            return self._wrap_stream(behaviour, route, method)
+
+        def run(request: Any, context: Any) -> Any:
             try:
                 result = behaviour(request, context)
-                if streams_out:
-                    return _held(iter(result), permit, context)
-            except BaseException as exc:
-                rejection = permit.end(context, exc)
-                if rejection is not None:
-                    _abort(context, rejection)
-                raise
-            permit.release(_judged(context, None), None)
+            except Exception as exc:
+                return _raised(context, exc)
+            return result if context.code() is None else _returned(context, result)
+        decorated = self._decorate(route, method, run)
+
+        def guarded(request: Any, context: Any) -> Any:
+            try:
+                result = decorated(request, context)
+            except RejectedError as exc:
+                _abort(context, exc)
+            except _FailedStatus as failed:
+                return failed.result
+            if type(result) is _Answered:
+                raise result.error
             return result
+        return guarded
+
+    def _wrap_stream(self, behaviour: Callable[..., Any], route: Route,
+                     method: str) -> Callable[..., Any]:
+        if route._guards[0]._needs_key:
+            limiter: Any = route
+            call_key = self._metadata_key(method)
+
+            def guards_for(request: Any, context: Any) -> Guards:
+                return limiter.bind(call_key(request, context))._guards  # type: ignore[no-any-return]
+        else:
+            guards = route._guards
+
+            def guards_for(request: Any, context: Any) -> Guards:
+                return guards
+
+        def guarded(request: Any, context: Any) -> Any:
+            permit = _admit(guards_for(request, context), context)
+            if not context.add_callback(permit.cancel):
+                permit.cancel()  # the RPC is already over
+            try:
+                responses = iter(behaviour(request, context))
+            except BaseException as exc:
+                _ended(permit, context, exc)
+                raise
+            return _held(responses, permit, context)
         return guarded
