@@ -12,26 +12,21 @@ grpc's end-of-RPC callback gives them back if the iterator never does.
 from __future__ import annotations
 
 import inspect
-from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping, NoReturn,
+from typing import (Any, Callable, Dict, Iterator, Mapping, NoReturn,
                     Optional, Sequence, Tuple)
 
 import grpc
 from grpc import aio
 
 from .._checks import check_callable
-from .._pure import call as protocol
-from .._pure.kernel import IGNORED, SUCCESS
 from ..errors import RejectedError
+from ._permit import FailedStatus, Guards, Permit, admit
 from ._status import HANDLER_FAILURE_CODES, Route, check_routes, status_code, trailers
-
-if TYPE_CHECKING:
-    from ..guard import GuardHooks
 
 __all__ = ["ServerInterceptor", "SyncServerInterceptor"]
 
 #: ``key(method, metadata) -> key`` for a ``KeyedLimiter``: metadata as (key, value) pairs
 KeyFunc = Callable[[str, Sequence[Tuple[str, Any]]], Any]
-Guards = Sequence["GuardHooks"]
 
 #: wrapped handlers kept per interceptor (one per method the server serves)
 _CACHE_LIMIT = 4096
@@ -44,16 +39,6 @@ _ARITIES = {
 }
 
 
-class _FailedStatus(Exception):
-    """What a handler's guards classify when it returned after setting a failure status
-    (``context.set_code(INTERNAL)``) without raising."""
-
-    def __init__(self, code: grpc.StatusCode) -> None:
-        super().__init__(f"the handler finished with status {code}")
-        self.code = code
-        self.result: Any = None  # what the handler returned: still the call's response
-
-
 class _Answered:
     """A handler that raised after setting a status that is an answer (``abort(NOT_FOUND)``):
     returned through the guard, so it counts as a success, then raised again for grpc."""
@@ -62,10 +47,6 @@ class _Answered:
 
     def __init__(self, error: BaseException) -> None:
         self.error = error
-
-
-#: the "exception" of a call that ended with no outcome (cancelled under a sync stream)
-_NO_OUTCOME = BaseException("the RPC ended before its handler did")
 
 
 def _judged(context: Any, exc: Optional[BaseException]) -> Optional[BaseException]:
@@ -81,48 +62,8 @@ def _judged(context: Any, exc: Optional[BaseException]) -> Optional[BaseExceptio
     if code is None or code == grpc.StatusCode.OK:
         return exc
     if code in HANDLER_FAILURE_CODES:
-        return exc if exc is not None else _FailedStatus(code)
+        return exc if exc is not None else FailedStatus(code)
     return None
-
-
-class _Permit:
-    """One call's permits, released exactly once: by the call's end or, for a sync stream,
-    by grpc's end-of-RPC callback, whichever comes first (``list.pop`` is atomic)."""
-
-    __slots__ = ("_guards", "_t0", "_box")
-
-    def __init__(self, guards: Guards, t0: float, tokens: List[int]) -> None:
-        self._guards = guards
-        self._t0 = t0
-        self._box = [tokens]
-
-    def release(self, judged: Optional[BaseException], raised: Optional[BaseException]) -> None:
-        """Release with ``judged``'s outcome; a machinery error is raised, or logged when the
-        handler's own exception ``raised`` is on its way out."""
-        try:
-            tokens = self._box.pop()
-        except IndexError:
-            return
-        guards, t0 = self._guards, self._t0
-        try:
-            t1 = protocol.clock_of(guards)()
-        except BaseException as error:  # no exit reading: no outcome, at the entry reading
-            protocol.release(guards, tokens, t0, 0.0, None, IGNORED, t0)
-            protocol.surface(error, raised)
-            return
-        protocol.surface(protocol.release(guards, tokens, t1, t1 - t0, judged, SUCCESS, t0),
-                         raised)
-
-    def cancel(self) -> None:
-        """grpc's end-of-RPC callback: the permits come back with no outcome if still held."""
-        self.release(_NO_OUTCOME, _NO_OUTCOME)
-
-
-def _refusal(guard: GuardHooks, now: float) -> RejectedError:
-    exc = guard._rejection(now)
-    if not isinstance(exc, RejectedError):
-        raise exc  # a guard that cannot run at all (a misconfiguration), not a rejection
-    return exc
 
 
 class _Routing:
@@ -254,7 +195,7 @@ class ServerInterceptor(_Routing, aio.ServerInterceptor):  # type: ignore[misc]
                 result = await decorated(request, context)
             except RejectedError as exc:
                 await _abort_async(context, exc)
-            except _FailedStatus as failed:
+            except FailedStatus as failed:
                 return failed.result
             if type(result) is _Answered:
                 raise result.error
@@ -270,16 +211,14 @@ def _abort(context: Any, exc: RejectedError) -> NoReturn:
     raise exc  # abort() always raises; never go on should a context not
 
 
-def _admit(guards: Guards, context: Any) -> _Permit:
-    t0 = protocol.clock_of(guards)()
-    tokens: List[int] = []
-    i = protocol.enter(guards, t0, tokens)
-    if i < len(guards):
-        _abort(context, _refusal(guards[i], t0))
-    return _Permit(guards, t0, tokens)
+def _admit(guards: Guards, context: Any) -> Permit:
+    permit = admit(guards)
+    if isinstance(permit, RejectedError):
+        _abort(context, permit)
+    return permit
 
 
-def _ended(permit: _Permit, context: Any, exc: BaseException) -> None:
+def _ended(permit: Permit, context: Any, exc: BaseException) -> None:
     """A sync stream's handler raised ``exc``: release as its status says; a rejection (an
     inner guard's) aborts with its status."""
     permit.release(_judged(context, exc), exc)
@@ -287,7 +226,7 @@ def _ended(permit: _Permit, context: Any, exc: BaseException) -> None:
         _abort(context, exc)
 
 
-def _held(responses: Iterator[Any], permit: _Permit, context: Any) -> Iterator[Any]:
+def _held(responses: Iterator[Any], permit: Permit, context: Any) -> Iterator[Any]:
     """``responses`` passed through; the permit goes back when they end or fail (grpc's
     end-of-RPC callback covers a stream it stops reading)."""
     try:
@@ -325,7 +264,7 @@ class SyncServerInterceptor(_Routing, grpc.ServerInterceptor):  # type: ignore[m
                 result = decorated(request, context)
             except RejectedError as exc:
                 _abort(context, exc)
-            except _FailedStatus as failed:
+            except FailedStatus as failed:
                 return failed.result
             if type(result) is _Answered:
                 raise result.error
