@@ -97,6 +97,11 @@ def aio_handlers(seen: Arrivals, gate: asyncio.Event) -> Dict[str, grpc.RpcMetho
         finally:
             seen.cleaned.append("WriteStream")
 
+    async def stream_abort(req: bytes, ctx: Any) -> AsyncIterator[bytes]:
+        seen.calls.append("StreamAbort")
+        yield b"first"
+        await ctx.abort(CODES[req.decode()], "stream told to")
+
     async def collect(reqs: AsyncIterator[bytes], ctx: Any) -> bytes:
         seen.calls.append("Collect")
         try:
@@ -119,6 +124,7 @@ def aio_handlers(seen: Arrivals, gate: asyncio.Event) -> Dict[str, grpc.RpcMetho
         "SetCode": uu(set_code, ident, ident), "Crash": uu(crash, ident, ident),
         "Inner": uu(inner, ident, ident), "Slow": uu(slow, ident, ident),
         "Stream": us(stream, ident, ident), "WriteStream": us(write_stream, ident, ident),
+        "StreamAbort": us(stream_abort, ident, ident),
         "Collect": su(collect, ident, ident), "Chat": ss(chat, ident, ident),
     }
 
@@ -146,6 +152,7 @@ async def aio_channel(port: int, interceptors: Optional[List[Any]] = None
     """A ``grpc.aio`` channel to the port; yields ``stub(name)`` for any method kind."""
     async with aio.insecure_channel(f"127.0.0.1:{port}", interceptors=interceptors) as ch:
         kinds = {"Stream": ch.unary_stream, "WriteStream": ch.unary_stream,
+                 "StreamAbort": ch.unary_stream,
                  "Collect": ch.stream_unary, "Chat": ch.stream_stream}
 
         def stub(name: str) -> Any:

@@ -178,3 +178,79 @@ def test_client_guards_are_checked() -> None:
         ClientInterceptor({"*": "breaker"})  # type: ignore[dict-item]
     with pytest.raises(gg.ConfigurationError, match="guards"):
         ClientInterceptor(None)  # type: ignore[arg-type]
+
+
+# -- streaming calls: the permit is held until the status arrives ----------------------------
+@pytest.mark.asyncio
+@pytest.mark.parametrize("name", ["Stream", "Collect", "Chat"])
+async def test_client_stream_holds_its_permit_until_its_status(name: str, twin: str) -> None:
+    bulkhead = gg.Bulkhead(1)
+    async with aio_server() as (port, seen, gate, _s):
+        async with aio_channel(port, ClientInterceptor({"*": bulkhead}).all()) as stub:
+            call = stub(name)(b"", timeout=WAIT) if name == "Stream" else stub(name)(
+                timeout=WAIT)
+            if name == "Stream":
+                assert await call.read() == b"first"
+            else:
+                await call.write(b"hello")
+            assert bulkhead.in_flight == 1
+            with pytest.raises(gg.BulkheadFullError):  # raised locally, where it is read
+                await stub("Stream")(b"", timeout=WAIT).read()
+            if name == "Stream":
+                gate.set()
+                assert [await call.read(), await call.read()] == [b"second", aio.EOF]
+            else:
+                await call.done_writing()
+                if name == "Collect":
+                    assert await call == b"hello"
+                else:
+                    assert [await call.read(), await call.read()] == [b"hello", aio.EOF]
+            for _ in range(500):  # the done callback runs on the loop: bounded wait
+                if bulkhead.in_flight == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert bulkhead.in_flight == 0
+    assert seen.calls == [name]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("code, opens", [("UNAVAILABLE", True), ("DATA_LOSS", True),
+                                         ("NOT_FOUND", False), ("CANCELLED", False)])
+async def test_client_stream_status_counts_once(code: str, opens: bool) -> None:
+    cb = breaker()
+    async with aio_server() as (port, seen, _, _s):
+        async with aio_channel(port, ClientInterceptor({"*": cb}).all()) as stub:
+            call = stub("StreamAbort")(code.encode(), timeout=WAIT)
+            assert await call.read() == b"first"
+            with pytest.raises(aio.AioRpcError) as info:
+                await call.read()
+            assert info.value.code().name == code
+            for _ in range(500):
+                if cb.snapshot()["calls"] == (0 if code == "CANCELLED" else 1):
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)  # time for a wrong second count to show
+            if opens:
+                with pytest.raises(gg.CircuitOpenError):
+                    await stub("Stream")(b"", timeout=WAIT).read()
+    assert cb.state == ("open" if opens else "closed")
+    assert seen.calls == ["StreamAbort"]
+    assert cb.snapshot()["failures"] == (1 if opens else 0)
+
+
+@pytest.mark.asyncio
+async def test_cancelled_client_stream_gives_its_permit_back() -> None:
+    bulkhead = gg.Bulkhead(1)
+    cb = gg.CircuitBreaker(minimum_calls=100)
+    async with aio_server() as (port, seen, _gate, _s):
+        async with aio_channel(port, ClientInterceptor({"*": gg.pipeline(cb, bulkhead)}).all()
+                               ) as stub:
+            call = stub("Stream")(b"", timeout=WAIT)
+            assert await call.read() == b"first"
+            call.cancel()
+            for _ in range(500):
+                if bulkhead.in_flight == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert bulkhead.in_flight == 0
+    assert cb.snapshot()["calls"] == 0  # no outcome
