@@ -115,7 +115,12 @@ class ClientInterceptor(aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
         if call.cancelled():  # the common early end needs no task
             permit.cancel()
             return
-        task = asyncio.get_running_loop().create_task(_stream_ended(permit, call))
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called back outside the loop (at teardown): no outcome
+            permit.cancel()
+            return
+        task = loop.create_task(_stream_ended(permit, call))
         self._ending.add(task)
         task.add_done_callback(self._ending.discard)
 
