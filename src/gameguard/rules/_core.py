@@ -86,6 +86,9 @@ def _make(resource: str, kind: str, fields: Mapping[str, Any], clock: Optional[C
     flavour = s.pop("kind", "token")
     if flavour not in _LIMITS:
         raise ConfigurationError(f"kind must be 'token' or 'leaky', got {flavour!r}")
+    if flavour == "leaky" and "initial" in s:
+        raise ConfigurationError(f"initial is for kind 'token' only (a leaky bucket starts "
+                                 f"empty), got initial={s['initial']!r}")
     wait = check_non_negative("max_wait", s.pop("max_wait", 0.0))
     plain, queueing = _LIMITS[flavour]
     limit = (queueing if wait > 0 else plain)(_required(s, "rate"), name=resource, clock=clock,
