@@ -160,13 +160,17 @@ class Rules:
         if rules is not None and not callable(rules) and not isinstance(rules, Mapping):
             raise ConfigurationError(f"rules must be a mapping, a callable returning one, or "
                                      f"None, got {rules!r}")
+        fixed = rules
+        self._init(rules if callable(rules) else lambda: fixed if fixed is not None else {},
+                   "rules", (), clock, name)
+
+    def _init(self, source: Callable[[], Any], where: str, paths: Tuple[str, ...],
+              clock: Optional[Clock], name: Optional[str]) -> None:
         self.name = check_name(name, "rules")
         self._clock = check_clock(clock)
-        fixed = rules
-        self._source: Callable[[], Any] = (
-            rules if callable(rules) else lambda: fixed if fixed is not None else {})
-        self._where = "rules"
-        self._paths: Tuple[str, ...] = ()
+        self._source = source
+        self._where = where
+        self._paths = paths
         self._route_type = _impl.kernel("route").Route
         self._lock = threading.RLock()
         self._rules: Dict[str, Rule] = {}
@@ -182,8 +186,9 @@ class Rules:
     def load(cls, path: PathLike, *, clock: Optional[Clock] = None,
              name: Optional[str] = None) -> "Rules":
         """Rules from a ``.toml`` or ``.json`` file, read again by :meth:`reload`."""
-        self = cls(lambda: read_file(path), clock=clock, name=name)
-        self._where, self._paths = f"rules file {os.fspath(path)!r}", (os.fspath(path),)
+        self = cls.__new__(cls)
+        self._init(lambda: read_file(path), f"rules file {os.fspath(path)!r}",
+                   (os.fspath(path),), clock, name)
         return self
 
     @classmethod
@@ -192,10 +197,10 @@ class Rules:
         """Rules from Sentinel flow and circuit-breaker (degrade) rules: each a list of rule
         objects as parsed from Sentinel's JSON, or the path of such a JSON file (read
         again by :meth:`reload`)."""
-        self = cls(lambda: from_sentinel(flow, degrade), clock=clock, name=name)
-        self._where = "sentinel rules"
-        self._paths = tuple(os.fspath(p) for p in (flow, degrade)
-                            if isinstance(p, (str, os.PathLike)))
+        self = cls.__new__(cls)
+        self._init(lambda: from_sentinel(flow, degrade), "sentinel rules",
+                   tuple(os.fspath(p) for p in (flow, degrade)
+                         if isinstance(p, (str, os.PathLike))), clock, name)
         return self
 
     # -- reading and validating ---------------------------------------------------------------

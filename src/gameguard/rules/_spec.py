@@ -249,7 +249,7 @@ def _merge_breaker(where: str, into: Dict[str, Any], more: Dict[str, Any]) -> No
         into[setting] = value
 
 
-def from_sentinel(flow: Any = None, degrade: Any = None) -> Spec:
+def from_sentinel(flow: Any = None, degrade: Any = None) -> Dict[str, Spec]:
     """Sentinel flow and circuit-breaker (degrade) rules in the native form.
 
     Each of ``flow`` and ``degrade`` is a list of rule objects or the path of a JSON file
@@ -272,5 +272,5 @@ def from_sentinel(flow: Any = None, degrade: Any = None) -> Spec:
         # Sentinel trips only on what a rule asks for: no error-ratio rule, no error ratio
         settings.setdefault("failure_rate", 1.0)
         spec.setdefault(resource, {})["breaker"] = settings
-    return spec
+    return {"resource": spec}
 
