@@ -500,3 +500,20 @@ def test_route_twins_forward_alike(args, kwargs, raises):
         outcomes.append(route(*args, **kwargs))
         assert route.func is len
     assert outcomes[:2] == outcomes[2:]
+
+
+
+def test_importing_rules_drain_health_stays_cheap():
+    """What the lead's top-level names will import must not load what `import gameguard`
+    must not (the heavy list of test_import), nor the TOML parser or signal."""
+    import subprocess
+    import sys
+
+    from test_import import HEAVY
+
+    heavy = sorted(set(HEAVY) | {"tomllib", "tomli", "signal"})
+    code = ("import sys\nimport gameguard.rules, gameguard.drain, gameguard.health\n"
+            f"print([m for m in {heavy!r} if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    assert out.strip() == "[]"

@@ -108,7 +108,7 @@ class Drain(Guard):
             await asyncio.wait_for(asyncio.shield(fut), timeout)
             return True
         except asyncio.TimeoutError:
-            return kernel.in_flight == 0
+            return bool(kernel.in_flight == 0)
         finally:
             with self._cond:
                 if entry in self._async_waiters:

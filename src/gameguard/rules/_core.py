@@ -66,7 +66,8 @@ class QueueingLeakyBucket(_Queueing, LeakyBucket):
     spaced at ``1/rate`` (Sentinel's throttling control behaviour)."""
 
 
-_LIMITS = {"token": (TokenBucket, QueueingTokenBucket), "leaky": (LeakyBucket, QueueingLeakyBucket)}
+_LIMITS: Dict[str, Tuple[Any, Any]] = {"token": (TokenBucket, QueueingTokenBucket),
+                                       "leaky": (LeakyBucket, QueueingLeakyBucket)}
 
 
 def _required(settings: Dict[str, Any], field: str) -> Any:
@@ -91,10 +92,14 @@ def _make(resource: str, kind: str, fields: Mapping[str, Any], clock: Optional[C
                                  f"empty), got initial={s['initial']!r}")
     wait = check_non_negative("max_wait", s.pop("max_wait", 0.0))
     plain, queueing = _LIMITS[flavour]
-    limit = (queueing if wait > 0 else plain)(_required(s, "rate"), name=resource, clock=clock,
-                                                **s)
+    rate = _required(s, "rate")
+    limit: Union[TokenBucket, LeakyBucket]
     if wait > 0:
-        limit.max_wait = wait  # type: ignore[attr-defined]
+        queued = queueing(rate, name=resource, clock=clock, **s)
+        queued.max_wait = wait
+        limit = queued
+    else:
+        limit = plain(rate, name=resource, clock=clock, **s)
     err = limit._guard_error()
     if err is not None:  # capacity below the cost of one call: it could never admit
         raise err
@@ -127,7 +132,9 @@ class Rule:
 
     def wrap(self, func: Callable[..., Any], fallback: Optional[Callable[..., Any]]) -> Any:
         """``func`` under this rule (``func`` itself when the rule has no guard)."""
-        return func if self.entry is None else self.entry(func, fallback=fallback)
+        if self.entry is None:
+            return func
+        return self.entry(fallback=fallback)(func)
 
     def __repr__(self) -> str:
         return f"<Rule {self.resource!r}: {self.settings!r}>"
@@ -365,7 +372,7 @@ class ResourceGuard:
         return self
 
     def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> bool:
-        entry, _ = pop_permit(self)
+        entry: Any = pop_permit(self)[0]
         return False if entry is None else bool(entry.__exit__(exc_type, exc, tb))
 
     async def __aenter__(self) -> "ResourceGuard":
@@ -376,7 +383,7 @@ class ResourceGuard:
         return self
 
     async def __aexit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> bool:
-        entry, _ = pop_permit(self)
+        entry: Any = pop_permit(self)[0]
         return False if entry is None else bool(await entry.__aexit__(exc_type, exc, tb))
 
     def __repr__(self) -> str:

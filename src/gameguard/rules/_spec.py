@@ -55,7 +55,7 @@ def read_file(path: PathLike) -> Any:
         if sys.version_info >= (3, 11):
             import tomllib
         else:  # pragma: no cover - Python 3.10
-            import tomli as tomllib
+            import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
         return tomllib.loads(text)
     except ValueError as exc:  # JSONDecodeError, TOMLDecodeError, UnicodeDecodeError
         raise ConfigurationError(f"rules file {name!r}: syntax error: {exc}") from exc
