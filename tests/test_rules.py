@@ -517,3 +517,41 @@ def test_importing_rules_drain_health_stays_cheap():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60).stdout
     assert out.strip() == "[]"
+
+
+# -- live changes: the same validation as the rules --------------------------------------------
+LIVE = {"breaker": {"minimum_calls": 5},
+        "limit": {"kind": "leaky", "rate": 10, "capacity": 2, "max_wait": 0.5},
+        "bulkhead": {"max_concurrent": 4}}
+
+
+@pytest.mark.parametrize("kind, field, bad", [
+    ("breaker", "failure_rate", 2), ("breaker", "minimum_calls", 0),
+    ("breaker", "open_duration", -1), ("limit", "rate", -1), ("limit", "capacity", "x"),
+    ("limit", "max_wait", -2), ("bulkhead", "max_concurrent", 0), ("bulkhead", "max_wait", -1),
+])
+def test_configure_refuses_what_the_rules_refuse(twin, kind, field, bad):
+    guard = getattr(Rules(spec(a=LIVE)).rule("a"), kind)
+    before = guard.snapshot()
+    with pytest.raises(ConfigurationError) as live:
+        guard.configure(**{field: bad})
+    assert guard.snapshot() == before  # refused: nothing applied
+    with pytest.raises(ConfigurationError) as loaded:
+        Rules(spec(a={**LIVE, kind: {**LIVE[kind], field: bad}}))
+    assert str(live.value) in str(loaded.value)
+    assert field in str(live.value) and repr(bad) in str(live.value)
+
+
+def test_configure_applies_live_to_a_rule_guard(twin):
+    rules = Rules(spec(a=LIVE), clock=ManualClock())
+    rule = rules.rule("a")
+    rule.breaker.configure(minimum_calls=7)
+    rule.limit.configure(rate=20, max_wait=0.25)
+    rule.bulkhead.configure(max_concurrent=8)
+    assert (rule.breaker.minimum_calls, rule.limit.rate, rule.limit.max_wait,
+            rule.bulkhead.max_concurrent) == (7, 20.0, 0.25, 8)
+    with pytest.raises(ConfigurationError):  # all or nothing: the bad rate stops max_wait
+        rule.limit.configure(rate=-1, max_wait=0.1)
+    assert (rule.limit.rate, rule.limit.max_wait) == (20.0, 0.25)
+    with pytest.raises(AttributeError):
+        rule.limit.max_wait = 3

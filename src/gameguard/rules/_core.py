@@ -40,7 +40,20 @@ class _Queueing(Guard):
     being refused at once (``acquire`` with a timeout, on the guard's clock)."""
 
     _waits = True
-    max_wait = 0.0
+    _max_wait = 0.0
+
+    @property
+    def max_wait(self) -> float:
+        """Seconds a guarded call may wait for its turn (change it with ``configure``)."""
+        return self._max_wait
+
+    def configure(self, **changes: Any) -> None:
+        """The bucket's ``configure`` plus ``max_wait`` (>= 0), checked and applied
+        together: all or nothing."""
+        wait = check_non_negative("max_wait", changes.pop("max_wait", self._max_wait))
+        if changes:
+            super().configure(**changes)  # type: ignore[misc]
+        self._max_wait = wait
 
     def _admit_slow(self, now: float) -> int:
         try:
@@ -95,9 +108,8 @@ def _make(resource: str, kind: str, fields: Mapping[str, Any], clock: Optional[C
     rate = _required(s, "rate")
     limit: Union[TokenBucket, LeakyBucket]
     if wait > 0:
-        queued = queueing(rate, name=resource, clock=clock, **s)
-        queued.max_wait = wait
-        limit = queued
+        limit = queueing(rate, name=resource, clock=clock, **s)
+        limit.configure(max_wait=wait)
     else:
         limit = plain(rate, name=resource, clock=clock, **s)
     err = limit._guard_error()
