@@ -11,29 +11,15 @@ import asyncio
 import pytest
 
 import gameguard as gg
-from gameguard import _impl
 from gameguard.rules import Rules
 
+from bench_breaker import _twin, ahandler, handler
 from conftest import LOOP
 
 BIG = 10.0 ** 12
 FULL = {"breaker": {"minimum_calls": 20},
         "limit": {"kind": "token", "rate": BIG, "capacity": BIG},
         "bulkhead": {"max_concurrent": 64}}
-
-
-def handler(x: int) -> int:
-    return x
-
-
-async def ahandler(x: int) -> int:
-    return x
-
-
-def _twin(kind: str):
-    if kind == "fast" and not _impl.FAST_AVAILABLE:
-        pytest.skip("compiled kernels not built")
-    return _impl.use(kind)
 
 
 def direct(kind: str, full: bool):

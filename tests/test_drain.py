@@ -10,26 +10,17 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import both_twins
+from test_bulkhead import SAFETY, wait_until
 from gameguard import Bulkhead, ConfigurationError, DrainingError, RejectedError, pipeline
 from gameguard._registry import registry
 from gameguard.drain import Drain
 
-SAFETY = 20.0  # seconds: a bound for a broken build only
-
-
-def wait_until(predicate, what):
-    deadline = time.monotonic() + SAFETY
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        threading.Event().wait(0.001)
 
 
 def test_admits_until_started_then_rejects(twin):

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
+from test_bulkhead import SAFETY, wait_until
 from gameguard import ConfigurationError
 from gameguard.rules import Rules
 
-SAFETY = 20.0  # seconds: a bound for a broken build only
 
 
 def rules_file(path, rate):
@@ -22,14 +22,6 @@ def rules_file(path, rate):
 
 def rate(rules):
     return rules.rule("a").limit.rate
-
-
-def wait_until(predicate, what):
-    deadline = time.monotonic() + SAFETY
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        threading.Event().wait(0.005)
 
 
 def test_poll_reloads_once_the_file_is_stable(tmp_path):

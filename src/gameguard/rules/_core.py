@@ -205,9 +205,9 @@ class Rules:
     def load(cls, path: PathLike, *, clock: Optional[Clock] = None,
              name: Optional[str] = None) -> "Rules":
         """Rules from a ``.toml`` or ``.json`` file, read again by :meth:`reload`."""
+        full = os.path.abspath(path)  # a later chdir must not change what reload reads
         self = cls.__new__(cls)
-        self._init(lambda: read_file(path), f"rules file {os.fspath(path)!r}",
-                   (os.fspath(path),), clock, name)
+        self._init(lambda: read_file(full), f"rules file {full!r}", (full,), clock, name)
         return self
 
     @classmethod
@@ -216,10 +216,11 @@ class Rules:
         """Rules from Sentinel flow and circuit-breaker (degrade) rules: each a list of rule
         objects as parsed from Sentinel's JSON, or the path of such a JSON file (read
         again by :meth:`reload`)."""
+        flow, degrade = (os.path.abspath(p) if isinstance(p, (str, os.PathLike)) else p
+                         for p in (flow, degrade))
         self = cls.__new__(cls)
         self._init(lambda: from_sentinel(flow, degrade), "sentinel rules",
-                   tuple(os.fspath(p) for p in (flow, degrade)
-                         if isinstance(p, (str, os.PathLike))), clock, name)
+                   tuple(p for p in (flow, degrade) if isinstance(p, str)), clock, name)
         return self
 
     # -- reading and validating ---------------------------------------------------------------
