@@ -555,3 +555,35 @@ def test_configure_applies_live_to_a_rule_guard(twin):
     assert (rule.limit.rate, rule.limit.max_wait) == (20.0, 0.25)
     with pytest.raises(AttributeError):
         rule.limit.max_wait = 3
+
+
+def test_block_keeps_the_rule_it_entered_under(twin):
+    version = {"n": 1}
+    rules = Rules(lambda: spec(a={"bulkhead": {"max_concurrent": version["n"]}}))
+    guard = rules.guard("a")
+    old = rules.rule("a").bulkhead
+    with guard:
+        version["n"] = 2
+        rules.reload()
+        new = rules.rule("a").bulkhead
+        assert (old.in_flight, new.in_flight) == (1, 0)
+        with guard:  # entered under the new rule
+            assert (old.in_flight, new.in_flight) == (1, 1)
+        assert new.in_flight == 0
+    assert old.in_flight == 0
+
+
+def test_blocks_closed_out_of_order(twin):
+    rules = Rules(spec(a={"bulkhead": {"max_concurrent": 1}},
+                       b={"bulkhead": {"max_concurrent": 1}}))
+    a, b = rules.guard("a"), rules.guard("b")
+    ba, bb = rules.rule("a").bulkhead, rules.rule("b").bulkhead
+    a.__enter__()
+    b.__enter__()
+    assert a.__exit__(None, None, None) is False  # a closes first
+    assert (ba.in_flight, bb.in_flight) == (0, 1)
+    b.__exit__(None, None, None)
+    assert bb.in_flight == 0
+    with pytest.raises(RuntimeError, match="without a matching"):
+        a.__exit__(None, None, None)
+    assert repr(a) == "<rules.guard('a')>"

@@ -1,11 +1,15 @@
 # cython: language_level=3
-"""A call forwarded through one swappable reference (compiled twin of
-``gameguard._pure.route``): CPython's vectorcall protocol, the caller's argument vector
-handed on unchanged, no tuple or dict built, no Python frame."""
+"""Calls and blocks that reach the rule in force through one swappable reference (compiled
+twin of ``gameguard._pure.route``). A call is forwarded through CPython's vectorcall
+protocol, the caller's argument vector handed on unchanged: no tuple or dict built, no
+Python frame; ``with`` enters the slot's entry from C."""
 import types
 
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF
+from cpython.contextvars cimport PyContextVar_Get, PyContextVar_Set
+
+from gameguard._pure.call import _permits, pop_permit as _py_pop
 
 cdef extern from *:
     """
@@ -22,7 +26,7 @@ cdef extern from "Python.h":
         unsigned long tp_flags
     PyObject *vectorcall_raw "PyObject_Vectorcall" (PyObject *, PyObject **, size_t, PyObject *)
 
-__all__ = ["Route"]
+__all__ = ["Route", "Slot", "Block"]
 
 
 cdef class Route:
@@ -72,3 +76,78 @@ cdef _install_slots():
     ts.tp_flags |= Py_TPFLAGS_HAVE_VECTORCALL
 
 _install_slots()
+
+
+# -- with / async with: the entry in force per resource ---------------------------------------
+cdef class Slot:
+    """The entry in force for one resource; see the pure twin."""
+
+    cdef public object entry
+
+    def __init__(self, entry=None):
+        self.entry = entry
+
+
+cdef inline int _push(owner, entry) except -1:
+    """On the per-thread, per-task stack of open blocks the pure protocol keeps (the same
+    nodes: ``(owner, entry, 0.0, rest)``)."""
+    cdef PyObject *top = NULL
+    PyContextVar_Get(_permits, NULL, &top)  # a new reference
+    rest = <object>top
+    Py_DECREF(rest)
+    PyContextVar_Set(_permits, (owner, entry, 0.0, rest))
+    return 0
+
+
+cdef inline object _pop(owner):
+    """``owner``'s newest block's entry: the top node inline, anything else (blocks
+    closed out of order, a missing enter) by the pure protocol."""
+    cdef PyObject *top = NULL
+    PyContextVar_Get(_permits, NULL, &top)
+    node = <object>top
+    Py_DECREF(node)
+    if type(node) is tuple and (<tuple>node)[0] is owner:
+        PyContextVar_Set(_permits, (<tuple>node)[3])
+        return (<tuple>node)[1]
+    return _py_pop(owner)[0]
+
+
+cdef class Block:
+    """``rules.guard(resource)``; see the pure twin."""
+
+    cdef readonly Slot slot
+    cdef readonly object resource
+    cdef object _decorate
+
+    def __init__(self, Slot slot, resource, decorate):
+        self.slot = slot
+        self.resource = resource
+        self._decorate = decorate
+
+    def __call__(self, func):
+        return self._decorate(func)
+
+    def __enter__(self):
+        entry = self.slot.entry
+        if entry is not None:
+            entry.__enter__()
+        _push(self, entry)
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        entry = _pop(self)
+        return False if entry is None else bool(entry.__exit__(exc_type, exc, tb))
+
+    async def __aenter__(self):
+        entry = self.slot.entry
+        if entry is not None:
+            await entry.__aenter__()
+        _push(self, entry)
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb):
+        entry = _pop(self)
+        return False if entry is None else bool(await entry.__aexit__(exc_type, exc, tb))
+
+    def __repr__(self):
+        return f"<rules.guard({self.resource!r})>"

@@ -3,9 +3,9 @@
 docs/operations-rules.md for the file format and the Sentinel mapping."""
 from __future__ import annotations
 
-from ._core import QueueingLeakyBucket, QueueingTokenBucket, ResourceGuard, Rule, Rules
+from ._core import QueueingLeakyBucket, QueueingTokenBucket, Rule, Rules
 from ._spec import SENTINEL_IGNORED
 from ._watch import Watcher
 
-__all__ = ["Rules", "Rule", "ResourceGuard", "Watcher", "QueueingTokenBucket",
+__all__ = ["Rules", "Rule", "Watcher", "QueueingTokenBucket",
            "QueueingLeakyBucket", "SENTINEL_IGNORED"]

@@ -15,17 +15,17 @@ from ..clock import Clock
 from ..errors import ConfigurationError, RateLimitExceeded
 from .._checks import check_callable, check_clock, check_name, check_non_negative
 from .._log import logger
-from .._pure.call import _permits, pop_permit
 from .._registry import register
 from ..guard import REJECT, Guard, _check_decoratable, _is_async_callable, pipeline
 from ..ratelimit import LeakyBucket, TokenBucket
 from ._spec import PathLike, Spec, check_shape, from_sentinel, read_file
 
 if TYPE_CHECKING:
+    from .._pure.route import Block as ResourceGuard
     from ..guard import Pipeline
     from ._watch import Watcher
 
-__all__ = ["Rules", "Rule", "ResourceGuard"]
+__all__ = ["Rules", "Rule"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 Source = Union[Mapping[str, Any], Callable[[], Mapping[str, Any]], None]
@@ -152,6 +152,10 @@ class Rule:
         return f"<Rule {self.resource!r}: {self.settings!r}>"
 
 
+def _entry(rule: Optional[Rule]) -> Any:
+    return None if rule is None else rule.entry
+
+
 def _target(rule: Optional[Rule], func: Callable[..., Any],
             fallback: Optional[Callable[..., Any]]) -> Any:
     return func if rule is None else rule.wrap(func, fallback)
@@ -190,10 +194,12 @@ class Rules:
         self._source = source
         self._where = where
         self._paths = paths
-        self._route_type = _impl.kernel("route").Route
+        self._route = _impl.kernel("route")
         self._lock = threading.RLock()
         self._rules: Dict[str, Rule] = {}
+        # per resource: the decorated functions (weakly), and the slot blocks enter
         self._routes: Dict[str, "weakref.WeakKeyDictionary[Any, Any]"] = {}
+        self._slots: Dict[str, Any] = {}
         self.reloads_succeeded = 0
         self.reloads_failed = 0
         self.last_reload_successful = True
@@ -284,6 +290,8 @@ class Rules:
             self._rules = new
             for route, target in retarget:  # one reference each: atomic per call
                 route.target = target
+            for resource, slot in self._slots.items():
+                slot.entry = _entry(new.get(resource))
             self.reloads_succeeded += 1
             self.last_reload_successful = True
             self.last_error = None
@@ -309,7 +317,14 @@ class Rules:
         if not isinstance(resource, str) or not resource:
             raise ConfigurationError(f"resource must be a non-empty string, got {resource!r}")
         check_callable("fallback", fallback)
-        return ResourceGuard(self, resource, fallback)
+        with self._lock:
+            slot = self._slots.get(resource)
+            if slot is None:
+                slot = self._slots[resource] = self._route.Slot(
+                    _entry(self._rules.get(resource)))
+        block: ResourceGuard = self._route.Block(
+            slot, resource, lambda func: self._decorate(resource, func, fallback))
+        return block
 
     def rule(self, resource: str) -> Optional[Rule]:
         """The rule in force for ``resource``, or ``None``."""
@@ -320,10 +335,10 @@ class Rules:
         """The resources with a rule, sorted."""
         return tuple(sorted(self._rules))
 
-    def _route(self, resource: str, func: F, fallback: Optional[Callable[..., Any]]) -> F:
+    def _decorate(self, resource: str, func: F, fallback: Optional[Callable[..., Any]]) -> F:
         _check_decoratable(func)
         with self._lock:  # no reload between reading the rule and registering the route
-            route = self._route_type(func, _target(self._rules.get(resource), func, fallback))
+            route = self._route.Route(func, _target(self._rules.get(resource), func, fallback))
             self._routes.setdefault(resource, weakref.WeakKeyDictionary())[route] = fallback
         functools.update_wrapper(route, func)
         if _is_async_callable(func):  # look like a coroutine function to inspect/asyncio
@@ -353,51 +368,3 @@ class Rules:
     def __repr__(self) -> str:
         return f"<Rules {self.name!r}: {len(self._rules)} resources>"
 
-
-class ResourceGuard:
-    """``rules.guard(resource)``: see :meth:`Rules.guard`."""
-
-    __slots__ = ("_rules", "resource", "_fallback")
-
-    def __init__(self, rules: Rules, resource: str,
-                 fallback: Optional[Callable[..., Any]]) -> None:
-        self._rules = rules
-        self.resource = resource
-        self._fallback = fallback
-
-    def __call__(self, func: F) -> F:
-        return self._rules._route(self.resource, func, self._fallback)
-
-    # A block keeps the rule it entered under (on the per-thread/per-task stack of open
-    # blocks that the pure protocol keeps), so a reload while it runs changes nothing for it.
-    def _open(self) -> Any:
-        rule = self._rules._rules.get(self.resource)
-        return None if rule is None else rule.entry
-
-    def _push(self, entry: Any) -> None:
-        _permits.set((self, entry, 0.0, _permits.get()))
-
-    def __enter__(self) -> "ResourceGuard":
-        entry = self._open()
-        if entry is not None:
-            entry.__enter__()
-        self._push(entry)
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> bool:
-        entry: Any = pop_permit(self)[0]
-        return False if entry is None else bool(entry.__exit__(exc_type, exc, tb))
-
-    async def __aenter__(self) -> "ResourceGuard":
-        entry = self._open()
-        if entry is not None:
-            await entry.__aenter__()
-        self._push(entry)
-        return self
-
-    async def __aexit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> bool:
-        entry: Any = pop_permit(self)[0]
-        return False if entry is None else bool(await entry.__aexit__(exc_type, exc, tb))
-
-    def __repr__(self) -> str:
-        return f"<rules.guard({self.resource!r})>"
