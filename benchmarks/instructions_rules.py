@@ -7,7 +7,8 @@ difference divided by the extra calls; interpreter start-up cancels out):
         CASE $n 2>&1 | grep Collected; done
 
 CASE: bare, breaker, rules_breaker, full, rules_full (breaker + limit + bulkhead),
-rules_none (a resource without a rule); ``_pure`` after a case runs the pure twin.
+rules_none (a resource without a rule), with_breaker and rules_with_breaker (``with``
+blocks); ``_pure`` after a case runs the pure twin.
 """
 from __future__ import annotations
 
@@ -46,7 +47,25 @@ def build(case: str):  # -> a one-argument callable doing one guarded call
     raise SystemExit(f"unknown case {case!r}")
 
 
+def blocks(case: str, n: int) -> None:
+    """``with g: handler(1)`` n times, the loop in this frame."""
+    import gameguard as gg
+    from gameguard import _impl
+    from gameguard.rules import Rules
+
+    with _impl.use("pure" if case.endswith("_pure") else "fast"):
+        g = gg.CircuitBreaker("b") if case.startswith("with_") else \
+            Rules({"resource": {"r": {"breaker": {}}}}).guard("r")
+    for _ in range(n):
+        with g:
+            handler(1)
+
+
 if __name__ == "__main__":
-    f = build(sys.argv[1])
-    for _ in range(int(sys.argv[2])):
-        f(1)
+    case, n = sys.argv[1], int(sys.argv[2])
+    if "with_" in case:
+        blocks(case, n)
+    else:
+        f = build(case)
+        for _ in range(n):
+            f(1)

@@ -8,8 +8,9 @@ import types
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF
 from cpython.contextvars cimport PyContextVar_Get, PyContextVar_Set
+from contextvars import ContextVar
 
-from gameguard._pure.call import _permits, pop_permit as _py_pop
+cimport cython
 
 cdef extern from *:
     """
@@ -88,28 +89,74 @@ cdef class Slot:
         self.entry = entry
 
 
+cdef extern from "Python.h":
+    ctypedef struct ThreadState "PyThreadState":
+        PyObject *context   # the current contextvars.Context
+    ThreadState *PyThreadState_Get()
+
+
+cdef object _blocks = ContextVar("gameguard_rule_blocks")
+
+
+@cython.final
+cdef class _Stack:
+    """The open blocks of one context (thread or task): owner, entry, owner, entry...,
+    newest last. A ContextVar holds it; a copied context (a new task) shares the object,
+    so it records the context it belongs to and another context makes its own."""
+
+    cdef list items
+    cdef object context  # held: no other context can have its address meanwhile
+
+
+# The stack used last, held strongly: comparing its context with the thread's current one
+# skips the ContextVar lookup on the common path (consistent under the GIL: no Python call
+# between the comparison and the use).
+cdef _Stack _last = None
+
+
+cdef inline _Stack _stack():
+    if _last is not None and <PyObject *>_last.context == PyThreadState_Get().context:
+        return _last
+    return _find_stack()
+
+
+cdef _Stack _find_stack():
+    global _last
+    cdef PyObject *value = NULL
+    cdef _Stack s
+    PyContextVar_Get(_blocks, NULL, &value)  # a new reference, or NULL
+    if value != NULL:
+        s = <_Stack>value
+        Py_DECREF(s)  # the ContextVar still holds it
+        if <PyObject *>s.context == PyThreadState_Get().context:
+            _last = s
+            return s
+    s = _Stack.__new__(_Stack)
+    s.items = []
+    PyContextVar_Set(_blocks, s)
+    s.context = <object>PyThreadState_Get().context
+    _last = s
+    return s
+
+
 cdef inline int _push(owner, entry) except -1:
-    """On the per-thread, per-task stack of open blocks the pure protocol keeps (the same
-    nodes: ``(owner, entry, 0.0, rest)``)."""
-    cdef PyObject *top = NULL
-    PyContextVar_Get(_permits, NULL, &top)  # a new reference
-    rest = <object>top
-    Py_DECREF(rest)
-    PyContextVar_Set(_permits, (owner, entry, 0.0, rest))
+    cdef list items = _stack().items
+    items.append(owner)
+    items.append(entry)
     return 0
 
 
-cdef inline object _pop(owner):
-    """``owner``'s newest block's entry: the top node inline, anything else (blocks
-    closed out of order, a missing enter) by the pure protocol."""
-    cdef PyObject *top = NULL
-    PyContextVar_Get(_permits, NULL, &top)
-    node = <object>top
-    Py_DECREF(node)
-    if type(node) is tuple and (<tuple>node)[0] is owner:
-        PyContextVar_Set(_permits, (<tuple>node)[3])
-        return (<tuple>node)[1]
-    return _py_pop(owner)[0]
+cdef object _pop(owner):
+    """``owner``'s newest block's entry (blocks usually close in order: the top one)."""
+    cdef list items = _stack().items
+    cdef Py_ssize_t i = len(items) - 2
+    while i >= 0 and items[i] is not owner:
+        i -= 2
+    if i < 0:
+        raise RuntimeError(f"{owner!r}: __exit__ without a matching __enter__")
+    entry = items[i + 1]
+    del items[i:i + 2]
+    return entry
 
 
 cdef class Block:
@@ -127,6 +174,7 @@ cdef class Block:
     def __call__(self, func):
         return self._decorate(func)
 
+    @cython.binding(False)  # a method descriptor: CPython calls it directly
     def __enter__(self):
         entry = self.slot.entry
         if entry is not None:
@@ -134,6 +182,7 @@ cdef class Block:
         _push(self, entry)
         return self
 
+    @cython.binding(False)
     def __exit__(self, exc_type, exc, tb):
         entry = _pop(self)
         return False if entry is None else bool(entry.__exit__(exc_type, exc, tb))
