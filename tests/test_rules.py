@@ -587,3 +587,31 @@ def test_blocks_closed_out_of_order(twin):
     with pytest.raises(RuntimeError, match="without a matching"):
         a.__exit__(None, None, None)
     assert repr(a) == "<rules.guard('a')>"
+
+
+def test_async_blocks_of_interleaved_tasks_keep_their_own_rules(twin):
+    version = {"n": 2}
+    rules = Rules(lambda: spec(a={"bulkhead": {"max_concurrent": version["n"]}}))
+    guard = rules.guard("a")
+
+    async def main():
+        first = rules.rule("a").bulkhead
+        a_in, b_in, a_out = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        async def task_a():
+            async with guard:
+                a_in.set()
+                await b_in.wait()
+            a_out.set()
+
+        async def task_b():
+            await a_in.wait()
+            version["n"] = 3
+            rules.reload()  # b enters under the new rule, a still holds the old one
+            async with guard:
+                b_in.set()
+                await a_out.wait()
+                assert (first.in_flight, rules.rule("a").bulkhead.in_flight) == (0, 1)
+        await asyncio.wait_for(asyncio.gather(task_a(), task_b()), 20)
+        assert rules.rule("a").bulkhead.in_flight == 0
+    asyncio.run(main())
