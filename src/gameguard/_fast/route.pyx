@@ -83,10 +83,20 @@ _install_slots()
 cdef class Slot:
     """The entry in force for one resource; see the pure twin."""
 
-    cdef public object entry
+    # (entry, its bound __enter__, its bound __exit__) or None, swapped as one reference:
+    # a block reads it once, so it never enters one entry and exits another
+    cdef tuple parts
 
     def __init__(self, entry=None):
         self.entry = entry
+
+    @property
+    def entry(self):
+        return None if self.parts is None else self.parts[0]
+
+    @entry.setter
+    def entry(self, entry):
+        self.parts = None if entry is None else (entry, entry.__enter__, entry.__exit__)
 
 
 cdef extern from "Python.h":
@@ -176,27 +186,29 @@ cdef class Block:
 
     @cython.binding(False)  # a method descriptor: CPython calls it directly
     def __enter__(self):
-        entry = self.slot.entry
-        if entry is not None:
-            entry.__enter__()
-        _push(self, entry)
+        parts = self.slot.parts
+        if parts is None:
+            _push(self, None)
+        else:
+            (<tuple>parts)[1]()
+            _push(self, (<tuple>parts)[2])  # what this block exits, whatever reloads meanwhile
         return self
 
     @cython.binding(False)
     def __exit__(self, exc_type, exc, tb):
-        entry = _pop(self)
-        return False if entry is None else bool(entry.__exit__(exc_type, exc, tb))
+        exit_ = _pop(self)
+        return False if exit_ is None else bool(exit_(exc_type, exc, tb))
 
     async def __aenter__(self):
         entry = self.slot.entry
         if entry is not None:
             await entry.__aenter__()
-        _push(self, entry)
+        _push(self, None if entry is None else entry.__aexit__)
         return self
 
     async def __aexit__(self, exc_type, exc, tb):
-        entry = _pop(self)
-        return False if entry is None else bool(await entry.__aexit__(exc_type, exc, tb))
+        aexit = _pop(self)
+        return False if aexit is None else bool(await aexit(exc_type, exc, tb))
 
     def __repr__(self):
         return f"<rules.guard({self.resource!r})>"
