@@ -190,6 +190,22 @@ def test_timeout_is_checked():
 
 
 # -- signals -----------------------------------------------------------------------------------
+def refusal_off_main(call):
+    """The ConfigurationError message ``call()`` raises on a thread other than the main one."""
+    errors = []
+
+    def off_main():
+        try:
+            call()
+        except ConfigurationError as exc:
+            errors.append(str(exc))
+    t = threading.Thread(target=off_main)
+    t.start()
+    t.join(SAFETY)
+    assert len(errors) == 1, errors
+    return errors[0]
+
+
 def test_sync_signal_handlers_start_the_drain_and_restore(twin):
     drain = Drain()
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
@@ -222,17 +238,7 @@ def test_asyncio_signal_handlers_use_the_loop(twin):
 
 
 def test_sync_handlers_need_the_main_thread():
-    errors = []
-
-    def off_main():
-        try:
-            Drain().install_signal_handlers()
-        except ConfigurationError as exc:
-            errors.append(exc)
-    t = threading.Thread(target=off_main)
-    t.start()
-    t.join(SAFETY)
-    assert len(errors) == 1 and "main thread" in str(errors[0])
+    assert "main thread" in refusal_off_main(lambda: Drain().install_signal_handlers())
     with pytest.raises(ConfigurationError, match="then"):
         Drain().install_signal_handlers(then=5)
 

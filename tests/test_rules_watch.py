@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 
 import pytest
 
-from test_bulkhead import SAFETY, wait_until
+from test_bulkhead import wait_until
+from test_drain import refusal_off_main
 from gameguard import ConfigurationError
 from gameguard.rules import Rules
 
@@ -102,16 +102,6 @@ def test_sighup_works_for_any_source():
 
 def test_sighup_needs_the_main_thread(tmp_path):
     rules = Rules()
-    errors = []
-
-    def off_main():
-        try:
-            rules.watch(interval=1.0)
-        except ConfigurationError as exc:
-            errors.append(exc)
-    t = threading.Thread(target=off_main)
-    t.start()
-    t.join(SAFETY)
-    assert len(errors) == 1 and "main thread" in str(errors[0])
+    assert "main thread" in refusal_off_main(lambda: rules.watch(interval=1.0))
     with pytest.raises(ConfigurationError, match="interval"):
         rules.watch(interval=0, sighup=False)
