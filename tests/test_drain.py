@@ -220,6 +220,17 @@ def test_sync_signal_handlers_start_the_drain_and_restore(twin):
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
 
 
+def test_a_then_that_raises_is_logged(caplog):
+    drain = Drain()
+    restore = drain.install_signal_handlers([signal.SIGUSR2], then=lambda signum: 1 / 0)
+    try:
+        os.kill(os.getpid(), signal.SIGUSR2)
+        wait_until(lambda: drain.state == "draining", "the SIGUSR2 handler")
+    finally:
+        restore()
+    assert "raised" in caplog.text and "ZeroDivisionError" in caplog.text
+
+
 def test_asyncio_signal_handlers_use_the_loop(twin):
     async def main():
         drain = Drain()

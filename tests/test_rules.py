@@ -75,6 +75,8 @@ def test_json_file_has_the_same_shape(twin, tmp_path):
     ({"resource": {"a": {"limit": {"rate": -1}}}}, ["'a'", "limit", "rate", "-1"]),
     ({"resource": {"a": {"limit": {"capacity": 5}}}}, ["'a'", "limit", "rate is required"]),
     ({"resource": {"a": {"limit": {"kind": "gcra", "rate": 1}}}}, ["'a'", "kind", "'gcra'"]),
+    ({"resource": {"a": {"limit": {"kind": ["token"], "rate": 1}}}}, ["'a'", "kind"]),
+    ({"resource": {"a": {"breaker": {"window": [1]}}}}, ["'a'", "breaker", "window"]),
     ({"resource": {"a": {"limit": {"rate": 1, "capacity": 0.5}}}}, ["'a'", "capacity"]),
     ({"resource": {"a": {"limit": {"kind": "leaky", "rate": 1, "initial": 1}}}},
      ["'a'", "initial"]),
@@ -89,6 +91,15 @@ def test_bad_rules_name_resource_and_field(twin, data, words):
         Rules(data)
     for word in words:
         assert word in str(info.value)
+
+
+def test_guard_is_one_object_per_resource():
+    rules = Rules()
+    assert rules.guard("a") is rules.guard("a")
+    assert rules.guard("a") is not rules.guard("b")
+    assert rules.guard("a", fallback=len) is not rules.guard("a")
+    with pytest.raises(ConfigurationError, match="resource"):
+        rules.guard(["a"])  # type: ignore[arg-type]
 
 
 def test_rules_argument_is_checked():

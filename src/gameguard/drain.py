@@ -8,6 +8,7 @@ from . import _impl
 from .clock import Clock
 from .errors import ConfigurationError, DrainingError
 from ._checks import check_name, check_non_negative
+from ._log import logger
 from ._loop import warn_if_loop_thread
 from ._registry import register
 from .guard import Guard
@@ -153,7 +154,10 @@ class Drain(Guard):
         def on_signal(signum: int, frame: Any = None) -> None:
             self.start()
             if then is not None:
-                then(signum)
+                try:
+                    then(signum)
+                except Exception:  # raised here it would surface in whatever code runs
+                    logger().exception("gameguard: %s: then(%d) raised", self.name, signum)
 
         if loop is not None:
             for s in sigs:

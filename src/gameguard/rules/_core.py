@@ -98,7 +98,7 @@ def _make(resource: str, kind: str, fields: Mapping[str, Any], clock: Optional[C
     if kind == "bulkhead":
         return Bulkhead(_required(s, "max_concurrent"), name=resource, clock=clock, **s)
     flavour = s.pop("kind", "token")
-    if flavour not in _LIMITS:
+    if not isinstance(flavour, str) or flavour not in _LIMITS:
         raise ConfigurationError(f"kind must be 'token' or 'leaky', got {flavour!r}")
     if flavour == "leaky" and "initial" in s:
         raise ConfigurationError(f"initial is for kind 'token' only (a leaky bucket starts "
@@ -200,6 +200,7 @@ class Rules:
         # per resource: the decorated functions (weakly), and the slot blocks enter
         self._routes: Dict[str, "weakref.WeakKeyDictionary[Any, Any]"] = {}
         self._slots: Dict[str, Any] = {}
+        self._blocks: Dict[str, "ResourceGuard"] = {}
         self.reloads_succeeded = 0
         self.reloads_failed = 0
         self.last_reload_successful = True
@@ -258,7 +259,7 @@ class Rules:
                 try:
                     guards[kind] = kept if kept is not None else _make(
                         resource, kind, settings[kind], self._clock)
-                except ConfigurationError as exc:
+                except (ValueError, TypeError) as exc:  # ConfigurationError is a ValueError
                     raise ConfigurationError(
                         f"{self._where}: resource {resource!r}, {kind}: {exc}") from exc
             new[resource] = Rule(resource, settings, guards)
@@ -314,6 +315,10 @@ class Rules:
         """A decorator (sync or async functions) and context manager (``with`` and
         ``async with``) applying ``resource``'s rule in force at each call.
         ``fallback(*args, **kwargs)`` answers decorated calls the rule refuses."""
+        if fallback is None and type(resource) is str:
+            cached = self._blocks.get(resource)  # the common case: one object per resource
+            if cached is not None:
+                return cached
         if not isinstance(resource, str) or not resource:
             raise ConfigurationError(f"resource must be a non-empty string, got {resource!r}")
         check_callable("fallback", fallback)
@@ -322,8 +327,10 @@ class Rules:
             if slot is None:
                 slot = self._slots[resource] = self._route.Slot(
                     _entry(self._rules.get(resource)))
-        block: ResourceGuard = self._route.Block(
-            slot, resource, lambda func: self._decorate(resource, func, fallback))
+            block: ResourceGuard = self._route.Block(
+                slot, resource, lambda func: self._decorate(resource, func, fallback))
+            if fallback is None:
+                self._blocks[resource] = block
         return block
 
     def rule(self, resource: str) -> Optional[Rule]:
