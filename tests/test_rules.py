@@ -276,10 +276,16 @@ def test_sentinel_style_queue_waits_on_the_clock(twin):
     with pytest.raises(RateLimitExceeded):  # its turn is 0.1 s away: past max_wait
         g()
 
-    async def main():
-        return await rules.guard("a")(_async_now(clock))()
     clock.advance(10)
-    assert asyncio.run(main()) == pytest.approx(clock())
+    start = clock()
+    paced = rules.guard("a")(_async_now(clock))
+
+    async def main():
+        times = [await paced() for _ in range(3)]
+        async with rules.guard("a"):  # the block form waits its turn too
+            times.append(clock())
+        return times
+    assert asyncio.run(main()) == pytest.approx([start, start + 0.1, start + 0.2, start + 0.3])
 
 
 def _async_now(clock):
