@@ -1,0 +1,96 @@
+"""The rule-in-force indirection: ``@rules.guard(resource)`` against the same guards used
+directly, in the same run (target: at most 10 % over the direct guard).
+
+Each group has a bare call as baseline; compare ``rules_*`` with ``direct_*`` in the ratio
+table. Limits are sized so no call is ever refused.
+"""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import gameguard as gg
+from gameguard.rules import Rules
+
+from bench_breaker import _twin, ahandler, handler
+from conftest import LOOP
+
+BIG = 10.0 ** 12
+FULL = {"breaker": {"minimum_calls": 20},
+        "limit": {"kind": "token", "rate": BIG, "capacity": BIG},
+        "bulkhead": {"max_concurrent": 64}}
+
+
+def direct(kind: str, full: bool):
+    with _twin(kind):
+        if not full:
+            return gg.CircuitBreaker("bench")
+        return gg.pipeline(gg.CircuitBreaker("bench"), gg.TokenBucket(BIG, BIG),
+                           gg.Bulkhead(64))
+
+
+def ruled(kind: str, full: bool) -> Rules:
+    with _twin(kind):
+        return Rules({"resource": {"r": FULL if full else {"breaker": FULL["breaker"]}}})
+
+
+@pytest.mark.benchmark(group="rules-sync")
+def test_bare_call(benchmark, loop_calls):
+    benchmark(loop_calls(handler))
+
+
+@pytest.mark.benchmark(group="rules-sync")
+@pytest.mark.parametrize("kind", ["fast", "pure"])
+@pytest.mark.parametrize("full", [False, True], ids=["breaker", "breaker+limit+bulkhead"])
+def test_direct(benchmark, loop_calls, kind, full):
+    benchmark(loop_calls(direct(kind, full)(handler)))
+
+
+@pytest.mark.benchmark(group="rules-sync")
+@pytest.mark.parametrize("kind", ["fast", "pure"])
+@pytest.mark.parametrize("full", [False, True], ids=["breaker", "breaker+limit+bulkhead"])
+def test_rules(benchmark, loop_calls, kind, full):
+    benchmark(loop_calls(ruled(kind, full).guard("r")(handler)))
+
+
+@pytest.mark.benchmark(group="rules-sync")
+@pytest.mark.parametrize("kind", ["fast", "pure"])
+def test_rules_no_rule_passes_through(benchmark, loop_calls, kind):
+    benchmark(loop_calls(ruled(kind, False).guard("unruled")(handler)))
+
+
+@pytest.mark.benchmark(group="rules-with")
+def test_bare_block(benchmark):
+    def run():
+        for _ in range(LOOP):
+            handler(1)
+    benchmark(run)
+
+
+@pytest.mark.benchmark(group="rules-with")
+@pytest.mark.parametrize("how", ["direct", "rules"])
+def test_with_block(benchmark, how):
+    g = direct("fast", False) if how == "direct" else ruled("fast", False).guard("r")
+
+    def run():
+        for _ in range(LOOP):
+            with g:
+                handler(1)
+    benchmark(run)
+
+
+@pytest.mark.benchmark(group="rules-async")
+@pytest.mark.parametrize("how", ["bare", "direct", "rules"])
+def test_async(benchmark, how):
+    f = ahandler if how == "bare" else (
+        direct("fast", False) if how == "direct" else ruled("fast", False).guard("r"))(ahandler)
+
+    async def calls():
+        for _ in range(LOOP):
+            await f(1)
+    loop = asyncio.new_event_loop()
+    try:
+        benchmark(lambda: loop.run_until_complete(calls()))
+    finally:
+        loop.close()
