@@ -19,14 +19,18 @@ import gameguard
 HEAVY = ("asyncio", "ssl", "sqlite3", "inspect", "logging", "socket", "subprocess", "json",
          "dataclasses", "concurrent.futures", "secrets", "gameguard.saga", "gameguard.demos",
          # typing (with the re and enum it loads) was half of the import: annotations only
-         "typing", "re", "enum", "random", "contextlib", "typing_extensions")
+         "typing", "re", "enum", "random", "contextlib", "typing_extensions",
+         # the optional integrations: each only in its own module
+         "grpc", "redis", "psycopg", "prometheus_client", "opentelemetry", "starlette",
+         "aiohttp", "tomllib", "gameguard.rules", "gameguard.retry")
 
-CONTRACT = ["AdaptiveThrottle", "BackendUnavailable", "Bulkhead", "BulkheadFullError",
-            "CircuitBreaker", "CircuitOpenError", "CompensationFailed", "ConfigurationError",
-            "DrainingError", "GameGuardError", "HotKeyCache", "HybridLimiter", "KeyedLimiter",
-            "LeakyBucket", "ManualClock", "OverloadedError", "RateLimitExceeded",
-            "RejectedError", "SQLiteStore", "Saga", "SagaError", "TokenBucket", "pipeline",
-            "registry"]
+CONTRACT = ["AdaptiveLimiter", "AdaptiveThrottle", "BackendUnavailable", "Bulkhead",
+            "BulkheadFullError", "CircuitBreaker", "CircuitOpenError", "CompensationFailed",
+            "ConfigurationError", "Drain", "DrainingError", "GameGuardError", "Hedge",
+            "HotKeyCache", "HybridLimiter", "KeyedLimiter", "LeakyBucket", "LoadShedder",
+            "ManualClock", "OverloadedError", "RateLimitExceeded", "RejectedError", "Retry",
+            "RetryBudget", "Rules", "SQLiteStore", "Saga", "SagaError", "Timeout",
+            "TokenBucket", "health", "pipeline", "registry"]
 
 
 def loaded_after(code: str) -> set[str]:

@@ -24,35 +24,51 @@ __version__ = "0.1.0"
 #: the documented API, sorted. Guard and Pipeline (for annotations), ABSENT and the saga
 #: helpers below stay importable from here but are not part of it.
 __all__ = [
-    "AdaptiveThrottle", "BackendUnavailable", "Bulkhead", "BulkheadFullError", "CircuitBreaker",
-    "CircuitOpenError", "CompensationFailed", "ConfigurationError", "DrainingError",
-    "GameGuardError", "HotKeyCache", "HybridLimiter", "KeyedLimiter", "LeakyBucket",
-    "ManualClock", "OverloadedError", "RateLimitExceeded", "RejectedError", "SQLiteStore",
-    "Saga", "SagaError", "TokenBucket", "USE_EXTENSIONS", "__version__", "pipeline",
-    "registry",
+    "AdaptiveLimiter", "AdaptiveThrottle", "BackendUnavailable", "Bulkhead",
+    "BulkheadFullError", "CircuitBreaker", "CircuitOpenError", "CompensationFailed",
+    "ConfigurationError", "Drain", "DrainingError", "GameGuardError", "Hedge", "HotKeyCache",
+    "HybridLimiter", "KeyedLimiter", "LeakyBucket", "LoadShedder", "ManualClock",
+    "OverloadedError", "RateLimitExceeded", "RejectedError", "Retry", "RetryBudget", "Rules",
+    "SQLiteStore", "Saga", "SagaError", "Timeout", "TokenBucket", "USE_EXTENSIONS",
+    "__version__", "health", "pipeline", "registry",
 ]
 
-#: loaded from gameguard.saga on first access (PEP 562), since the saga store costs sqlite3
-#: and asyncio at import; type checkers see plain imports instead of the module __getattr__,
-#: so a misspelt name is still an error for them
-_SAGA_NAMES = ("DuplicateTransaction", "SQLiteStore", "Saga", "SagaResult", "SagaStore",
-               "StaleTransaction", "StepContext", "StoreError")
+#: names loaded from their module on first access (PEP 562): the saga store costs sqlite3
+#: and asyncio at import, and a server that never retries, hedges or reloads rules should
+#: not pay for those modules either; type checkers see plain imports instead of the module
+#: __getattr__, so a misspelt name is still an error for them
+_LAZY = {
+    **dict.fromkeys(("DuplicateTransaction", "SQLiteStore", "Saga", "SagaResult", "SagaStore",
+                     "StaleTransaction", "StepContext", "StoreError"), ".saga"),
+    "AdaptiveLimiter": ".adaptive", "Drain": ".drain", "Hedge": ".hedge", "LoadShedder":
+    ".shedder", "Retry": ".retry", "RetryBudget": ".retry", "Rules": ".rules",
+    "Timeout": ".timeout", "health": ".health",
+}
 
 if TYPE_CHECKING:
+    from .adaptive import AdaptiveLimiter
+    from .drain import Drain
+    from .health import health
+    from .hedge import Hedge
+    from .retry import Retry, RetryBudget
+    from .rules import Rules
     from .saga import (DuplicateTransaction as DuplicateTransaction, SagaResult as SagaResult,
                        SagaStore as SagaStore, SQLiteStore, Saga,
                        StaleTransaction as StaleTransaction, StepContext as StepContext,
                        StoreError as StoreError)
+    from .shedder import LoadShedder
+    from .timeout import Timeout
 else:
     def __getattr__(name: str) -> object:
-        if name in _SAGA_NAMES or name == "saga":
+        module = _LAZY.get(name, ".saga" if name == "saga" else None)
+        if module is not None:
             import importlib  # not `from . import saga`: that asks this hook for "saga" first
 
-            saga = importlib.import_module(".saga", __name__)  # binds gameguard.saga too
-            value = saga if name == "saga" else getattr(saga, name)
+            loaded = importlib.import_module(module, __name__)  # binds gameguard.<module> too
+            value = loaded if name == "saga" else getattr(loaded, name)
             globals()[name] = value  # the next access is a plain module attribute
             return value
         raise AttributeError(f"module 'gameguard' has no attribute {name!r}")
 
     def __dir__() -> list[str]:
-        return sorted(set(globals()) | set(_SAGA_NAMES) | {"saga"})
+        return sorted(set(globals()) | set(_LAZY) | {"saga"})
