@@ -11,7 +11,8 @@ import time
 from types import CoroutineType, MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Generator, List, Optional, Tuple
 
-from ..errors import CompensationFailed, RejectedError
+from ..errors import CompensationFailed
+from ..retry import backoff_delay
 from .records import ACTION, COMPENSATION, StepContext, Step, Tx, dumps, loads
 from .store import COMMITTED, COMPENSATED, COMPENSATING, EXECUTING, FAILED, PREPARING
 
@@ -115,9 +116,7 @@ def _attempts(tx: Tx, st: Step, phase: str,
             return exc, None
         # a retry schedule is one delay at a time, computed when it is due: no queue of
         # timers to keep sorted
-        delay = rng() * min(st.max_backoff, st.backoff * 2.0 ** (tries - 1))
-        if isinstance(exc, RejectedError) and exc.retry_after:
-            delay = max(delay, min(float(exc.retry_after), st.max_backoff))
+        delay = backoff_delay(tries, st.backoff, st.max_backoff, rng(), exc)
         if delay > 0.0:
             yield (_SLEEP, delay)
         yield (_WRITE, tx.move(tx.status, tx.step, tx.attempt + 1))
