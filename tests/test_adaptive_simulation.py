@@ -119,7 +119,7 @@ def test_aimd_backs_off_on_callers_timing_out(twin, no_load_p99):
     assert max(limits) <= 1.3 * KNEE and p99 <= 2 * no_load_p99  # without drops: 79
 
 
-if __name__ == "__main__":  # the table in docs/edge-adaptive.md: python <this file> [seconds]
+if __name__ == "__main__":  # the table in docs/edge.md: python <this file> [seconds]
     import sys
 
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 60.0

@@ -1,6 +1,6 @@
 """Rules as data with hot reload: :class:`Rules`, ``rules.guard(resource)``, ``reload()``,
 ``watch()``; Sentinel's rule JSON through :meth:`Rules.from_sentinel`. See
-docs/operations-rules.md for the file format and the Sentinel mapping."""
+docs/operations.md for the file format and the Sentinel mapping."""
 from __future__ import annotations
 
 from ._core import QueueingLeakyBucket, QueueingTokenBucket, Rule, Rules
