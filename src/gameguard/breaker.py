@@ -14,12 +14,14 @@ from .errors import CircuitOpenError, ConfigurationError
 from ._checks import check_callable, check_int, check_name, check_positive
 from ._settings import fixed_setting, live_setting, merge
 from .guard import Classifier, ExceptionSpec, Guard
+from ._registry import register
 from ._log import logger
 
 __all__ = ["CircuitBreaker", "AdaptiveThrottle", "BreakerListener"]
 
 
 BreakerListener = Callable[["CircuitBreaker", str, str], Any]
+_REJECTED: int = _impl.kernel("kernel").REJECTED
 
 
 def _check_rate(param: str, value: Any) -> float:
@@ -140,6 +142,7 @@ class CircuitBreaker(Guard):
         self._seen = 0
         self._queue: Deque[Tuple[int, int]] = collections.deque()  # (old, new) to deliver
         self._delivering = False
+        register(self)
 
     # -- state --------------------------------------------------------------------------
     @property
@@ -185,6 +188,7 @@ class CircuitBreaker(Guard):
         if kernel.pending:
             self._service()
         if token < 0:
+            kernel.count(_REJECTED)
             return False
         if token & 1:  # a half-open probe: its slot waits for this outcome
             with self._manual_lock:
@@ -211,6 +215,7 @@ class CircuitBreaker(Guard):
                 token = probes.pop(mine[0] if mine else 0)[1]
             self._probes = probes
         kernel.exit(token, self._now(), float(duration), outcome)
+        kernel.count(outcome)
         if kernel.pending:
             self._service()
 
@@ -357,6 +362,7 @@ class AdaptiveThrottle(Guard):
             config["k"], config["protection"], config["window"], config["buckets"], seed, rng)
         self._config = config
         self._config_lock = threading.Lock()
+        register(self)
 
     k = live_setting("k", "Accepts multiplier (>= 1); lower sheds more.")
     protection = live_setting("protection", "Requests in the window never shed.")
@@ -377,13 +383,18 @@ class AdaptiveThrottle(Guard):
 
     def allow(self) -> bool:
         """Admission without a call; report the outcome with ``record_success``/``_failure``."""
-        return bool(self._kernel.enter(self._now()) >= 0)
+        if self._kernel.enter(self._now()) >= 0:
+            return True
+        self._kernel.count(_REJECTED)
+        return False
 
     def record_success(self, duration: float = 0.0) -> None:
         self._kernel.exit(0, self._now(), float(duration), 0)
+        self._kernel.count(0)
 
     def record_failure(self, duration: float = 0.0) -> None:
         self._kernel.exit(0, self._now(), float(duration), 1)
+        self._kernel.count(1)
 
     def snapshot(self) -> Dict[str, Any]:
         now = self._now()

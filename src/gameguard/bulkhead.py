@@ -14,6 +14,7 @@ from ._checks import check_int, check_name
 from ._loop import warn_if_loop_thread
 from ._settings import live_setting, merge
 from .guard import Guard
+from ._registry import register
 
 if TYPE_CHECKING:
     import asyncio
@@ -82,6 +83,7 @@ class Bulkhead(Guard):
         # async waiters: (loop, future), woken in order
         self._async_waiters: Deque[Tuple[asyncio.AbstractEventLoop, asyncio.Future[bool]]] = \
             collections.deque()
+        register(self)
 
     def configure(self, **changes: Any) -> None:
         """Change ``max_concurrent`` and/or ``max_wait`` live (the constructor's checks,

@@ -26,7 +26,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple
 
 from ..clock import monotonic
-from .kernel import IGNORED, SUCCESS
+from .kernel import FAILURE, FALLBACK, IGNORED, REJECTED, SUCCESS
 from .._log import logger
 
 if TYPE_CHECKING:
@@ -58,7 +58,8 @@ def release(guards: Guards, tokens: List[int], now: float, duration: float,
             t0: Optional[float] = None) -> Optional[BaseException]:
     """Exit every permit in ``tokens`` innermost first, each exactly once, and empty it.
 
-    Each guard's outcome is ``exc`` as its ``_classify`` sees it, else ``outcome``. Nothing
+    Each guard's outcome is ``exc`` as its ``_classify`` sees it, else ``outcome``, and is
+    counted in the kernel's ``counts`` (IGNORED when the kernel refused it). Nothing
     stops the loop: a classifier that raises counts as no outcome, a kernel ``exit`` that
     refuses ``now`` is retried at the entry reading ``t0`` with no outcome, a ``_service``
     that raises is noted; the first such error is returned (never raised here).
@@ -77,12 +78,13 @@ def release(guards: Guards, tokens: List[int], now: float, duration: float,
         try:
             k.exit(tokens[i], now, duration, o)
         except BaseException as e:
-            error = error or e
+            o, error = IGNORED, error or e
             if t0 is not None and t0 != now:
                 try:
                     k.exit(tokens[i], t0, 0.0, IGNORED)
                 except BaseException:
                     pass  # the first error already says what went wrong
+        k.count(o if o in (SUCCESS, FAILURE) else IGNORED)
         if k.pending:
             try:
                 g._service()
@@ -137,6 +139,8 @@ def take(guards: Guards, now: float, tokens: List[int], first: Optional[int] = N
 def _refused(guards: Guards, now: float, tokens: List[int], i: int,
              exc: Optional[BaseException] = None) -> int:
     surface(release(guards, tokens, now, 0.0, None, IGNORED, now), exc)
+    if exc is None:  # refused for good (an interrupted wait is not a rejection)
+        guards[i]._kernel.count(REJECTED)
     return i
 
 
@@ -193,9 +197,11 @@ def finish(guards: Guards, tokens: List[int], t0: float, clock: Clock,
 
 def reject(guard: GuardHooks, now: float, fallback: Optional[Callable[..., Any]],
            args: Tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """A refused call: the guard's own fallback, else the wrapper's, else raise."""
+    """A refused call (counted as rejected by the caller): the guard's own fallback, else
+    the wrapper's, else raise."""
     fb = guard._fallback if guard._fallback is not None else fallback
     if fb is not None:
+        guard._kernel.count(FALLBACK)
         return fb(*args, **kwargs)
     raise guard._rejection(now)
 
@@ -247,7 +253,7 @@ def wrap_sync(func: Callable[..., Any], guards: Guards, clock: Optional[Clock],
         # an exception) is the general protocol, handed the kernel's answer.
         g = guards[0]
         k = g._kernel
-        k_enter, k_exit = k.enter, k.exit
+        k_enter, k_exit, count = k.enter, k.exit, k.count
 
         def guarded(*args: Any, **kwargs: Any) -> Any:
             t0 = read()
@@ -265,6 +271,7 @@ def wrap_sync(func: Callable[..., Any], guards: Guards, clock: Optional[Clock],
             except BaseException:  # the clock or the kernel refused the exit reading
                 release(guards, [token], t0, 0.0, None, IGNORED, t0)
                 raise
+            count(SUCCESS)
             if k.pending:
                 g._service()  # the permit is back already; an error here is the call's
             return result

@@ -17,8 +17,11 @@ REJECT = -1  #: ``enter`` result for a refused call
 PENDING_EVENTS = 1  #: state transitions wait to be reported to listeners
 PENDING_WAKE = 2    #: a slot was freed while callers wait for one
 
+REJECTED = 3  #: counter index after the outcomes: calls refused
+FALLBACK = 4  #: counter index: refused calls a fallback answered
+
 __all__ = ["SUCCESS", "FAILURE", "IGNORED", "REJECT", "PENDING_EVENTS", "PENDING_WAKE",
-           "GuardKernel", "SplitMix64"]
+           "REJECTED", "FALLBACK", "GuardKernel", "SplitMix64"]
 
 _MASK = (1 << 64) - 1
 
@@ -33,6 +36,31 @@ class GuardKernel:
         # coarse view (one tick behind) because the kernel tolerates that lag
         self.precise = True
         self._lock = threading.Lock()
+        #: cumulative calls by outcome (indexed SUCCESS, FAILURE, IGNORED), then REJECTED
+        #: and FALLBACK: bumped by the call protocol, read by exporters. A view (one key of
+        #: a keyed table) shares its owner's list.
+        self.counts = [0, 0, 0, 0, 0]
+
+    def count(self, what: int) -> None:
+        """Add one to counter ``what`` (an outcome, ``REJECTED`` or ``FALLBACK``). The
+        update makes no Python call, so CPython does not switch threads half way through."""
+        if not 0 <= what < 5:
+            raise ValueError(f"no counter {what}")
+        self.counts[what] += 1
+
+    def share_counts(self, owner: "GuardKernel") -> None:
+        """Count into ``owner``'s counters from now on (views of one limiter)."""
+        self.counts = owner.counts
+
+    def tally(self, admitted: bool) -> bool:
+        """Count a ``try_acquire`` decision: admitted as successful, else rejected."""
+        self.counts[0 if admitted else 3] += 1
+        return admitted
+
+    def counters(self) -> tuple[int, int, int, int, int]:
+        """``(successful, failed, ignored, rejected, fallbacks)`` since creation."""
+        c = self.counts
+        return (c[0], c[1], c[2], c[3], c[4])
 
     def enter(self, now: float) -> int:
         raise NotImplementedError

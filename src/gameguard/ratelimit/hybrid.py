@@ -8,6 +8,7 @@ from ..clock import Clock
 from ..errors import ConfigurationError, RateLimitExceeded
 from .._checks import check_int, check_name, check_positive
 from ._common import CostOneGuard, Setting, check_cost, guard_cost_error, retry
+from .._registry import register
 
 _KINDS = {"burst": 0, "steady": 1}
 
@@ -113,6 +114,7 @@ class HybridLimiter(CostOneGuard):
         self.try_acquire = self._core.try_acquire  # type: ignore[method-assign]
         self.burst = _KindGuard(self, 0)
         self.steady = _KindGuard(self, 1)
+        register(self)  # its views all count into one set of counters
 
     @property
     def modes(self) -> Dict[str, float]:

@@ -13,6 +13,7 @@ from .._checks import check_callable, check_int, check_name, check_positive
 from ..guard import Guard, _check_decoratable, _is_async_callable
 from ._common import (CostOneGuard, Setting, changed, check_cost, check_rate_capacity,
                       guard_cost_error, retry)
+from .._registry import register
 
 if TYPE_CHECKING:
     from typing_extensions import ParamSpec, Protocol
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 #: Secret seed of the keyed tables' XXH64 fingerprints, drawn once per process: a client
 #: who cannot learn it cannot choose keys that share a slot.
 PROCESS_SEED: int = int.from_bytes(os.urandom(8), "little")
+_FALLBACK: int = _impl.kernel("kernel").FALLBACK
 
 
 class _KeyGuard(Guard):
@@ -99,6 +101,7 @@ class KeyedLimiter(CostOneGuard):
         self._kernel = self._table
         #: ``try_acquire(key, cost=1) -> bool``: the kernel's own method
         self.try_acquire = self._table.try_acquire  # type: ignore[method-assign]
+        register(self)
 
     @staticmethod
     def _settings(rate: Any, capacity: Any, idle_ttl: Any) -> tuple[float, float, Optional[float]]:
@@ -214,7 +217,8 @@ class KeyedLimiter(CostOneGuard):
         check_callable("fallback", fallback)
         self._bind_cost(c)
         fb = fallback if fallback is not None else self._fallback
-        acquire = self._table.try_acquire
+        acquire = self._table.try_acquire  # counts the decision
+        count = self._table.count
 
         def decorate(func: Callable[P, R]) -> Callable[P, R]:
             _check_decoratable(func)
@@ -229,6 +233,7 @@ class KeyedLimiter(CostOneGuard):
                         return await afunc(*args, **kwargs)
                     if fb is None:
                         raise self._exceeded(k, self._now(), c)
+                    count(_FALLBACK)
                     result = fb(*args, **kwargs)
                     return (await result) if inspect.isawaitable(result) else result
                 return cast("Callable[P, R]", guarded_async)
@@ -240,6 +245,7 @@ class KeyedLimiter(CostOneGuard):
                     return func(*args, **kwargs)
                 if fb is None:
                     raise self._exceeded(k, self._now(), c)
+                count(_FALLBACK)
                 return fb(*args, **kwargs)
             return cast("Callable[P, R]", guarded)
         return decorate
