@@ -188,7 +188,7 @@ class CircuitBreaker(Guard):
         if kernel.pending:
             self._service()
         if token < 0:
-            kernel.count(_REJECTED)
+            kernel.bump(_REJECTED)
             return False
         if token & 1:  # a half-open probe: its slot waits for this outcome
             with self._manual_lock:
@@ -215,7 +215,7 @@ class CircuitBreaker(Guard):
                 token = probes.pop(mine[0] if mine else 0)[1]
             self._probes = probes
         kernel.exit(token, self._now(), float(duration), outcome)
-        kernel.count(outcome)
+        kernel.bump(outcome)
         if kernel.pending:
             self._service()
 
@@ -385,16 +385,16 @@ class AdaptiveThrottle(Guard):
         """Admission without a call; report the outcome with ``record_success``/``_failure``."""
         if self._kernel.enter(self._now()) >= 0:
             return True
-        self._kernel.count(_REJECTED)
+        self._kernel.bump(_REJECTED)
         return False
 
     def record_success(self, duration: float = 0.0) -> None:
         self._kernel.exit(0, self._now(), float(duration), 0)
-        self._kernel.count(0)
+        self._kernel.bump(0)
 
     def record_failure(self, duration: float = 0.0) -> None:
         self._kernel.exit(0, self._now(), float(duration), 1)
-        self._kernel.count(1)
+        self._kernel.bump(1)
 
     def snapshot(self) -> Dict[str, Any]:
         now = self._now()

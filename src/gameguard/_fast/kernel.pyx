@@ -23,7 +23,7 @@ cdef class GuardKernel:
         self.precise = True
         self.counts = self._counts
 
-    def count(self, int what):
+    def bump(self, int what):
         """Add one to counter ``what`` (an outcome, ``REJECTED`` or ``FALLBACK``)."""
         if not 0 <= what < N_COUNTS_:
             raise ValueError(f"no counter {what}")

@@ -84,7 +84,7 @@ def release(guards: Guards, tokens: List[int], now: float, duration: float,
                     k.exit(tokens[i], t0, 0.0, IGNORED)
                 except BaseException:
                     pass  # the first error already says what went wrong
-        k.count(o if o in (SUCCESS, FAILURE) else IGNORED)
+        k.bump(o if o in (SUCCESS, FAILURE) else IGNORED)
         if k.pending:
             try:
                 g._service()
@@ -140,7 +140,7 @@ def _refused(guards: Guards, now: float, tokens: List[int], i: int,
              exc: Optional[BaseException] = None) -> int:
     surface(release(guards, tokens, now, 0.0, None, IGNORED, now), exc)
     if exc is None:  # refused for good (an interrupted wait is not a rejection)
-        guards[i]._kernel.count(REJECTED)
+        guards[i]._kernel.bump(REJECTED)
     return i
 
 
@@ -201,7 +201,7 @@ def reject(guard: GuardHooks, now: float, fallback: Optional[Callable[..., Any]]
     the wrapper's, else raise."""
     fb = guard._fallback if guard._fallback is not None else fallback
     if fb is not None:
-        guard._kernel.count(FALLBACK)
+        guard._kernel.bump(FALLBACK)
         return fb(*args, **kwargs)
     raise guard._rejection(now)
 
@@ -253,7 +253,7 @@ def wrap_sync(func: Callable[..., Any], guards: Guards, clock: Optional[Clock],
         # an exception) is the general protocol, handed the kernel's answer.
         g = guards[0]
         k = g._kernel
-        k_enter, k_exit, count = k.enter, k.exit, k.count
+        k_enter, k_exit, bump = k.enter, k.exit, k.bump
 
         def guarded(*args: Any, **kwargs: Any) -> Any:
             t0 = read()
@@ -271,7 +271,7 @@ def wrap_sync(func: Callable[..., Any], guards: Guards, clock: Optional[Clock],
             except BaseException:  # the clock or the kernel refused the exit reading
                 release(guards, [token], t0, 0.0, None, IGNORED, t0)
                 raise
-            count(SUCCESS)
+            bump(SUCCESS)
             if k.pending:
                 g._service()  # the permit is back already; an error here is the call's
             return result

@@ -41,7 +41,7 @@ class GuardKernel:
         #: a keyed table) shares its owner's list.
         self.counts = [0, 0, 0, 0, 0]
 
-    def count(self, what: int) -> None:
+    def bump(self, what: int) -> None:
         """Add one to counter ``what`` (an outcome, ``REJECTED`` or ``FALLBACK``). The
         update makes no Python call, so CPython does not switch threads half way through."""
         if not 0 <= what < 5:

@@ -218,7 +218,7 @@ class KeyedLimiter(CostOneGuard):
         self._bind_cost(c)
         fb = fallback if fallback is not None else self._fallback
         acquire = self._table.try_acquire  # counts the decision
-        count = self._table.count
+        bump = self._table.bump
 
         def decorate(func: Callable[P, R]) -> Callable[P, R]:
             _check_decoratable(func)
@@ -233,7 +233,7 @@ class KeyedLimiter(CostOneGuard):
                         return await afunc(*args, **kwargs)
                     if fb is None:
                         raise self._exceeded(k, self._now(), c)
-                    count(_FALLBACK)
+                    bump(_FALLBACK)
                     result = fb(*args, **kwargs)
                     return (await result) if inspect.isawaitable(result) else result
                 return cast("Callable[P, R]", guarded_async)
@@ -245,7 +245,7 @@ class KeyedLimiter(CostOneGuard):
                     return func(*args, **kwargs)
                 if fb is None:
                     raise self._exceeded(k, self._now(), c)
-                count(_FALLBACK)
+                bump(_FALLBACK)
                 return fb(*args, **kwargs)
             return cast("Callable[P, R]", guarded)
         return decorate
