@@ -30,6 +30,11 @@ def parser() -> argparse.ArgumentParser:
                       help="random seed (default: 7); the same seed prints the same figures")
     demo.add_argument("--only", choices=SECTIONS, action="append", metavar="SECTION",
                       help=f"run only this section, repeatable: {', '.join(SECTIONS)}")
+    from . import top
+    top.add_arguments(sub.add_parser(
+        "top", help="live view of a process's guards (state, calls/s, rejected/s, hit ratio)",
+        description="Show the guards of this process, or of a running one (--url its "
+                    "Prometheus endpoint), refreshing every --interval seconds."))
     return cli
 
 
@@ -52,6 +57,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.command is None:
             cli.print_help()
+        elif args.command == "top":
+            from . import top
+            return top.run(args.url, args.interval, args.iterations)
         else:
             run_demo(args.seed, args.only)
         sys.stdout.flush()  # here, so a closed pipe is met inside this try
