@@ -255,7 +255,8 @@ def test_series_are_the_same_in_two_fresh_processes() -> None:
 
 def test_importing_the_metrics_package_loads_no_client_library() -> None:
     code = ("import sys, gameguard.metrics as m; assert callable(m.__getattr__); "
-            "print(sorted(n for n in sys.modules if n.startswith(('prometheus', 'opentelemetry'))))")
+            "print(sorted(n for n in sys.modules "
+            "if n.startswith(('prometheus', 'opentelemetry'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]"

@@ -94,8 +94,8 @@ def test_top_reads_a_running_endpoint(endpoint: Tuple[str, Traffic]) -> None:
 
 def test_render_gives_rates_between_two_readings() -> None:
     def reading(ok: float, rejected: float, hits: float, misses: float) -> top.Reading:
-        text = (f'gameguard_calls_total{{guard="g",type="bulkhead",outcome="successful"}} {ok}\n'
-                f'gameguard_calls_total{{guard="g",type="bulkhead",outcome="rejected"}} {rejected}\n'
+        calls = 'gameguard_calls_total{guard="g",type="bulkhead",outcome='
+        text = (f'{calls}"successful"}} {ok}\n{calls}"rejected"}} {rejected}\n'
                 f'gameguard_cache_requests_total{{cache="c",result="hit"}} {hits}\n'
                 f'gameguard_cache_requests_total{{cache="c",result="miss"}} {misses}\n')
         return top.parse(text)

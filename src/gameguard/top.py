@@ -124,7 +124,9 @@ def render(now: Reading, before: Optional[Reading] = None, seconds: float = 1.0)
 def run(url: Optional[str] = None, interval: float = 1.0, iterations: Optional[int] = None,
         out: TextIO = sys.stdout, sleep: Callable[[float], None] = time.sleep) -> int:
     """Show frames until interrupted, or ``iterations`` of them; returns an exit code."""
-    read = (lambda: read_url(url)) if url else read_local
+    def read() -> Reading:
+        return read_url(url) if url else read_local()
+
     clear = out.isatty()
     before: Optional[Reading] = None
     last = 0.0
