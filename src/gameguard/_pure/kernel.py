@@ -39,27 +39,27 @@ class GuardKernel:
         #: cumulative calls by outcome (indexed SUCCESS, FAILURE, IGNORED), then REJECTED
         #: and FALLBACK: bumped by the call protocol, read by exporters. A view (one key of
         #: a keyed table) shares its owner's list.
-        self.counts = [0, 0, 0, 0, 0]
+        self._counts = [0, 0, 0, 0, 0]
 
     def bump(self, what: int) -> None:
         """Add one to counter ``what`` (an outcome, ``REJECTED`` or ``FALLBACK``). The
         update makes no Python call, so CPython does not switch threads half way through."""
         if not 0 <= what < 5:
             raise ValueError(f"no counter {what}")
-        self.counts[what] += 1
+        self._counts[what] += 1
 
     def share_counts(self, owner: "GuardKernel") -> None:
         """Count into ``owner``'s counters from now on (views of one limiter)."""
-        self.counts = owner.counts
+        self._counts = owner._counts
 
-    def tally(self, admitted: bool) -> bool:
+    def _tally(self, admitted: bool) -> bool:
         """Count a ``try_acquire`` decision: admitted as successful, else rejected."""
-        self.counts[0 if admitted else 3] += 1
+        self._counts[0 if admitted else 3] += 1
         return admitted
 
     def counters(self) -> tuple[int, int, int, int, int]:
         """``(successful, failed, ignored, rejected, fallbacks)`` since creation."""
-        c = self.counts
+        c = self._counts
         return (c[0], c[1], c[2], c[3], c[4])
 
     def enter(self, now: float) -> int:

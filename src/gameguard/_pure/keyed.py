@@ -340,7 +340,7 @@ class KeyedTable(GuardKernel):
             self._check_cost(cost)
         fp = self.fingerprint(key)
         clock = self.clock
-        return self.tally(self._take(_monotonic() if clock is None else float(clock()), fp,
+        return self._tally(self._take(_monotonic() if clock is None else float(clock()), fp,
                                      cost))
 
     def acquire_at(self, now: float, key: Any, cost: float) -> bool:
