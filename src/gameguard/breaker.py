@@ -257,7 +257,7 @@ class CircuitBreaker(Guard):
             "mean_duration": duration / calls if calls else 0.0,
             "consecutive_failures": self._kernel.consecutive,
             "retry_after": retry if retry >= 0 and state != "forced_open" else None,
-            "config": dict(self._config),
+            "config": dict(self._config), "counters": self._counters(),
         }
 
     # -- events -------------------------------------------------------------------------
@@ -401,7 +401,7 @@ class AdaptiveThrottle(Guard):
         requests, not_accepted, _, _ = self._kernel.totals(now)
         return {"name": self.name, "requests": requests, "accepts": requests - not_accepted,
                 "drop_probability": float(self._kernel.drop_probability(now)),
-                "config": dict(self._config)}
+                "config": dict(self._config), "counters": self._counters()}
 
     def _rejection(self, now: float) -> CircuitOpenError:
         return CircuitOpenError(f"throttle {self.name!r} dropped the call (adaptive throttling)",

@@ -108,7 +108,7 @@ class Bulkhead(Guard):
     def snapshot(self) -> Dict[str, Any]:
         return {"name": self.name, "in_flight": self.in_flight, "limit": self._kernel.limit,
                 "waiting": self._sync_waiters + len(self._async_waiters),
-                "config": dict(self._config)}
+                "config": dict(self._config), "counters": self._counters()}
 
     def _deadline(self, now: float) -> Optional[float]:
         wait = self._config["max_wait"]

@@ -18,8 +18,8 @@ changes: both wrappers, ``with`` and ``pipeline`` only ever talk to those hooks.
 """
 from __future__ import annotations
 
-from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Optional, Protocol, Sequence,
-                    Tuple, Type, TypeVar, Union, cast, overload)
+from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Dict, Optional, Protocol,
+                    Sequence, Tuple, Type, TypeVar, Union, cast, overload)
 
 from . import _impl
 from .clock import Clock, monotonic
@@ -42,6 +42,8 @@ IGNORED: int = _k.IGNORED
 REJECT: int = _k.REJECT
 PENDING_EVENTS: int = _k.PENDING_EVENTS
 PENDING_WAKE: int = _k.PENDING_WAKE
+#: the kernel counters, in the order ``counters()`` gives them
+COUNTER_NAMES = ("successful", "failed", "ignored", "rejected", "fallbacks")
 
 if TYPE_CHECKING:
     _Base = object
@@ -243,6 +245,13 @@ class Guard(_GuardMixin):
     def _service(self) -> None:
         """Handle what the kernel flagged in ``pending`` (events to emit, waiters to wake)."""
         self._kernel.pending = 0
+
+    def _counters(self) -> Dict[str, int]:
+        """Cumulative counts since creation (what ``snapshot()["counters"]`` and the metrics
+        exporters report): calls by outcome as this guard classifies them (``successful``,
+        ``failed``, ``ignored``), ``rejected``, and ``fallbacks`` (rejections a fallback
+        answered)."""
+        return dict(zip(COUNTER_NAMES, self._kernel.counters()))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"

@@ -205,7 +205,8 @@ class HybridLimiter(CostOneGuard):
                              "steady": float(core.admitted_steady)},
                 "rejected": {"burst": int(core.rejected_burst),
                              "steady": int(core.rejected_steady)},
-                "switches": int(core.switches), "switched_at": float(core.switched_at)}
+                "switches": int(core.switches), "switched_at": float(core.switched_at),
+                "counters": self._counters()}
 
     def _rejection(self, now: float) -> Any:
         return self.burst._rejection(now)

@@ -189,7 +189,7 @@ class KeyedLimiter(CostOneGuard):
                 "slots": int(t.slots), "nbytes": self.nbytes, "max_bytes": self.max_bytes,
                 "evicted": {"full": int(t.evicted_full), "idle": int(t.evicted_idle),
                             "stale": int(t.evicted_stale)},
-                "sweeps": int(t.sweeps)}
+                "sweeps": int(t.sweeps), "counters": self._counters()}
 
     # -- guard forms ------------------------------------------------------------------------
     def bind(self, key: Any) -> Guard:
