@@ -14,7 +14,9 @@ One public module with a :class:`Guard` subclass and one kernel pair
 ``GuardKernel``). The subclass calls ``self._init_guard(name, clock, fallback)``, sets
 ``self._kernel = _impl.kernel("<name>").<Kernel>(...)`` and implements the hooks of
 :class:`GuardHooks` it needs; :class:`Guard` gives every other hook a default. Nothing else
-changes: both wrappers, ``with`` and ``pipeline`` only ever talk to those hooks.
+changes: both wrappers, ``with`` and ``pipeline`` only ever talk to those hooks. They also
+count every call in the kernel's counters (by outcome, rejections, fallbacks), so a new
+guard that calls ``gameguard._registry.register(self)`` is exported by the metrics.
 """
 from __future__ import annotations
 
