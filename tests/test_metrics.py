@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import gameguard as gg
 from gameguard._registry import register
 from gameguard.metrics import PrometheusCollector, instrument
+from gameguard.metrics._collect import collect
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -267,3 +268,18 @@ def test_a_bad_registry_argument_is_refused() -> None:
         PrometheusCollector(registry=[1, 2])  # type: ignore[arg-type]
     with pytest.raises(gg.ConfigurationError, match="registry"):
         instrument(MeterProvider(), registry=[1])  # type: ignore[arg-type]
+
+
+def test_every_guard_limiter_cache_and_saga_registers_itself(twin: str) -> None:
+    clock = gg.ManualClock()
+    made = [gg.CircuitBreaker(clock=clock), gg.AdaptiveThrottle(clock=clock),
+            gg.Bulkhead(1, clock=clock), gg.TokenBucket(1, clock=clock),
+            gg.LeakyBucket(1, clock=clock), gg.HybridLimiter(clock=clock),
+            gg.KeyedLimiter(1, clock=clock), gg.HotKeyCache(clock=clock),
+            gg.Saga("registered", store=gg.SQLiteStore(":memory:"))]
+    live = gg.registry()
+    assert all(any(o is m for o in live) for m in made)
+    assert [o for o in live if any(o is m for m in made)] == made  # in order of creation
+    names = {f.name: f for f in collect(made)}
+    series = {labels[:2] for labels, _ in names["gameguard_calls"].samples}
+    assert len(series) == 7  # the seven guards and limiters; cache and saga have their own
