@@ -12,7 +12,7 @@ from posix.time cimport timespec, clock_getres
 from gameguard._fast.arith cimport (_tb_level, _tb_wait, _lv_level, _lv_fits,
                                     _lv_wait, cost_double as _as_double, MAX_INDEX, EPS)
 from gameguard._fast.kernel cimport (GuardKernel, REJECT_, SUCCESS_, CLOCK_MONOTONIC_COARSE_,
-                                     share_counts, tally,
+                                     bump, share_counts, tally,
                                      monotonic_coarse, monotonic_precise as _monotonic)
 
 from gameguard.errors import ConfigurationError
@@ -131,7 +131,7 @@ cdef class TokenBucketKernel(GuardKernel):
         if self.clock is None:
             if _coarse_ok(self.rate, self.capacity, c) and \
                     self._take_lagged(monotonic_coarse(), c, COARSE_LAG):
-                self.counts[SUCCESS_] += 1
+                bump(self, SUCCESS_)
                 return True
             now = _monotonic()
         else:
@@ -257,7 +257,7 @@ cdef class LeakyBucketKernel(GuardKernel):
         if self.clock is None:
             if _coarse_ok(self.rate, self.capacity, c) and \
                     self._take_lagged(monotonic_coarse(), c, COARSE_LAG):
-                self.counts[SUCCESS_] += 1
+                bump(self, SUCCESS_)
                 return True
             now = _monotonic()
         else:

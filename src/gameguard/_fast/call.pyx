@@ -25,7 +25,7 @@ from cpython.contextvars cimport PyContextVar_Get, PyContextVar_Set
 from libc.string cimport memcpy, memmove
 
 from gameguard._fast.kernel cimport (GuardKernel, SUCCESS_, IGNORED_, REJECTED_, FALLBACK_,
-                                     monotonic_precise, monotonic_coarse)
+                                     bump, monotonic_precise, monotonic_coarse)
 from gameguard._pure import call as _py
 from gameguard._fast.awaitable cimport (Ready, ready, PySendResult, PYGEN_RETURN, PYGEN_ERROR,
                                         PYGEN_NEXT, sendfunc, AwaitTypeSlots, PyIter_Send)
@@ -126,6 +126,7 @@ cdef class Chain:
     cdef object read             # the clock as a Python callable (for the Python protocol)
     cdef int clock_kind          # 0: call self.clock, 1: precise, 2: coarse
     cdef GuardKernel k0
+    cdef long long *counts0      # k0's counters (views share theirs before any call)
     cdef object ready            # with blocks: the finished awaitable __aenter__ returns
 
     cdef int setup(self, tuple guards, clock) except -1:
@@ -135,6 +136,7 @@ cdef class Chain:
         self.guards = guards
         self.kernels = tuple([<GuardKernel?>g._kernel for g in guards])
         self.k0 = <GuardKernel>self.kernels[0]
+        self.counts0 = self.k0.counts
         self.clock = clock
         if clock is not None:
             self.clock_kind, self.read = 0, clock
@@ -224,7 +226,7 @@ cdef class Chain:
                     except BaseException:
                         pass
             if tally:
-                k.counts[o if 0 <= o < IGNORED_ else IGNORED_] += 1
+                bump(k, o if 0 <= o < IGNORED_ else IGNORED_)
             if k.pending:
                 error = _serviced(g, error)
         return error
@@ -253,7 +255,7 @@ cdef class Chain:
         if self.n == 1 and self.clock_kind:
             t1 = _c_clock(self.clock_kind)
             self.k0.exit(tokens[0], t1, t1 - t0, SUCCESS_)
-            self.k0.counts[SUCCESS_] += 1
+            self.counts0[SUCCESS_] += 1  # not bump(self.k0): that takes a reference
             if self.k0.pending:
                 return _surface(_serviced(self.guards[0], None), None)
             return 0
@@ -270,7 +272,7 @@ cdef class Chain:
         for j in range(self.n - 1, -1, -1):
             k = <GuardKernel>self.kernels[j]
             k.exit(tokens[j], t1, t1 - t0, SUCCESS_)
-            k.counts[SUCCESS_] += 1
+            bump(k, SUCCESS_)
             if k.pending:
                 error = _serviced(self.guards[j], error)
         return 0 if error is None else _surface(error, None)
@@ -289,9 +291,9 @@ cdef class Chain:
     cdef inline void refused(self, int i, bint answered) noexcept:
         """``guards[i]`` refused the call for good; ``answered``: a fallback answers it."""
         cdef GuardKernel k = <GuardKernel>self.kernels[i]
-        k.counts[REJECTED_] += 1
+        bump(k, REJECTED_)
         if answered:
-            k.counts[FALLBACK_] += 1
+            bump(k, FALLBACK_)
 
 
 cdef void _finish_raised(Chain c, long long *tokens, double t0) noexcept:

@@ -74,6 +74,11 @@ cdef inline void share_counts(GuardKernel view, GuardKernel owner) noexcept:
     view.counts = owner.counts
     view._counts_owner = owner
 
+cdef inline void bump(GuardKernel k, int what) noexcept:
+    """``counts[what] += 1`` (a function: on an attribute chain Cython would take a
+    reference to the kernel for the update)."""
+    k.counts[what] += 1
+
 cdef inline bint tally(GuardKernel k, bint admitted) noexcept:
     """Count a ``try_acquire`` decision: admitted as successful, else rejected."""
     k.counts[SUCCESS_ if admitted else REJECTED_] += 1
