@@ -254,6 +254,10 @@ def wrap_sync(func: Callable[..., Any], guards: Guards, clock: Optional[Clock],
         g = guards[0]
         k = g._kernel
         k_enter, k_exit, bump = k.enter, k.exit, k.bump
+        # a pure kernel's counter list, bumped inline (a method call would cost more than
+        # the rest of the exit); None for a compiled kernel, which counts through bump
+        counts = getattr(k, "_counts", None)
+        counts = counts if type(counts) is list else None
 
         def guarded(*args: Any, **kwargs: Any) -> Any:
             t0 = read()
@@ -271,7 +275,10 @@ def wrap_sync(func: Callable[..., Any], guards: Guards, clock: Optional[Clock],
             except BaseException:  # the clock or the kernel refused the exit reading
                 release(guards, [token], t0, 0.0, None, IGNORED, t0)
                 raise
-            bump(SUCCESS)
+            if counts is not None:
+                counts[0] += 1  # SUCCESS; no Python call in between: no thread switch
+            else:
+                bump(SUCCESS)
             if k.pending:
                 g._service()  # the permit is back already; an error here is the call's
             return result
