@@ -30,6 +30,11 @@ class GuardKernel:
     """Base of every kernel. Subclasses keep ``self._lock`` around multi-step updates: unlike
     the compiled twin, pure Python may switch threads between bytecodes."""
 
+    # the counters in a slot, not the instance dict: CPython shares a class's dict keys
+    # (and specialises attribute reads on them) only up to 30 keys, which the breaker
+    # kernel's own attributes nearly reach
+    __slots__ = ("_counts", "__dict__", "__weakref__")
+
     def __init__(self) -> None:
         self.pending = 0
         # needs the exact clock (the default); False: the compiled wrappers may read the
