@@ -40,6 +40,10 @@ def build(case: str):  # -> a zero-argument callable doing one call
             f = gg.Bulkhead(8)(handler)
         elif base == "pipeline":
             f = gg.pipeline(gg.CircuitBreaker("b"), gg.Bulkhead(8))(handler)
+        elif base == "token_try_acquire":  # always admitted: f(1) takes one token
+            f = gg.TokenBucket(1e12, 1e12).try_acquire
+        elif base == "keyed_try_acquire":  # f(1): key 1
+            f = gg.KeyedLimiter(1e12, 1e12).try_acquire
         elif base == "pybreaker":
             import pybreaker
             f = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60)(handler)
@@ -55,6 +59,7 @@ def build(case: str):  # -> a zero-argument callable doing one call
 
 
 CASES = ["bare", "breaker", "breaker_slowcalls", "throttle", "bulkhead", "pipeline",
+         "token_try_acquire", "keyed_try_acquire",
          "with_breaker", "with_bulkhead", "bare_await", "async_with_breaker",
          "async_with_bulkhead", "breaker_pure", "with_breaker_pure", "async_with_breaker_pure", "throttle_pure", "bulkhead_pure", "circuitbreaker", "pybreaker",
          "purgatory"]

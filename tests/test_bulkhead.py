@@ -47,7 +47,10 @@ def test_bound_and_release(twin):
             assert info.value.name == "db"
             assert info.value.retry_after is None
             assert b.snapshot() == {"name": "db", "in_flight": 2, "limit": 2, "waiting": 0,
-                                       "config": {"max_concurrent": 2, "max_wait": 0.0}}
+                                       "config": {"max_concurrent": 2, "max_wait": 0.0},
+                                       "counters": {"successful": 0, "failed": 0,
+                                                    "ignored": 0, "rejected": 1,
+                                                    "fallbacks": 0}}
         assert b.in_flight == 1
     assert b.in_flight == 0
 

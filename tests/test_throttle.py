@@ -98,6 +98,8 @@ def test_draw_below_p_drops_and_counts_as_request(twin, clock):
     snap = t.snapshot()
     assert snap.pop("config") == {"k": t.k, "protection": t.protection, "window": t.window,
                                   "buckets": t.buckets}
+    assert snap.pop("counters") == {"successful": 1, "failed": 20, "ignored": 0,
+                                    "rejected": 0, "fallbacks": 0}
     assert snap == {"name": "tt", "requests": 21, "accepts": 1,
                     "drop_probability": formula(21, 1)}
     p = formula(21, 1)

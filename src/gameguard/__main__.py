@@ -33,6 +33,11 @@ def parser() -> argparse.ArgumentParser:
                       help=f"run only this section, repeatable: {', '.join(SECTIONS)}")
     from .saga import cli as sagas
     sagas.add_parser(sub)
+    from . import top
+    top.add_arguments(sub.add_parser(
+        "top", help="live view of a process's guards (state, calls/s, rejected/s, hit ratio)",
+        description="Show the guards of this process, or of a running one (--url its "
+                    "Prometheus endpoint), refreshing every --interval seconds."))
     return cli
 
 
@@ -59,6 +64,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         elif args.command == "sagas":
             from .saga import cli as sagas
             code = sagas.run(args)
+        elif args.command == "top":
+            from . import top
+            code = top.run(args.url, args.interval, args.iterations)
         else:
             run_demo(args.seed, args.only)
         sys.stdout.flush()  # here, so a closed pipe is met inside this try

@@ -14,6 +14,7 @@ from .errors import CircuitOpenError, ConfigurationError
 from ._checks import check_callable, check_int, check_name, check_positive
 from ._settings import fixed_setting, live_setting, merge
 from .guard import Classifier, ExceptionSpec, Guard
+from ._registry import register
 from ._log import logger
 
 if TYPE_CHECKING:
@@ -24,6 +25,7 @@ __all__ = ["CircuitBreaker", "AdaptiveThrottle", "BreakerListener"]
 
 #: ``listener(breaker, old_state, new_state)``; its result is ignored
 BreakerListener = collections.abc.Callable[["CircuitBreaker", str, str], object]
+_REJECTED: int = _impl.kernel("kernel").REJECTED
 
 
 def _check_rate(param: str, value: Any) -> float:
@@ -144,6 +146,7 @@ class CircuitBreaker(Guard):
         self._seen = 0
         self._queue: Deque[Tuple[int, int]] = collections.deque()  # (old, new) to deliver
         self._delivering = False
+        register(self)
 
     # -- state --------------------------------------------------------------------------
     @property
@@ -189,6 +192,7 @@ class CircuitBreaker(Guard):
         if kernel.pending:
             self._service()
         if token < 0:
+            kernel.bump(_REJECTED)
             return False
         if token & 1:  # a half-open probe: its slot waits for this outcome
             with self._manual_lock:
@@ -215,6 +219,7 @@ class CircuitBreaker(Guard):
                 token = probes.pop(mine[0] if mine else 0)[1]
             self._probes = probes
         kernel.exit(token, self._now(), float(duration), outcome)
+        kernel.bump(outcome)
         if kernel.pending:
             self._service()
 
@@ -256,7 +261,7 @@ class CircuitBreaker(Guard):
             "mean_duration": duration / calls if calls else 0.0,
             "consecutive_failures": self._kernel.consecutive,
             "retry_after": retry if retry >= 0 and state != "forced_open" else None,
-            "config": dict(self._config),
+            "config": dict(self._config), "counters": self._counters(),
         }
 
     # -- events -------------------------------------------------------------------------
@@ -361,6 +366,7 @@ class AdaptiveThrottle(Guard):
             config["k"], config["protection"], config["window"], config["buckets"], seed, rng)
         self._config = config
         self._config_lock = threading.Lock()
+        register(self)
 
     k = live_setting("k", "Accepts multiplier (>= 1); lower sheds more.")
     protection = live_setting("protection", "Requests in the window never shed.")
@@ -381,20 +387,25 @@ class AdaptiveThrottle(Guard):
 
     def allow(self) -> bool:
         """Admission without a call; report the outcome with ``record_success``/``_failure``."""
-        return bool(self._kernel.enter(self._now()) >= 0)
+        if self._kernel.enter(self._now()) >= 0:
+            return True
+        self._kernel.bump(_REJECTED)
+        return False
 
     def record_success(self, duration: float = 0.0) -> None:
         self._kernel.exit(0, self._now(), float(duration), 0)
+        self._kernel.bump(0)
 
     def record_failure(self, duration: float = 0.0) -> None:
         self._kernel.exit(0, self._now(), float(duration), 1)
+        self._kernel.bump(1)
 
     def snapshot(self) -> Dict[str, Any]:
         now = self._now()
         requests, not_accepted, _, _ = self._kernel.totals(now)
         return {"name": self.name, "requests": requests, "accepts": requests - not_accepted,
                 "drop_probability": float(self._kernel.drop_probability(now)),
-                "config": dict(self._config)}
+                "config": dict(self._config), "counters": self._counters()}
 
     def _rejection(self, now: float) -> CircuitOpenError:
         return CircuitOpenError(f"throttle {self.name!r} dropped the call (adaptive throttling)",

@@ -13,6 +13,7 @@ from ._checks import check_int, check_name
 from ._loop import warn_if_loop_thread
 from ._settings import live_setting, merge
 from .guard import Guard
+from ._registry import register
 
 if TYPE_CHECKING:
     from typing import Any, Callable, Deque, Dict, Optional, Tuple
@@ -82,6 +83,7 @@ class Bulkhead(Guard):
         # async waiters: (loop, future), woken in order
         self._async_waiters: Deque[Tuple[asyncio.AbstractEventLoop, asyncio.Future[bool]]] = \
             collections.deque()
+        register(self)
 
     def configure(self, **changes: Any) -> None:
         """Change ``max_concurrent`` and/or ``max_wait`` live (the constructor's checks,
@@ -106,7 +108,7 @@ class Bulkhead(Guard):
     def snapshot(self) -> Dict[str, Any]:
         return {"name": self.name, "in_flight": self.in_flight, "limit": self._kernel.limit,
                 "waiting": self._sync_waiters + len(self._async_waiters),
-                "config": dict(self._config)}
+                "config": dict(self._config), "counters": self._counters()}
 
     def _deadline(self, now: float) -> Optional[float]:
         wait = self._config["max_wait"]

@@ -14,7 +14,9 @@ One public module with a :class:`Guard` subclass and one kernel pair
 ``GuardKernel``). The subclass calls ``self._init_guard(name, clock, fallback)``, sets
 ``self._kernel = _impl.kernel("<name>").<Kernel>(...)`` and implements the hooks of
 :class:`GuardHooks` it needs; :class:`Guard` gives every other hook a default. Nothing else
-changes: both wrappers, ``with`` and ``pipeline`` only ever talk to those hooks.
+changes: both wrappers, ``with`` and ``pipeline`` only ever talk to those hooks. They also
+count every call in the kernel's counters (by outcome, rejections, fallbacks), so a new
+guard that calls ``gameguard._registry.register(self)`` is exported by the metrics.
 
 A guard that must run the call itself (re-run it, race it, cancel it: ``Retry``,
 ``Timeout``, ``Hedge``) is a :class:`WrappingGuard` instead: no kernel and no permit, only
@@ -55,6 +57,8 @@ IGNORED: int = _k.IGNORED
 REJECT: int = _k.REJECT
 PENDING_EVENTS: int = _k.PENDING_EVENTS
 PENDING_WAKE: int = _k.PENDING_WAKE
+#: the kernel counters, in the order ``counters()`` gives them
+COUNTER_NAMES = ("successful", "failed", "ignored", "rejected", "fallbacks")
 
 if TYPE_CHECKING:
     _Base = object
@@ -279,6 +283,13 @@ class Guard(_GuardMixin):
     def _service(self) -> None:
         """Handle what the kernel flagged in ``pending`` (events to emit, waiters to wake)."""
         self._kernel.pending = 0
+
+    def _counters(self) -> Dict[str, int]:
+        """Cumulative counts since creation (what ``snapshot()["counters"]`` and the metrics
+        exporters report): calls by outcome as this guard classifies them (``successful``,
+        ``failed``, ``ignored``), ``rejected``, and ``fallbacks`` (rejections a fallback
+        answered)."""
+        return dict(zip(COUNTER_NAMES, self._kernel.counters()))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"

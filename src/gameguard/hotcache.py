@@ -25,6 +25,7 @@ from ._loop import warn_if_loop_thread
 from .clock import Clock, monotonic
 from .errors import ConfigurationError
 from ._log import logger
+from ._registry import register
 
 if TYPE_CHECKING:
     import asyncio
@@ -231,8 +232,13 @@ class HotKeyCache(Generic[V]):
         self._duplicates = 0
         self._refreshes = 0
         self._refresh_failures = 0
+        # finished loads by outcome (a loader that raised, or whose result could not be
+        # stored, failed; a cancelled one is neither)
+        self._load_successes = 0
+        self._load_failures = 0
         # the hit path: straight into the kernel, no Python frame of ours in between
         self.get = self._core.get  # type: ignore[method-assign]
+        register(self)
 
     # -- reading ------------------------------------------------------------------------
     @overload
@@ -400,9 +406,15 @@ class HotKeyCache(Generic[V]):
     def _load_alone(self, s: int, key: Any, loader: Callable[[Any], Any],
                     ttl: Optional[float]) -> Any:
         """Load beside a flight this thread cannot wait for, and store the result."""
-        value = self._call_loader(loader, key)
+        try:
+            value = self._call_loader(loader, key)
+        except Exception:
+            with self._locks[s]:
+                self._load_failures += 1
+            raise
         with self._locks[s]:
             self._store_result(key, value, ttl, self._clock())
+            self._load_successes += 1
         return value
 
     def _lead(self, s: int, key: Any, fl: _Flight, loader: Callable[[Any], Any],
@@ -443,6 +455,10 @@ class HotKeyCache(Generic[V]):
                     error = exc = err
                 else:  # keep the loader's own exception; this one is only logged
                     logger().warning("cleaning up the failed load of %r failed", key, exc_info=True)
+            if exc is not None:
+                self._load_failures += 1
+            elif not abandoned:
+                self._load_successes += 1
             fl.value, fl.exc, fl.abandoned, fl.done = value, exc, abandoned, True
             futures, fl.futures = fl.futures, []
         fl.wake(futures)
@@ -666,7 +682,9 @@ class HotKeyCache(Generic[V]):
 
     def stats(self) -> Dict[str, Any]:
         """Counters since creation: ``hits``, ``misses`` (reads), ``loads`` (loader calls,
-        refreshes included), ``coalesced`` (callers that waited for another's load),
+        refreshes included), ``load_successes`` and ``load_failures`` (finished loads: a
+        loader that raised or whose result could not be stored failed; a cancelled one is
+        neither), ``coalesced`` (callers that waited for another's load),
         ``duplicate_loads`` (of the loads, those run beside a load that the caller, on the
         event loop's thread, could not wait for), ``refreshes``, ``refresh_failures``,
         ``evictions`` (capacity), ``rejected`` (of those, new keys refused by admission),
@@ -675,6 +693,7 @@ class HotKeyCache(Generic[V]):
         lock too."""
         hits, misses, evictions, rejected, expirations = self._core.counters()
         return {"name": self.name, "hits": hits, "misses": misses, "loads": self._loads,
+                "load_successes": self._load_successes, "load_failures": self._load_failures,
                 "coalesced": self._coalesced, "duplicate_loads": self._duplicates,
                 "refreshes": self._refreshes, "refresh_failures": self._refresh_failures,
                 "evictions": evictions, "rejected": rejected, "expirations": expirations,

@@ -11,7 +11,8 @@ from posix.time cimport timespec, clock_getres
 
 from gameguard._fast.arith cimport (_tb_level, _tb_wait, _lv_level, _lv_fits,
                                     _lv_wait, cost_double as _as_double, MAX_INDEX, EPS)
-from gameguard._fast.kernel cimport (GuardKernel, REJECT_, CLOCK_MONOTONIC_COARSE_,
+from gameguard._fast.kernel cimport (GuardKernel, REJECT_, SUCCESS_, CLOCK_MONOTONIC_COARSE_,
+                                     bump, share_counts, tally,
                                      monotonic_coarse, monotonic_precise as _monotonic)
 
 from gameguard.errors import ConfigurationError
@@ -130,11 +131,12 @@ cdef class TokenBucketKernel(GuardKernel):
         if self.clock is None:
             if _coarse_ok(self.rate, self.capacity, c) and \
                     self._take_lagged(monotonic_coarse(), c, COARSE_LAG):
+                bump(self, SUCCESS_)
                 return True
             now = _monotonic()
         else:
             now = self.clock()
-        return self._take(now, c)
+        return tally(self, self._take(now, c))
 
     def acquire_at(self, double now, double cost):
         return self._take(now, cost)
@@ -255,11 +257,12 @@ cdef class LeakyBucketKernel(GuardKernel):
         if self.clock is None:
             if _coarse_ok(self.rate, self.capacity, c) and \
                     self._take_lagged(monotonic_coarse(), c, COARSE_LAG):
+                bump(self, SUCCESS_)
                 return True
             now = _monotonic()
         else:
             now = self.clock()
-        return self._take(now, c)
+        return tally(self, self._take(now, c))
 
     def acquire_at(self, double now, double cost):
         return self._take(now, cost)
@@ -308,6 +311,7 @@ cdef class HybridKernel:
     cdef readonly double admitted_burst, admitted_steady, switched_at
     cdef readonly long long rejected_burst, rejected_steady
     cdef readonly object clock
+    cdef readonly GuardKernel counter   # the call counters every view of it shares
     cdef double _shares[MAX_MODES_]
     cdef double _lo, _hi  # readings surely in frame frame_index (the coarse path's test)
 
@@ -316,6 +320,7 @@ cdef class HybridKernel:
                  double dense_rate, int dense_frames, int calm_frames, double frame,
                  double now, clock=None):
         cdef int i
+        self.counter = GuardKernel()
         self.nmodes = len(shares)
         if not 1 <= self.nmodes <= MAX_MODES_:
             raise ValueError(f"between 1 and {MAX_MODES_} modes, got {self.nmodes}")
@@ -505,7 +510,7 @@ cdef class HybridKernel:
             k = _kind_index(kind)
         if not (c > 0.0 and c <= (self.capacity if k == BURST_ else self.leak_capacity)):
             self._check(k, c)  # raises
-        return self._take_now(k, c) == 1
+        return tally(self.counter, self._take_now(k, c) == 1)
 
     def acquire_at(self, double now, int kind, double cost):
         return self._take(now, kind, cost) == 1
@@ -535,7 +540,9 @@ cdef class HybridKernel:
         self.pinned = False
 
     def view(self, int kind):
-        return HybridView(self, kind)
+        cdef HybridView v = HybridView(self, kind)
+        share_counts(v, self.counter)
+        return v
 
 
 @cython.final  # direct (inlinable) calls of its cdef methods, no vtable
@@ -554,7 +561,7 @@ cdef class HybridView(GuardKernel):
         cdef HybridKernel core = self.core
         if not (c > 0.0 and c <= (core.capacity if self.kind == BURST_ else core.leak_capacity)):
             core._check(self.kind, c)  # raises
-        return core._take_now(self.kind, c) == 1
+        return tally(self, core._take_now(self.kind, c) == 1)
 
     cpdef long long enter(self, double now):
         return 0 if self.core._take(now, self.kind, 1.0) == 1 else REJECT_

@@ -24,8 +24,8 @@ from cpython.mem cimport PyMem_Realloc, PyMem_Free
 from cpython.contextvars cimport PyContextVar_Get, PyContextVar_Set
 from libc.string cimport memcpy, memmove
 
-from gameguard._fast.kernel cimport (GuardKernel, SUCCESS_, IGNORED_, monotonic_precise,
-                                     monotonic_coarse)
+from gameguard._fast.kernel cimport (GuardKernel, SUCCESS_, IGNORED_, REJECTED_, FALLBACK_,
+                                     bump, monotonic_precise, monotonic_coarse)
 from gameguard._pure import call as _py
 from gameguard._fast.awaitable cimport (Ready, ready, PySendResult, PYGEN_RETURN, PYGEN_ERROR,
                                         PYGEN_NEXT, sendfunc, AwaitTypeSlots, PyIter_Send)
@@ -113,6 +113,7 @@ cdef class Chain:
     cdef object read             # the clock as a Python callable (for the Python protocol)
     cdef int clock_kind          # 0: call self.clock, 1: precise, 2: coarse
     cdef GuardKernel k0
+    cdef long long *counts0      # k0's counters (views share theirs before any call)
     cdef object ready            # with blocks: the finished awaitable __aenter__ returns
 
     cdef int setup(self, tuple guards, clock) except -1:
@@ -122,6 +123,7 @@ cdef class Chain:
         self.guards = guards
         self.kernels = tuple([<GuardKernel?>g._kernel for g in guards])
         self.k0 = <GuardKernel>self.kernels[0]
+        self.counts0 = self.k0.counts
         self.clock = clock
         if clock is not None:
             self.clock_kind, self.read = 0, clock
@@ -182,9 +184,11 @@ cdef class Chain:
             raise
 
     cdef object release(self, long long *tokens, int held, double now, double duration,
-                        exc, int outcome, double t0):
+                        exc, int outcome, double t0, bint tally=True):
         """Exit the first ``held`` permits innermost first, each exactly once, whatever
-        raises (see the pure twin's ``release``). Returns the first error met, or None."""
+        raises (see the pure twin's ``release``), counting each call's outcome unless
+        ``tally`` is false (permits given back to be taken again). Returns the first error
+        met, or None."""
         cdef int i, o
         cdef GuardKernel k
         error = None
@@ -201,12 +205,15 @@ cdef class Chain:
             try:
                 k.exit(tokens[i], now, duration, o)
             except BaseException as e:
+                o = IGNORED_
                 error = error if error is not None else e
                 if t0 != now:  # a reading the kernel refused: the entry reading it took
                     try:
                         k.exit(tokens[i], t0, 0.0, IGNORED_)
                     except BaseException:
                         pass
+            if tally:
+                bump(k, o if 0 <= o < IGNORED_ else IGNORED_)
             if k.pending:
                 error = _serviced(g, error)
         return error
@@ -235,6 +242,7 @@ cdef class Chain:
         if self.n == 1 and self.clock_kind:
             t1 = _c_clock(self.clock_kind)
             self.k0.exit(tokens[0], t1, t1 - t0, SUCCESS_)
+            self.counts0[SUCCESS_] += 1  # not bump(self.k0): that takes a reference
             if self.k0.pending:
                 return _surface(_serviced(self.guards[0], None), None)
             return 0
@@ -251,16 +259,28 @@ cdef class Chain:
         for j in range(self.n - 1, -1, -1):
             k = <GuardKernel>self.kernels[j]
             k.exit(tokens[j], t1, t1 - t0, SUCCESS_)
+            bump(k, SUCCESS_)
             if k.pending:
                 error = _serviced(self.guards[j], error)
         return 0 if error is None else _surface(error, None)
 
     @cython.final
-    cdef int give_back(self, long long *tokens, int held, double now) except -1:
-        """A guard refused: the ``held`` permits before it count the call as nothing."""
+    cdef int give_back(self, long long *tokens, int held, double now,
+                       bint retaken=False) except -1:
+        """A guard refused: the ``held`` permits before it count the call as ignored
+        (``retaken``: not counted at all, the Python protocol enters them again)."""
         if held:
-            _surface(self.release(tokens, held, now, 0.0, None, IGNORED_, now), None)
+            _surface(self.release(tokens, held, now, 0.0, None, IGNORED_, now, not retaken),
+                     None)
         return 0
+
+    @cython.final
+    cdef inline void refused(self, int i, bint answered) noexcept:
+        """``guards[i]`` refused the call for good; ``answered``: a fallback answers it."""
+        cdef GuardKernel k = <GuardKernel>self.kernels[i]
+        bump(k, REJECTED_)
+        if answered:
+            bump(k, FALLBACK_)
 
 
 cdef void _finish_raised(Chain c, long long *tokens, double t0) noexcept:
@@ -340,6 +360,7 @@ cdef object _guarded_vectorcall(GuardedCall self, PyObject **args, size_t nargsf
         # refused: raised from this frame only (each Cython frame an exception passes
         # through adds a traceback entry, which costs more than the rest of the path)
         fb = self.fallback0 if i == 0 else _refused_fallback(self, i, t0, tokens, self.fallback)
+        self.refused(i, fb is not None)
         if fb is not None:
             positional, kwargs = _pack(args, nargsf, kwnames)
             return fb(*positional, **kwargs)
@@ -373,12 +394,13 @@ cdef object _async_vectorcall(GuardedAsync self, PyObject **args, size_t nargsf,
     cdef int i = self.admit(t0, tokens, False)
     cdef GuardedAwaitable aw
     if i < self.n:  # refused: permits before it given back, the Python protocol goes on
-        self.give_back(tokens, i, t0)
-        positional, kwargs = _pack(args, nargsf, kwnames)
         g = self.guards[i]
+        self.give_back(tokens, i, t0, g._waits)
+        positional, kwargs = _pack(args, nargsf, kwnames)
         if g._waits:  # entered again, waiting, when awaited: nothing is held meanwhile
             return _py.call_async(self.guards, self.read, self.fallback, self.func,
                                   positional, kwargs, t0, [])
+        self.refused(i, False)  # reject_async counts the fallback if one answers
         return _py.reject_async(g, t0, self.fallback, positional, kwargs)
     cdef PyObject *res = vectorcall_raw(<PyObject *>self.func, args, nargsf, kwnames)
     if res == NULL:  # raised before making a coroutine (e.g. bad arguments)
@@ -633,6 +655,7 @@ cdef class GuardBase:
             return _py.block_enter(self)
         cdef double t0 = _open_block(c, self, True, &i)
         if i < c.n:
+            c.refused(i, False)
             raise c.guards[i]._rejection(t0)
         return self
 
@@ -649,8 +672,9 @@ cdef class GuardBase:
             return _py.block_aenter(self)
         cdef double t0 = _open_block(c, self, False, &i)
         if i < c.n:
-            if c.guards[i]._waits:
+            if c.guards[i]._waits:  # enter_async enters and counts again
                 return _aenter_waiting(c, self, t0)
+            c.refused(i, False)
             raise c.guards[i]._rejection(t0)
         return c.ready
 
@@ -717,7 +741,7 @@ cdef inline double _open_block(Chain c, owner, bint wait, int *refused) except? 
     s.reserve()  # before entering: pushing afterwards cannot fail
     cdef int i = c.admit(t0, tokens, wait)
     if i < c.n:
-        c.give_back(tokens, i, t0)
+        c.give_back(tokens, i, t0, not wait and c.guards[i]._waits)
     else:
         s.push(owner, tokens, c.n, t0)
     refused[0] = i

@@ -8,6 +8,10 @@ cdef enum:
     REJECT_ = -1
     PENDING_EVENTS_ = 1
     PENDING_WAKE_ = 2
+    # cumulative counters, indexed by outcome (SUCCESS_, FAILURE_, IGNORED_), then these
+    REJECTED_ = 3
+    FALLBACK_ = 4
+    N_COUNTS_ = 5
 
 cdef extern from *:
     """
@@ -55,9 +59,30 @@ cdef inline double as_double(object x) except? -1.0:
 cdef class GuardKernel:
     cdef public int pending
     cdef public bint precise   # needs the exact clock (the default); False: the coarse view will do
+    # Cumulative calls by outcome, rejections, fallbacks: bumped by the call protocol
+    # (``counts[outcome] += 1``), read by exporters through ``counters()``. ``counts``
+    # points at ``_counts``, or at the owner's for a view (a key of a keyed table).
+    cdef long long _counts[N_COUNTS_]
+    cdef long long *counts
+    cdef object _counts_owner   # keeps the kernel ``counts`` points into alive
     cpdef long long enter(self, double now)
     cpdef void exit(self, long long token, double now, double duration, int outcome)
     cpdef double retry_after(self, double now)
+
+cdef inline void share_counts(GuardKernel view, GuardKernel owner) noexcept:
+    """``view`` counts into ``owner``'s counters (a key of a table, a kind of a limiter)."""
+    view.counts = owner.counts
+    view._counts_owner = owner
+
+cdef inline void bump(GuardKernel k, int what) noexcept:
+    """``counts[what] += 1`` (a function: on an attribute chain Cython would take a
+    reference to the kernel for the update)."""
+    k.counts[what] += 1
+
+cdef inline bint tally(GuardKernel k, bint admitted) noexcept:
+    """Count a ``try_acquire`` decision: admitted as successful, else rejected."""
+    k.counts[SUCCESS_ if admitted else REJECTED_] += 1
+    return admitted
 
 cdef class SplitMix64:
     cdef public unsigned long long state

@@ -7,9 +7,11 @@ IGNORED = IGNORED_
 REJECT = REJECT_
 PENDING_EVENTS = PENDING_EVENTS_
 PENDING_WAKE = PENDING_WAKE_
+REJECTED = REJECTED_
+FALLBACK = FALLBACK_
 
 __all__ = ["SUCCESS", "FAILURE", "IGNORED", "REJECT", "PENDING_EVENTS", "PENDING_WAKE",
-           "GuardKernel", "SplitMix64"]
+           "REJECTED", "FALLBACK", "GuardKernel", "SplitMix64"]
 
 
 cdef class GuardKernel:
@@ -19,6 +21,22 @@ cdef class GuardKernel:
         # Exact by default: a kernel opts into the coarse clock view only when a lag of one
         # tick cannot change what it admits beyond what its documentation allows.
         self.precise = True
+        self.counts = self._counts
+
+    def bump(self, int what):
+        """Add one to counter ``what`` (an outcome, ``REJECTED`` or ``FALLBACK``)."""
+        if not 0 <= what < N_COUNTS_:
+            raise ValueError(f"no counter {what}")
+        self.counts[what] += 1
+
+    def share_counts(self, GuardKernel owner):
+        """Count into ``owner``'s counters from now on (views of one limiter)."""
+        share_counts(self, owner)
+
+    def counters(self):
+        """``(successful, failed, ignored, rejected, fallbacks)`` since creation."""
+        cdef long long *c = self.counts
+        return (c[0], c[1], c[2], c[3], c[4])
 
     cpdef long long enter(self, double now):
         raise NotImplementedError

@@ -19,7 +19,8 @@ from cpython.bytes cimport PyBytes_Check, PyBytes_AS_STRING, PyBytes_GET_SIZE
 
 from gameguard._fast.arith cimport (_tb_level, _tb_wait, _lv_level, _lv_wait,
                                     cost_double as _as_double, MAX_INDEX)
-from gameguard._fast.kernel cimport GuardKernel, REJECT_, monotonic_precise as _monotonic
+from gameguard._fast.kernel cimport (GuardKernel, REJECT_, share_counts, tally,
+                                     monotonic_precise as _monotonic)
 from gameguard._fast.xxh cimport _xxh64, _xxh64_u64
 from gameguard._fast.sketch cimport key_fingerprint
 
@@ -352,7 +353,7 @@ cdef class KeyedTable(GuardKernel):
             now = _monotonic()
         else:
             now = self.clock()
-        return self._take(now, fp, c)
+        return tally(self, self._take(now, fp, c))
 
     def acquire_at(self, double now, key, double cost):
         return self._take(now, self._fingerprint(key), cost)
@@ -446,7 +447,9 @@ cdef class KeyedTable(GuardKernel):
                 for i in range(self.slots) if self._t[i].fp != 0]
 
     def view(self, key):
-        return KeyView(self, self._fingerprint(key))
+        cdef KeyView v = KeyView(self, self._fingerprint(key))
+        share_counts(v, self)  # every key counts into the table
+        return v
 
     cpdef long long enter(self, double now):
         raise TypeError("a KeyedTable needs a key: use view(key)")

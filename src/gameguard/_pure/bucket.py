@@ -201,7 +201,7 @@ class TokenBucketKernel(_Bucket):
         if not (cost > 0.0 and cost <= self.capacity):
             bad_cost(cost, self.capacity)
         clock = self.clock
-        return self._take(_monotonic() if clock is None else float(clock()), cost)
+        return self._tally(self._take(_monotonic() if clock is None else float(clock()), cost))
 
     def acquire_at(self, now: float, cost: float) -> bool:
         return self._take(float(now), float(cost))
@@ -341,7 +341,7 @@ class LeakyBucketKernel(_Bucket):
         if not (cost > 0.0 and cost <= self.capacity):
             bad_cost(cost, self.capacity)
         clock = self.clock
-        return self._take(_monotonic() if clock is None else float(clock()), cost)
+        return self._tally(self._take(_monotonic() if clock is None else float(clock()), cost))
 
     def acquire_at(self, now: float, cost: float) -> bool:
         return self._take(float(now), float(cost))
@@ -437,6 +437,8 @@ class HybridKernel:
         self.rejected_burst = 0
         self.rejected_steady = 0
         self.clock = clock
+        #: the call counters every view of it shares
+        self.counter = GuardKernel()
 
     # indices into the modes: read-only (the compiled twin indexes a C array with them)
     @property
@@ -559,7 +561,7 @@ class HybridKernel:
         else:
             raise ConfigurationError(f"kind must be 'burst' or 'steady', got {kind!r}")
         self._check(k, cost)
-        return self._take(self._now(), k, cost)
+        return self.counter._tally(self._take(self._now(), k, cost))
 
     def acquire_at(self, now: float, kind: int, cost: float) -> bool:
         return self._take(float(now), int(kind), float(cost))
@@ -633,7 +635,9 @@ class HybridKernel:
             self.pinned = False
 
     def view(self, kind: int) -> "HybridView":
-        return HybridView(self, kind)
+        view = HybridView(self, kind)
+        view.share_counts(self.counter)
+        return view
 
 
 class HybridView(GuardKernel):
@@ -647,7 +651,7 @@ class HybridView(GuardKernel):
     def try_acquire(self, cost: float = 1.0) -> bool:
         cost = as_double("cost", cost)
         self.core._check(self.kind, cost)
-        return self.core._take(self.core._now(), self.kind, cost)
+        return self._tally(self.core._take(self.core._now(), self.kind, cost))
 
     def enter(self, now: float) -> int:
         return 0 if self.core._take(now, self.kind, 1.0) else REJECT

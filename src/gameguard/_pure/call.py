@@ -25,7 +25,7 @@ import functools
 from contextvars import ContextVar
 from .._hints import TYPE_CHECKING
 from ..clock import monotonic
-from .kernel import IGNORED, SUCCESS
+from .kernel import FAILURE, FALLBACK, IGNORED, REJECTED, SUCCESS
 from .._log import logger
 
 if TYPE_CHECKING:
@@ -60,7 +60,8 @@ def release(guards: Guards, tokens: List[int], now: float, duration: float,
             t0: Optional[float] = None) -> Optional[BaseException]:
     """Exit every permit in ``tokens`` innermost first, each exactly once, and empty it.
 
-    Each guard's outcome is ``exc`` as its ``_classify`` sees it, else ``outcome``. Nothing
+    Each guard's outcome is ``exc`` as its ``_classify`` sees it, else ``outcome``, and is
+    counted in the kernel's ``counts`` (IGNORED when the kernel refused it). Nothing
     stops the loop: a classifier that raises counts as no outcome, a kernel ``exit`` that
     refuses ``now`` is retried at the entry reading ``t0`` with no outcome, a ``_service``
     that raises is noted; the first such error is returned (never raised here).
@@ -79,12 +80,16 @@ def release(guards: Guards, tokens: List[int], now: float, duration: float,
         try:
             k.exit(tokens[i], now, duration, o)
         except BaseException as e:
-            error = error or e
+            o, error = IGNORED, error or e
             if t0 is not None and t0 != now:
                 try:
                     k.exit(tokens[i], t0, 0.0, IGNORED)
                 except BaseException:
                     pass  # the first error already says what went wrong
+        try:  # a pure kernel's list, inline (cheaper than a call); a compiled one: bump
+            k._counts[o if o in (SUCCESS, FAILURE) else IGNORED] += 1
+        except AttributeError:
+            k.bump(o if o in (SUCCESS, FAILURE) else IGNORED)
         if k.pending:
             try:
                 g._service()
@@ -139,6 +144,8 @@ def take(guards: Guards, now: float, tokens: List[int], first: Optional[int] = N
 def _refused(guards: Guards, now: float, tokens: List[int], i: int,
              exc: Optional[BaseException] = None) -> int:
     surface(release(guards, tokens, now, 0.0, None, IGNORED, now), exc)
+    if exc is None:  # refused for good (an interrupted wait is not a rejection)
+        guards[i]._kernel.bump(REJECTED)
     return i
 
 
@@ -195,9 +202,11 @@ def finish(guards: Guards, tokens: List[int], t0: float, clock: Clock,
 
 def reject(guard: GuardHooks, now: float, fallback: Optional[Callable[..., Any]],
            args: Tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """A refused call: the guard's own fallback, else the wrapper's, else raise."""
+    """A refused call (counted as rejected by the caller): the guard's own fallback, else
+    the wrapper's, else raise."""
     fb = guard._fallback if guard._fallback is not None else fallback
     if fb is not None:
+        guard._kernel.bump(FALLBACK)
         return fb(*args, **kwargs)
     raise guard._rejection(now)
 
@@ -249,7 +258,11 @@ def wrap_sync(func: Callable[..., Any], guards: Guards, clock: Optional[Clock],
         # an exception) is the general protocol, handed the kernel's answer.
         g = guards[0]
         k = g._kernel
-        k_enter, k_exit = k.enter, k.exit
+        k_enter, k_exit, bump = k.enter, k.exit, k.bump
+        # a pure kernel's counter list, bumped inline (a method call would cost more than
+        # the rest of the exit); None for a compiled kernel, which counts through bump
+        counts = getattr(k, "_counts", None)
+        counts = counts if type(counts) is list else None
 
         def guarded(*args: Any, **kwargs: Any) -> Any:
             t0 = read()
@@ -267,6 +280,10 @@ def wrap_sync(func: Callable[..., Any], guards: Guards, clock: Optional[Clock],
             except BaseException:  # the clock or the kernel refused the exit reading
                 release(guards, [token], t0, 0.0, None, IGNORED, t0)
                 raise
+            if counts is not None:
+                counts[0] += 1  # SUCCESS; no Python call in between: no thread switch
+            else:
+                bump(SUCCESS)
             if k.pending:
                 g._service()  # the permit is back already; an error here is the call's
             return result

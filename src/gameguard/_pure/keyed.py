@@ -340,7 +340,8 @@ class KeyedTable(GuardKernel):
             self._check_cost(cost)
         fp = self.fingerprint(key)
         clock = self.clock
-        return self._take(_monotonic() if clock is None else float(clock()), fp, cost)
+        return self._tally(self._take(_monotonic() if clock is None else float(clock()), fp,
+                                     cost))
 
     def acquire_at(self, now: float, key: Any, cost: float) -> bool:
         return self._take(float(now), self.fingerprint(key), float(cost))
@@ -428,7 +429,9 @@ class KeyedTable(GuardKernel):
                 for i in range(self.slots) if self._fp[i] != 0]
 
     def view(self, key: Any) -> "KeyView":
-        return KeyView(self, self.fingerprint(key))
+        view = KeyView(self, self.fingerprint(key))
+        view.share_counts(self)  # every key counts into the table
+        return view
 
     def enter(self, now: float) -> int:
         raise TypeError("a KeyedTable needs a key: use view(key)")

@@ -237,4 +237,4 @@ class _PacedGuard(CostOneGuard):
 
     def _snapshot(self) -> Dict[str, Any]:
         return {"name": self.name, "rate": self._rate, "capacity": self._capacity,
-                "waiting": self.waiting}
+                "waiting": self.waiting, "counters": self._counters()}

@@ -8,6 +8,7 @@ from ..errors import ConfigurationError
 from .._checks import check_name, check_non_negative
 from ._common import check_rate_capacity
 from ._waiting import _PacedGuard
+from .._registry import register
 
 if TYPE_CHECKING:
     from typing import Any, Callable, Dict, Optional
@@ -51,6 +52,7 @@ class TokenBucket(_PacedGuard):
         #: ``try_acquire(cost=1) -> bool``: the kernel's own method (one lookup, one C call)
         self.try_acquire = self._kernel.try_acquire  # type: ignore[method-assign]
         self._init_waiting()
+        register(self)
 
     def try_acquire(self, cost: float = 1) -> bool:  # replaced per instance by the kernel's
         """Take ``cost`` tokens if there are that many now; never waits."""
@@ -99,6 +101,7 @@ class LeakyBucket(_PacedGuard):
         #: ``try_acquire(cost=1) -> bool``: the kernel's own method (one lookup, one C call)
         self.try_acquire = self._kernel.try_acquire  # type: ignore[method-assign]
         self._init_waiting()
+        register(self)
 
     def try_acquire(self, cost: float = 1) -> bool:  # replaced per instance by the kernel's
         """Meter: admit ``cost`` if it fits in the bucket now; never waits."""

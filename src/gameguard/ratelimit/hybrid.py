@@ -9,6 +9,7 @@ from ..clock import Clock
 from ..errors import ConfigurationError, RateLimitExceeded
 from .._checks import check_int, check_name, check_positive
 from ._common import CostOneGuard, Setting, check_cost, guard_cost_error, retry
+from .._registry import register
 
 if TYPE_CHECKING:
     from typing import Any, Callable, Dict, List, Optional
@@ -117,6 +118,7 @@ class HybridLimiter(CostOneGuard):
         self.try_acquire = self._core.try_acquire  # type: ignore[method-assign]
         self.burst = _KindGuard(self, 0)
         self.steady = _KindGuard(self, 1)
+        register(self)  # its views all count into one set of counters
 
     @property
     def modes(self) -> Dict[str, float]:
@@ -207,7 +209,8 @@ class HybridLimiter(CostOneGuard):
                              "steady": float(core.admitted_steady)},
                 "rejected": {"burst": int(core.rejected_burst),
                              "steady": int(core.rejected_steady)},
-                "switches": int(core.switches), "switched_at": float(core.switched_at)}
+                "switches": int(core.switches), "switched_at": float(core.switched_at),
+                "counters": self._counters()}
 
     def _rejection(self, now: float) -> Any:
         return self.burst._rejection(now)

@@ -12,6 +12,7 @@ from .._checks import check_callable, check_int, check_name, check_positive
 from ..guard import Guard, _check_decoratable, _is_async_callable
 from ._common import (CostOneGuard, Setting, changed, check_cost, check_rate_capacity,
                       guard_cost_error, retry)
+from .._registry import register
 
 if TYPE_CHECKING:
     from typing import Any, Callable, Dict, Iterable, List, Optional, TypeVar
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 #: Secret seed of the keyed tables' XXH64 fingerprints, drawn once per process: a client
 #: who cannot learn it cannot choose keys that share a slot.
 PROCESS_SEED: int = int.from_bytes(os.urandom(8), "little")
+_FALLBACK: int = _impl.kernel("kernel").FALLBACK
 
 
 class _KeyGuard(Guard):
@@ -103,6 +105,7 @@ class KeyedLimiter(CostOneGuard):
         self._remote: Any = None
         if backend is not None:
             self._use_backend(backend)
+        register(self)
 
     def _use_backend(self, backend: Any) -> None:
         """Decide through ``backend`` (e.g. :class:`gameguard.redis.RedisBackend`): its
@@ -221,7 +224,7 @@ class KeyedLimiter(CostOneGuard):
                 "slots": int(t.slots), "nbytes": self.nbytes, "max_bytes": self.max_bytes,
                 "evicted": {"full": int(t.evicted_full), "idle": int(t.evicted_idle),
                             "stale": int(t.evicted_stale)},
-                "sweeps": int(t.sweeps)}
+                "sweeps": int(t.sweeps), "counters": self._counters()}
 
     # -- guard forms ------------------------------------------------------------------------
     def bind(self, key: Any) -> Guard:
@@ -259,6 +262,7 @@ class KeyedLimiter(CostOneGuard):
         # an asyncio backend client decides by awaiting; everything else answers at once
         acquire_async = self.try_acquire_async if getattr(self.backend, "is_async", False) \
             else None
+        bump = self._table.bump
 
         def decorate(func: Callable[P, R]) -> Callable[P, R]:
             _check_decoratable(func)
@@ -269,6 +273,7 @@ class KeyedLimiter(CostOneGuard):
                 async def refused(k: Any, args: Any, kwargs: Any) -> Any:
                     if fb is None:
                         raise self._exceeded(k, self._now(), c)
+                    bump(_FALLBACK)
                     result = fb(*args, **kwargs)
                     return (await result) if inspect.isawaitable(result) else result
 
@@ -296,6 +301,7 @@ class KeyedLimiter(CostOneGuard):
                     return func(*args, **kwargs)
                 if fb is None:
                     raise self._exceeded(k, self._now(), c)
+                bump(_FALLBACK)
                 return fb(*args, **kwargs)
             return cast("Callable[P, R]", guarded)
         return decorate

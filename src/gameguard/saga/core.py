@@ -13,6 +13,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, T
                     overload)
 
 from .._loop import warn_if_loop_thread
+from .._registry import register
 from ..errors import ConfigurationError, DuplicateTransaction, SagaError
 from .records import (ACTION, COMPENSATION, MAX_TX_ID, SagaResult, Step, StepContext, Tx,
                       dumps, loads, new_id)
@@ -98,6 +99,24 @@ class Saga:
         self._by_name: Dict[str, Step] = {}
         self._names_json = "[]"
         self._has_async = False
+        # transactions this object drove to an end, by status (metrics read outcomes())
+        self._outcomes = {"committed": 0, "compensated": 0, "failed": 0}
+        self._outcomes_mu = threading.Lock()
+        register(self)
+
+    def outcomes(self) -> Dict[str, int]:
+        """Transactions run or recovered by this object since creation, by final status
+        (``committed``, ``compensated``, ``failed``)."""
+        with self._outcomes_mu:
+            return dict(self._outcomes)
+
+    def _ended(self, results: List[SagaResult]) -> None:
+        with self._outcomes_mu:
+            for r in results:
+                # recover() reports a transaction it could not drive with a plain SagaError
+                # and its stored status: not an outcome
+                if r.status in self._outcomes and type(r.error) is not SagaError:
+                    self._outcomes[r.status] += 1
 
     # -- configuration ----------------------------------------------------------------------
     @property
@@ -227,9 +246,11 @@ class Saga:
         key = self._running(store, tx.tx_id)
         try:
             store.insert(rec)
-            return perform(drive(tx, self._rng), store, self._clock)
+            result = perform(drive(tx, self._rng), store, self._clock)
         finally:
             ACTIVE.release(key)
+        self._ended([result])
+        return result
 
     async def run_async(self, payload: Any, tx_id: Optional[str] = None, *,
                         trace_id: Optional[str] = None) -> SagaResult:
@@ -243,9 +264,11 @@ class Saga:
         key = self._running(store, tx.tx_id)
         try:
             await store.insert_async(rec)
-            return await perform_async(drive(tx, self._rng), store, self._clock)
+            result = await perform_async(drive(tx, self._rng), store, self._clock)
         finally:
             ACTIVE.release(key)
+        self._ended([result])
+        return result
 
     @staticmethod
     def _running(store: SagaStore, tx_id: str) -> Tuple[str, str]:
@@ -272,7 +295,9 @@ class Saga:
             raise TypeError(f"saga {self.name!r} has async steps: use "
                             f"'await saga.recover_async()'")
         warn_if_loop_thread("Saga.recover()", "await saga.recover_async()")
-        return recover(self, include_failed)
+        results = recover(self, include_failed)
+        self._ended(results)
+        return results
 
     async def recover_async(self, *, include_failed: bool = False,
                             concurrency: int = 32) -> List[SagaResult]:
@@ -281,7 +306,9 @@ class Saga:
         the claims run in a worker thread."""
         from .._checks import check_int
         check_int("concurrency", concurrency, 1, 1 << 16)
-        return await recover_async(self, include_failed, concurrency)
+        results = await recover_async(self, include_failed, concurrency)
+        self._ended(results)
+        return results
 
     def retry(self, tx_id: str, *, include_failed: bool = False) -> SagaResult:
         """Drive one unfinished (or, with ``include_failed=True``, failed) transaction to
