@@ -38,6 +38,8 @@ def parser() -> argparse.ArgumentParser:
         "top", help="live view of a process's guards (state, calls/s, rejected/s, hit ratio)",
         description="Show the guards of this process, or of a running one (--url its "
                     "Prometheus endpoint), refreshing every --interval seconds."))
+    from .scenario.cli import add_parser as add_scenario  # argparse only: grpc loads on use
+    add_scenario(sub)
     return cli
 
 
@@ -67,6 +69,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         elif args.command == "top":
             from . import top
             code = top.run(args.url, args.interval, args.iterations)
+        elif args.command == "scenario":
+            from .scenario.cli import run as run_scenario
+            code = run_scenario(args)
         else:
             run_demo(args.seed, args.only)
         sys.stdout.flush()  # here, so a closed pipe is met inside this try

@@ -1,0 +1,86 @@
+"""One scenario process: ``python -m gameguard.scenario.node ROLE --port P ...``.
+
+Serves its role (a domain, or a gateway) on 127.0.0.1 until SIGTERM, then stops gracefully.
+Prints ``READY <pid>`` once serving; the parent measures cold start to the first answered
+``Ping``. Guarded, a domain's server sheds load when its CPU saturates (the shedder reads
+this process's own CPU time) and drains on SIGTERM.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from typing import Any, List, Optional
+
+import grpc
+
+DOMAINS = ("matchmaking", "battle", "social", "payment")
+
+
+def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m gameguard.scenario.node")
+    p.add_argument("role", help="gateway, or a domain: " + ", ".join(DOMAINS))
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--index", type=int, default=0)
+    p.add_argument("--guarded", action="store_true")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--targets", default="{}", help="JSON: service -> host:port")
+    p.add_argument("--rules", default="")
+    p.add_argument("--redis", default="")
+    p.add_argument("--dsn", default="")
+    return p.parse_args(argv)
+
+
+def server_interceptors(role: str, guarded: bool) -> list[Any]:
+    if not guarded or role == "gateway":
+        return []
+    import gameguard as gg
+    from gameguard.grpc import ServerInterceptor
+
+    shedder = gg.LoadShedder(cpu_threshold=0.8, name=f"{role}-shedder")
+    return [ServerInterceptor({f"/game.{role}/*": shedder, "/game.Control/*": None})]
+
+
+async def serve(args: argparse.Namespace) -> None:
+    targets = json.loads(args.targets)
+    if args.role == "gateway":
+        from .gateway import Gateway
+        node: Any = Gateway(targets, args.workdir, args.index, args.guarded, args.rules,
+                            args.redis or None, args.dsn or None)
+    elif args.role in DOMAINS:
+        from .domains import Domain
+        node = Domain(args.role, args.workdir, args.guarded, targets)
+    else:
+        raise SystemExit(f"unknown role {args.role!r}: gateway or one of {', '.join(DOMAINS)}")
+    # the gateway's worker budget: what a thread pool or an event loop can hold at once.
+    # Both runs have it; only the guarded one keeps a slow dependency from filling it.
+    limit = 64 if args.role == "gateway" else 256
+    server = grpc.aio.server(interceptors=server_interceptors(args.role, args.guarded),
+                             maximum_concurrent_rpcs=limit)
+    for h in node.handlers():
+        server.add_generic_rpc_handlers((h,))
+    if server.add_insecure_port(f"127.0.0.1:{args.port}") == 0:
+        raise SystemExit(f"port {args.port} is taken")
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"READY {os.getpid()}", flush=True)
+    await stop.wait()
+    await server.stop(grace=1.0)
+    close = getattr(node, "close", None)
+    if close is not None:
+        await close()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    asyncio.run(serve(parse(argv)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""One run of the scenario (guarded or not): start, load, faults on schedule, collect, stop."""
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from typing import Any, Dict, List, Optional, Set, Tuple
+
+from .cluster import Cluster, Redis
+from .gateway import TELEPORT_STEPS
+from .load import PHASES, Load, Outcome, phase_at
+
+#: the hot auction item's cache TTL in the gateway (seconds), to count loads per expiry
+HOT_TTL = 1.0
+
+
+class Schedule:
+    """Injects each phase's fault when the run reaches it, and lifts it when it ends."""
+
+    def __init__(self, cluster: Cluster, redis: Redis, faults: Tuple[str, ...]) -> None:
+        self.cluster, self.redis, self.faults = cluster, redis, faults
+        self.done: Set[str] = set()
+        self.windows: Dict[str, List[float]] = {}  # fault -> [start, end] fractions
+
+    def _once(self, key: str) -> bool:
+        if key in self.done:
+            return False
+        self.done.add(key)
+        return True
+
+    async def tick(self, frac: float) -> None:
+        phase = phase_at(frac)
+        span = phase.end - phase.start
+        into = (frac - phase.start) / span if span else 0.0
+        f = phase.fault if phase.fault in self.faults else ""
+        # lift every earlier phase's fault first
+        for p in PHASES:
+            if p.end <= frac and p.fault and p.fault in self.faults and self._once("end:" + p.fault):
+                await self._lift(p.fault)
+        if f and self._once("start:" + f):
+            self.windows[f] = [phase.start, phase.end]
+            if f == "cpu":
+                await self.cluster.fault("battle", cpu=True)
+            elif f == "slow-fail":
+                await self.cluster.fault("payment", slow_ms=400)
+        if f == "slow-fail" and into >= 0.5 and self._once("fail"):
+            await self.cluster.fault("payment", slow_ms=0, fail=True)
+        if f == "kill" and into >= 0.15 and self._once("kill"):
+            self.cluster.kill("battle")
+        if f == "kill" and into >= 0.5 and self._once("restart"):
+            await self.cluster.restart("battle")
+        if f == "redis" and self.redis.binary and into >= 0.1 and self._once("redis-stop"):
+            self.redis.stop()
+        if f == "redis" and self.redis.binary and into >= 0.6 and self._once("redis-start"):
+            self.redis.start()
+
+    async def _lift(self, fault: str) -> None:
+        if fault == "cpu":
+            await self.cluster.fault("battle", cpu=False)
+        elif fault == "slow-fail":
+            await self.cluster.fault("payment", slow_ms=0, fail=False)
+        elif fault == "kill" and "restart" not in self.done:
+            self.done.add("restart")
+            await self.cluster.restart("battle")
+        elif fault == "redis" and self.redis.binary and self.redis.popen is None:
+            self.redis.start()
+
+
+async def run_mode(guarded: bool, workdir: str, duration: float, seed: int,
+                   faults: Tuple[str, ...], dsn: Optional[str] = None) -> Dict[str, Any]:
+    """Run once; the raw material of the report."""
+    os.makedirs(workdir, exist_ok=True)
+    redis = Redis(workdir)
+    redis.start()
+    cluster = Cluster(workdir, guarded, redis.url, dsn)
+    load: Optional[Load] = None
+    try:
+        await cluster.start()
+        schedule = Schedule(cluster, redis, faults)
+        load = Load(cluster.gateways, duration, seed, faults)
+        await load.run(schedule.tick)
+        for p in PHASES:  # a run cut short still lifts what it injected
+            if p.fault in faults and "end:" + p.fault not in schedule.done:
+                await schedule._lift(p.fault)
+        recovered = 0
+        if guarded:
+            for label in ("gateway-0", "gateway-1"):
+                recovered += int((await cluster.call(label, "Recover"))["recovered"])
+        stats = {label: await cluster.call(label, "Stats") for label in cluster.procs}
+        return {"guarded": guarded, "duration": duration, "outcomes": load.outcomes,
+                "windows": schedule.windows, "stats": stats, "recovered": recovered,
+                "cold_start_ms": {label: p.cold_start_ms for label, p in cluster.procs.items()},
+                "ledger": ledger(workdir), "redis": bool(redis.binary)}
+    finally:
+        if load is not None:
+            await load.close()
+        await cluster.close()
+        cluster.stop()
+        redis.stop()
+
+
+def ledger(workdir: str) -> Dict[str, Dict[str, Dict[str, int]]]:
+    """Every participant's effects: tx -> "step/phase" -> times applied."""
+    out: Dict[str, Dict[str, Dict[str, int]]] = {}
+    for service, _, _ in TELEPORT_STEPS:
+        path = os.path.join(workdir, f"{service}-effects.db")
+        if not os.path.exists(path):
+            continue
+        db = sqlite3.connect(path)
+        try:
+            for tx, step, phase, applied in db.execute("SELECT tx, step, phase, applied "
+                                                       "FROM effects"):
+                out.setdefault(tx, {}).setdefault(service, {})[phase] = int(applied)
+        finally:
+            db.close()
+    return out
+
+
+def audit(ledger_: Dict[str, Dict[str, Dict[str, int]]]) -> Dict[str, int]:
+    """Teleports by how they ended, read off the participants' own ledgers (the one source
+    both runs share): committed (every step applied, nothing undone), compensated (every
+    applied step undone), lost (anything else: a player charged but never moved...)."""
+    steps = {s for s, _, _ in TELEPORT_STEPS}
+    counts = {"started": 0, "committed": 0, "compensated": 0, "lost": 0, "applied_twice": 0}
+    for tx, by_service in ledger_.items():
+        counts["started"] += 1
+        done = {s for s, ph in by_service.items() if ph.get("action", 0) > 0}
+        undone = {s for s, ph in by_service.items() if ph.get("compensation", 0) > 0}
+        counts["applied_twice"] += sum(1 for ph in by_service.values()
+                                       if ph.get("action", 0) > 1 or ph.get("compensation", 0) > 1)
+        if done == steps and not undone:
+            counts["committed"] += 1
+        elif done <= undone:
+            counts["compensated"] += 1
+        else:
+            counts["lost"] += 1
+    return counts
+
+
+def outcomes_in(outcomes: List[Outcome], start: float, end: float,
+                duration: float) -> List[Outcome]:
+    return [o for o in outcomes if start * duration <= o.t < end * duration]
