@@ -11,7 +11,7 @@ from typing import Any, List, Optional, Tuple
 
 from .load import FAULTS
 
-FULL, QUICK = 120.0, 22.0  # seconds of load per run
+FULL, QUICK = 120.0, 18.0  # seconds of load per run
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -30,6 +30,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--faults", default=",".join(FAULTS),
                    help=f"comma-separated faults to inject (default: all: {','.join(FAULTS)})")
     p.add_argument("--dsn", help="keep the teleport sagas on this PostgreSQL instead of SQLite")
+    p.add_argument("--ports", type=int, metavar="BASE",
+                   help="listen on BASE..BASE+5 (default: free ports the system picks)")
+    p.add_argument("--workdir", metavar="DIR",
+                   help="where logs and databases go (default: a temporary directory, "
+                        "removed afterwards)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, dbs)")
     return p
 
@@ -41,6 +46,19 @@ def parse_faults(text: str) -> Tuple[str, ...]:
         raise SystemExit(f"gameguard scenario: unknown fault {unknown[0]!r}; choose from "
                          f"{', '.join(FAULTS)}")
     return faults
+
+
+def check_ports(base: int) -> None:
+    import socket
+
+    from .cluster import PORTS
+    for port in range(base, base + PORTS):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError as e:
+                raise SystemExit(f"gameguard scenario: port {port} (of --ports {base}.."
+                                 f"{base + PORTS - 1}) is taken: {e.strerror}") from None
 
 
 def check_dsn(dsn: Optional[str]) -> None:
@@ -69,8 +87,11 @@ def run(args: argparse.Namespace) -> int:
     from . import report
     from .run import run_mode
 
+    if args.ports is not None:
+        check_ports(args.ports)
     duration = QUICK if args.quick else FULL
-    work = tempfile.mkdtemp(prefix="gameguard-scenario-")
+    keep = args.keep or args.workdir is not None
+    work = args.workdir or tempfile.mkdtemp(prefix="gameguard-scenario-")
     started = time.monotonic()
     runs = {}
     try:
@@ -78,12 +99,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"scenario: {mode} run, {duration:.0f} s of load, seed {args.seed} ...",
                   flush=True)
             runs[mode] = asyncio.run(run_mode(mode == "guarded", os.path.join(work, mode),
-                                              duration, args.seed, faults, args.dsn))
+                                              duration, args.seed, faults, args.dsn,
+                                              args.ports))
     except KeyboardInterrupt:
         print("scenario: interrupted; every child process was stopped")
         return 130
     finally:
-        if not args.keep:
+        if not keep:
             shutil.rmtree(work, ignore_errors=True)
     g, u = report.figures(runs["guarded"]), report.figures(runs["unguarded"])
     notes = misses(g, runs["guarded"]["redis"])
@@ -95,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         report.write_json(args.json, g, u)
     path = report.write_html(args.report, runs, g, u, notes)
     print(f"\nreport: {path}; both runs took {time.monotonic() - started:.0f} s"
-          + (f"; logs in {work}" if args.keep else ""))
+          + (f"; logs in {work}" if keep else ""))
     return 0
 
 

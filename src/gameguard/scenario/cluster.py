@@ -18,6 +18,8 @@ from . import wire
 from .node import DOMAINS
 
 GATEWAYS = 2
+#: listening processes of a run: the four domains and the gateways
+PORTS = len(DOMAINS) + GATEWAYS
 #: a service that has not answered its first Ping by then did not start
 START_TIMEOUT = 30.0
 
@@ -104,11 +106,12 @@ class Cluster:
     """The domains and the gateways of one run, on fresh loopback ports."""
 
     def __init__(self, workdir: str, guarded: bool, redis_url: str,
-                 dsn: Optional[str] = None) -> None:
+                 dsn: Optional[str] = None, base_port: Optional[int] = None) -> None:
         self.workdir = workdir
         self.guarded = guarded
         roles = [(d, 0) for d in DOMAINS] + [("gateway", i) for i in range(GATEWAYS)]
-        ports = free_ports(len(roles))
+        ports = (free_ports(len(roles)) if base_port is None
+                 else list(range(base_port, base_port + len(roles))))
         self.targets = {d: f"127.0.0.1:{p}" for (d, _), p in zip(roles, ports) if d != "gateway"}
         rules = os.path.join(os.path.dirname(__file__), "rules.toml")
         self.procs: Dict[str, Proc] = {}

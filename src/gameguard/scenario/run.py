@@ -67,12 +67,13 @@ class Schedule:
 
 
 async def run_mode(guarded: bool, workdir: str, duration: float, seed: int,
-                   faults: Tuple[str, ...], dsn: Optional[str] = None) -> Dict[str, Any]:
+                   faults: Tuple[str, ...], dsn: Optional[str] = None,
+                   base_port: Optional[int] = None) -> Dict[str, Any]:
     """Run once; the raw material of the report."""
     os.makedirs(workdir, exist_ok=True)
     redis = Redis(workdir)
     redis.start()
-    cluster = Cluster(workdir, guarded, redis.url, dsn)
+    cluster = Cluster(workdir, guarded, redis.url, dsn, base_port)
     load: Optional[Load] = None
     try:
         await cluster.start()

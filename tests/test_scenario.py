@@ -1,0 +1,129 @@
+"""The scenario proof, compressed (``--quick``): every figure computed, the guarded run
+isolates the CPU fault better than the unguarded one, and loses no saga nor applies an effect
+twice; bad arguments are clear errors; Ctrl-C stops every child process."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+FIGURES = ("fault_isolation_pct", "p99_ms", "cold_start_ms", "sagas_lost",
+           "effects_applied_twice", "loads_per_hot_key_expiry", "over_budget_admitted")
+
+
+def scenario(*args: str, timeout: float = 150.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gameguard", "scenario", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def running_with(text: str) -> list[str]:
+    """Command lines of live processes that mention ``text``."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if text in cmd:
+                found.append(cmd)
+    return found
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("scenario")
+    started = time.monotonic()
+    done = scenario("--quick", "--json", str(out / "figures.json"), "--report",
+                    str(out / "report"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    figures = json.loads((out / "figures.json").read_text())
+    figures["_elapsed"] = time.monotonic() - started
+    figures["_out"] = out
+    figures["_stdout"] = done.stdout
+    return figures
+
+
+def test_every_figure_is_computed(quick: dict) -> None:
+    for mode in ("guarded", "unguarded"):
+        for key in FIGURES:
+            assert quick[mode][key] is not None, (mode, key)
+
+
+def test_guarded_isolates_the_cpu_fault_better(quick: dict) -> None:
+    assert quick["guarded"]["fault_isolation_pct"] > quick["unguarded"]["fault_isolation_pct"]
+
+
+def test_guarded_loses_no_saga_and_applies_nothing_twice(quick: dict) -> None:
+    g = quick["guarded"]
+    assert g["sagas_started"] > 0
+    assert g["sagas_lost"] == 0
+    assert g["effects_applied_twice"] == 0
+    assert g["sagas_committed"] + g["sagas_compensated"] == g["sagas_started"]
+
+
+def test_the_guarded_run_holds_player_budgets_and_coalesces_hot_loads(quick: dict) -> None:
+    g, u = quick["guarded"], quick["unguarded"]
+    assert g["over_budget_admitted"] < u["over_budget_admitted"]
+    assert g["loads_per_hot_key_expiry"] < u["loads_per_hot_key_expiry"] / 5
+
+
+def test_report_has_the_table_and_charts(quick: dict) -> None:
+    report = quick["_out"] / "report"
+    page = (report / "index.html").read_text()
+    assert "fault isolation" in page and "success.png" in page and "p99.png" in page
+    for png in ("success.png", "p99.png"):
+        assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "guarded" in quick["_stdout"] and "unguarded" in quick["_stdout"]
+
+
+def test_quick_finishes_within_a_minute(quick: dict) -> None:
+    assert quick["_elapsed"] < 90, quick["_elapsed"]  # 60 s on a quiet machine; CI is one
+
+
+def test_unknown_fault_is_a_clear_error() -> None:
+    done = scenario("--quick", "--faults", "cpu,meteor")
+    assert done.returncode != 0
+    assert "unknown fault 'meteor'" in done.stderr
+
+
+def test_a_dsn_that_does_not_answer_is_a_clear_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    done = scenario("--quick", "--dsn", f"postgresql://nobody@127.0.0.1:{port}/none")
+    assert done.returncode != 0
+    assert "DSN does not answer" in done.stderr
+
+
+def test_a_taken_port_is_a_clear_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        done = scenario("--quick", "--ports", str(port))
+    assert done.returncode != 0
+    assert f"port {port}" in done.stderr and "taken" in done.stderr
+
+
+def test_ctrl_c_stops_every_child(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    proc = subprocess.Popen([sys.executable, "-m", "gameguard", "scenario", "--quick",
+                             "--workdir", str(work)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(work.glob("guarded/gateway-*.log")):
+        time.sleep(0.1)
+    time.sleep(2.0)  # children are up and serving
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert "interrupted" in out
+    assert running_with(str(work)) == [], "children still running"
+    assert proc.returncode == 130
