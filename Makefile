@@ -5,6 +5,8 @@
 #   make check  - the fast developer loop: editable install, kernels built in place, pytest
 #                 on the source tree (PYTEST_ARGS="tests/test_cli.py -x" narrows it)
 #   make bench  - build, then run the side-by-side benchmarks against the peer libraries
+#   make scenario - build, then run the seeded MOBA backend guarded and unguarded (5 minutes;
+#                 SCENARIO_ARGS=--quick for one)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -20,7 +22,7 @@ SOURCES := $(shell find src -name '*.py' -o -name '*.pyx' -o -name '*.pxd') pypr
 PYTEST_ARGS ?=
 TEST_ENV := GAMEGUARD_REQUIRE_EXTENSIONS=1 GAMEGUARD_WHEELHOUSE=$(abspath $(WHEELHOUSE))
 
-.PHONY: demo test check lint wheel install bench clean redis
+.PHONY: demo test check lint wheel install bench scenario clean redis
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -93,6 +95,15 @@ bench: install $(VENV)/.bench-deps
 	$(BIN)/python -m pytest benchmarks -q -o python_files='bench_*.py' -W ignore::DeprecationWarning \
 		--benchmark-only --benchmark-group-by=group --benchmark-columns=median,ops \
 		--benchmark-sort=name -p no:cacheprovider
+
+SCENARIO_ARGS ?=
+$(VENV)/.scenario-deps: $(VENV)/.deps
+	GAMEGUARD_NO_EXTENSIONS=1 $(BIN)/python -m pip install --quiet --no-build-isolation \
+		-e '.[test,scenario]'
+	touch $@
+
+scenario: install $(VENV)/.scenario-deps
+	$(BIN)/python -m gameguard scenario $(SCENARIO_ARGS)
 
 clean:
 	rm -rf build dist $(VENV) $(WVENV) $(WHEELHOUSE) src/*.egg-info
