@@ -2,14 +2,15 @@
 trailing metadata, the codes that count as failures, and checking a guards table."""
 from __future__ import annotations
 
-from typing import Mapping, Optional, Tuple, Union
+from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
 import grpc
 
 from .._edge import PatternTable, retry_after_ms
 from ..errors import (BulkheadFullError, ConfigurationError, RateLimitExceeded,
                       RejectedError)
-from ..guard import Guard, Pipeline
+from .._pure.route import Block
+from ..guard import Guard, GuardHooks, Pipeline
 
 try:  # grpcio-status brings googleapis-common-protos: rich error details
     from google.protobuf import any_pb2, duration_pb2
@@ -20,7 +21,8 @@ except ImportError:  # pragma: no cover - the extra installs it
 __all__ = ["FAILURE_CODES", "HANDLER_FAILURE_CODES", "Route", "check_routes", "status_code",
            "trailers"]
 
-Route = Union[Guard, Pipeline]
+#: what a method pattern routes to: a guard, a pipeline, or a rules set's guard for a resource
+Route = Union[Guard, Pipeline, Block]
 Metadata = Tuple[Tuple[str, Union[str, bytes]], ...]
 
 #: the codes a client counts as a failure of the service (go-zero's set, plus
@@ -60,6 +62,28 @@ def trailers(exc: RejectedError, code: grpc.StatusCode) -> Metadata:
     return md + ((DETAILS_KEY, status.SerializeToString()),)
 
 
+def is_rules_guard(route: Any) -> bool:
+    """``rules.guard(resource)``: it decorates unary calls with the rule in force at each
+    call (a reload applies to the next call); it has no fixed guards to hold a stream by."""
+    if isinstance(route, Block):
+        return True
+    import importlib
+    try:
+        fast = importlib.import_module("gameguard._fast.route")
+    except ImportError:
+        return False
+    return isinstance(route, fast.Block)
+
+
+def stream_guards(route: Any) -> Sequence[GuardHooks]:
+    """The guards a stream holds its permit on; a rules guard has none fixed."""
+    if is_rules_guard(route):
+        raise TypeError(f"{route!r} guards unary calls only: a stream holds one permit for "
+                        f"its whole life, so route streams to a guard or a pipeline(...)")
+    guards: Sequence[GuardHooks] = route._guards
+    return guards
+
+
 def check_routes(guards: Mapping[str, Optional[Route]], *,
                  refuse_keyed: Optional[str]) -> PatternTable[Optional[Route]]:
     """``guards`` checked (every value a guard, a ``pipeline(...)`` or ``None``) and made a
@@ -67,10 +91,13 @@ def check_routes(guards: Mapping[str, Optional[Route]], *,
     (a ``KeyedLimiter``) cannot be used here."""
     table: PatternTable[Optional[Route]] = PatternTable(guards, param="guards")
     for pattern, route in guards.items():
-        if route is not None and not isinstance(route, (Guard, Pipeline)):
+        if route is None or is_rules_guard(route):
+            continue
+        if not isinstance(route, (Guard, Pipeline)):
             raise ConfigurationError(
-                f"guards[{pattern!r}] must be a guard, a pipeline(...) or None, got {route!r}")
-        if route is not None and route._guards[0]._needs_key and refuse_keyed is not None:
+                f"guards[{pattern!r}] must be a guard, a pipeline(...), rules.guard(resource) "
+                f"or None, got {route!r}")
+        if route._guards[0]._needs_key and refuse_keyed is not None:
             raise ConfigurationError(
                 f"guards[{pattern!r}] is {route!r}, which limits per key: {refuse_keyed}")
     return table

@@ -10,7 +10,7 @@ from grpc import aio
 from .._edge import PatternTable
 from ..errors import RejectedError
 from ._permit import NO_OUTCOME, FailedStatus, Permit, admit_async
-from ._status import FAILURE_CODES, Route, check_routes
+from ._status import FAILURE_CODES, Route, check_routes, stream_guards
 
 __all__ = ["ClientInterceptor"]
 
@@ -100,7 +100,7 @@ class ClientInterceptor(aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
         route = self._routes.lookup(_method(client_call_details))
         if route is None:
             return await continuation(client_call_details, request)
-        permit = await admit_async(route._guards)
+        permit = await admit_async(stream_guards(route))
         if isinstance(permit, RejectedError):
             raise permit
         try:

@@ -20,8 +20,10 @@ from grpc import aio
 
 from .._checks import check_callable
 from ..errors import RejectedError
+from ..guard import Guard, Pipeline
 from ._permit import FailedStatus, Guards, Permit, admit
-from ._status import HANDLER_FAILURE_CODES, Route, check_routes, status_code, trailers
+from ._status import (HANDLER_FAILURE_CODES, Route, check_routes, status_code,
+                      stream_guards, trailers)
 
 __all__ = ["ServerInterceptor", "SyncServerInterceptor"]
 
@@ -104,7 +106,7 @@ class _Routing:
 
     def _decorate(self, route: Route, method: str, run: Callable[..., Any]) -> Any:
         """``run(request, context)`` under ``route``: the guard's own (compiled) wrapper."""
-        if route._guards[0]._needs_key:
+        if isinstance(route, (Guard, Pipeline)) and route._guards[0]._needs_key:
             limiter: Any = route
             return limiter.limit(key=self._metadata_key(method))(run)
         return route(run)
@@ -273,15 +275,14 @@ class SyncServerInterceptor(_Routing, grpc.ServerInterceptor):  # type: ignore[m
 
     def _wrap_stream(self, behaviour: Callable[..., Any], route: Route,
                      method: str) -> Callable[..., Any]:
-        if route._guards[0]._needs_key:
+        guards = stream_guards(route)
+        if guards[0]._needs_key:
             limiter: Any = route
             call_key = self._metadata_key(method)
 
             def guards_for(request: Any, context: Any) -> Guards:
                 return limiter.bind(call_key(request, context))._guards  # type: ignore[no-any-return]
         else:
-            guards = route._guards
-
             def guards_for(request: Any, context: Any) -> Guards:
                 return guards
 

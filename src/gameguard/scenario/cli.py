@@ -15,7 +15,7 @@ FULL, QUICK = 120.0, 18.0  # seconds of load per run
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
-    p = sub.add_parser(
+    p: argparse.ArgumentParser = sub.add_parser(
         "scenario", help="a seeded MOBA backend on loopback, guarded vs unguarded",
         description="Start a gateway pair and four domain services on loopback, drive the "
                     "seed's four pressure fingerprints through them with faults on a "

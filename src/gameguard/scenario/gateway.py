@@ -89,7 +89,8 @@ class Gateway:
         if self.limiter is not None and not await self._admit(player):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "player over budget")
         try:
-            return await getattr(self, f"_{op}")(player, req)
+            answer: Dict[str, Any] = await getattr(self, f"_{op}")(player, req)
+            return answer
         except grpc.aio.AioRpcError as e:
             await context.abort(e.code(), f"{op}: {e.details()}")
         except Exception as e:  # a guard's rejection or a timeout: the gateway answers
@@ -156,8 +157,11 @@ class Gateway:
     async def _recover(self, req: Dict[str, Any], context: Any) -> Dict[str, Any]:
         if self.saga is None:
             return {"recovered": 0}
-        results = await self.saga.recover_async()
-        return {"recovered": len(results)}
+        # after the outages, as an operator would: finish what was interrupted, and retry the
+        # compensations that ran out of retries while a participant was down
+        results = await self.saga.recover_async(include_failed=True)
+        return {"recovered": len(results),
+                "unfinished": sum(r.status not in ("committed", "compensated") for r in results)}
 
     async def close(self) -> None:
         for c in self.clients.values():

@@ -120,7 +120,7 @@ def _pct(v: Optional[float]) -> str:
     return "-" if v is None else f"{100 * v:.1f}%"
 
 
-def _columns(rows: List[Sequence[str]]) -> List[str]:
+def _columns(rows: Sequence[Sequence[str]]) -> List[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
 

@@ -1,7 +1,6 @@
 """One run of the scenario (guarded or not): start, load, faults on schedule, collect, stop."""
 from __future__ import annotations
 
-import asyncio
 import os
 import sqlite3
 from typing import Any, Dict, List, Optional, Set, Tuple
@@ -35,7 +34,8 @@ class Schedule:
         f = phase.fault if phase.fault in self.faults else ""
         # lift every earlier phase's fault first
         for p in PHASES:
-            if p.end <= frac and p.fault and p.fault in self.faults and self._once("end:" + p.fault):
+            ended = p.end <= frac and p.fault in self.faults
+            if ended and p.fault and self._once("end:" + p.fault):
                 await self._lift(p.fault)
         if f and self._once("start:" + f):
             self.windows[f] = [phase.start, phase.end]

@@ -5,7 +5,7 @@ Method names are ``/game.<Service>/<Op>``; requests and answers are JSON objects
 from __future__ import annotations
 
 import json
-from typing import Any, Awaitable, Callable, Dict
+from typing import Any, Awaitable, Callable, Dict, Mapping
 
 import grpc
 
@@ -23,7 +23,7 @@ def decode(data: bytes) -> Dict[str, Any]:
     return out
 
 
-def service(name: str, ops: Dict[str, Handler]) -> grpc.GenericRpcHandler:
+def service(name: str, ops: Mapping[str, Handler]) -> grpc.GenericRpcHandler:
     """A generic handler serving ``/game.<name>/<op>`` for each op."""
     handlers = {op: grpc.unary_unary_rpc_method_handler(
         fn, request_deserializer=decode, response_serializer=encode)
