@@ -153,7 +153,7 @@ class Domain:
                 return {"item": item, "price": 100 + len(item)}
             if op == "Start" and self.payment is not None:
                 await self.payment.call("payment", "Reserve", {"match": req.get("match")},
-                                        timeout=0.25 if self.guarded else 2.0)
+                                        timeout=0.5 if self.guarded else 2.0)
             if op == "Chat":
                 self.chat.append(str(req.get("text", "")))
                 del self.chat[:-1000]

@@ -24,6 +24,8 @@ from . import wire
 
 #: the teleport saga's whole budget, as the seed gives it
 TELEPORT_TIMEOUT = 0.78
+#: the guarded run's deadline for one attempt on a dependency (a quarter of the player's)
+ATTEMPT = 0.5
 #: what a client gives a call when nobody chose: generous, as most clients are
 UNGUARDED_DEADLINE = 2.0
 TELEPORT_STEPS = (("payment", "Debit", "Refund"), ("battle", "Leave", "Return"),
@@ -110,14 +112,14 @@ class Gateway:
 
     async def _match(self, player: str, req: Dict[str, Any]) -> Dict[str, Any]:
         found = await self.clients["matchmaking"].call(
-            "matchmaking", "Find", {"player": player}, timeout=self._timeout(0.3))
+            "matchmaking", "Find", {"player": player}, timeout=self._timeout(ATTEMPT))
         await self.clients["battle"].call("battle", "Start", {"player": player, **found},
-                                          timeout=self._timeout(0.3))
+                                          timeout=self._timeout(ATTEMPT))
         return {"ok": True}
 
     async def _chat(self, player: str, req: Dict[str, Any]) -> Dict[str, Any]:
         await self.clients["social"].call("social", "Chat", {"player": player, "text": "gg"},
-                                          timeout=self._timeout(0.2))
+                                          timeout=self._timeout(ATTEMPT))
         return {"ok": True}
 
     async def _auction(self, player: str, req: Dict[str, Any]) -> Dict[str, Any]:
@@ -125,7 +127,7 @@ class Gateway:
 
         async def load(key: str) -> Dict[str, Any]:
             return await self.clients["payment"].call("payment", "Item", {"item": key},
-                                                      timeout=self._timeout(0.3))
+                                                      timeout=self._timeout(ATTEMPT))
         if self.cache is not None:
             return dict(await self.cache.get_or_load_async(item, load))
         return await load(item)

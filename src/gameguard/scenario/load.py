@@ -24,7 +24,7 @@ HOT_SHARE = 0.9
 PLAYERS = 100_000
 #: a few players who send far more than their budget (5/s, 10 at once) allows
 ABUSERS, ABUSE_RATE = 5, 12.0
-PLAYER_DEADLINE = 1.0
+PLAYER_DEADLINE = 2.0  # what a player waits before giving up (the client cancels)
 
 
 class Phase(NamedTuple):

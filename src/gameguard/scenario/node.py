@@ -13,11 +13,14 @@ import json
 import os
 import signal
 import sys
+import time
 from typing import Any, List, Optional
 
 import grpc
 
 DOMAINS = ("matchmaking", "battle", "social", "payment")
+#: what one gateway process can hold at once (a worker pool, an event loop's budget)
+GATEWAY_WORKERS = 32
 
 
 def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -34,13 +37,32 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+class ProcessCpu:
+    """This process's own CPU use (0..1 of a core) over the last quarter second.
+
+    The scenario's services share one host and one cgroup, so the host's or the cgroup's
+    reading (the shedder's default, right for one service per container) would make every
+    service shed when one of them spins; here each sheds on what it uses itself."""
+
+    def __init__(self) -> None:
+        self._at, self._used, self._value = time.monotonic(), time.process_time(), 0.0
+
+    def __call__(self) -> float:
+        now = time.monotonic()
+        if now - self._at >= 0.25:
+            used = time.process_time()
+            self._value = min(1.0, (used - self._used) / (now - self._at))
+            self._at, self._used = now, used
+        return self._value
+
+
 def server_interceptors(role: str, guarded: bool) -> list[Any]:
     if not guarded or role == "gateway":
         return []
     import gameguard as gg
     from gameguard.grpc import ServerInterceptor
 
-    shedder = gg.LoadShedder(cpu_threshold=0.8, name=f"{role}-shedder")
+    shedder = gg.LoadShedder(cpu_threshold=0.8, cpu=ProcessCpu(), name=f"{role}-shedder")
     return [ServerInterceptor({f"/game.{role}/*": shedder, "/game.Control/*": None})]
 
 
@@ -57,7 +79,7 @@ async def serve(args: argparse.Namespace) -> None:
         raise SystemExit(f"unknown role {args.role!r}: gateway or one of {', '.join(DOMAINS)}")
     # the gateway's worker budget: what a thread pool or an event loop can hold at once.
     # Both runs have it; only the guarded one keeps a slow dependency from filling it.
-    limit = 64 if args.role == "gateway" else 256
+    limit = GATEWAY_WORKERS if args.role == "gateway" else 256
     server = grpc.aio.server(interceptors=server_interceptors(args.role, args.guarded),
                              maximum_concurrent_rpcs=limit)
     for h in node.handlers():
