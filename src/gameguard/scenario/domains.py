@@ -77,9 +77,14 @@ class Effects:
 class Faults:
     """The injected faults of one process: CPU saturation, slowness, failure."""
 
+    #: under the CPU fault every request's own work costs this many times more: the process
+    #: can no longer keep up with what arrives (a starved container, a runaway loop)
+    CPU_FACTOR = 100
+
     def __init__(self) -> None:
         self.slow = 0.0
         self.fail = False
+        self.cpu_factor = 1
         self._cpu: Optional[asyncio.Task[None]] = None
 
     def set(self, cpu: Optional[bool] = None, slow_ms: Optional[float] = None,
@@ -89,8 +94,10 @@ class Faults:
         if fail is not None:
             self.fail = fail
         if cpu is True and self._cpu is None:
+            self.cpu_factor = self.CPU_FACTOR
             self._cpu = asyncio.get_running_loop().create_task(self._saturate())
         elif cpu is False and self._cpu is not None:
+            self.cpu_factor = 1
             self._cpu.cancel()
             self._cpu = None
 
@@ -145,7 +152,7 @@ class Domain:
         async def handle(req: Dict[str, Any], context: grpc.aio.ServicerContext
                          ) -> Dict[str, Any]:
             await self.faults.before(context)
-            burn(work)
+            burn(work * self.faults.cpu_factor)
             self.counts[op] = self.counts.get(op, 0) + 1
             if op == "Item":
                 item = str(req.get("item"))
