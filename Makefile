@@ -22,7 +22,7 @@ SOURCES := $(shell find src -name '*.py' -o -name '*.pyx' -o -name '*.pxd') pypr
 PYTEST_ARGS ?=
 TEST_ENV := GAMEGUARD_REQUIRE_EXTENSIONS=1 GAMEGUARD_WHEELHOUSE=$(abspath $(WHEELHOUSE))
 
-.PHONY: demo test check lint wheel install bench scenario clean redis
+.PHONY: demo test check lint wheel install bench scenario clean redis postgres
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,13 @@ redis:
 	@command -v redis-server >/dev/null || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server && \
 		(service redis-server stop || true); }
+
+# PostgreSQL's server binaries, for the PostgreSQL tests (which initdb a throwaway cluster of
+# their own, as an unprivileged user): the machine has them; Debian's package when it has not
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		postgresql-15 && (service postgresql stop || true); }
 
 demo: install
 	$(BIN)/python -m gameguard demo
@@ -77,11 +84,11 @@ $(WHEELHOUSE)/.done: $(BIN)/python pyproject.toml
 
 # pytest's console script, run from the repository: neither src/ nor the current directory is
 # on sys.path, so `import gameguard` is the installed wheel (tests/test_install.py checks it)
-test: redis lint $(WVENV)/.installed $(WHEELHOUSE)/.done
+test: redis postgres lint $(WVENV)/.installed $(WHEELHOUSE)/.done
 	$(TEST_ENV) GAMEGUARD_TEST_TARGET=wheel GAMEGUARD_SDIST="$$(echo $(CURDIR)/dist/gameguard-*.tar.gz)" \
 		$(WBIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-check: redis install $(WHEELHOUSE)/.done
+check: redis postgres install $(WHEELHOUSE)/.done
 	$(TEST_ENV) GAMEGUARD_TEST_TARGET=source $(BIN)/python -m pytest -q -p no:cacheprovider \
 		$(PYTEST_ARGS)
 
@@ -91,7 +98,7 @@ $(VENV)/.bench-deps: $(VENV)/.deps
 	touch $@
 
 # peers' own deprecation warnings are not ours to fail on here
-bench: install $(VENV)/.bench-deps
+bench: redis install $(VENV)/.bench-deps
 	$(BIN)/python -m pytest benchmarks -q -o python_files='bench_*.py' -W ignore::DeprecationWarning \
 		--benchmark-only --benchmark-group-by=group --benchmark-columns=median,ops \
 		--benchmark-sort=name -p no:cacheprovider
@@ -102,7 +109,7 @@ $(VENV)/.scenario-deps: $(VENV)/.deps
 		-e '.[test,scenario]'
 	touch $@
 
-scenario: install $(VENV)/.scenario-deps
+scenario: redis install $(VENV)/.scenario-deps
 	$(BIN)/python -m gameguard scenario $(SCENARIO_ARGS)
 
 clean:

@@ -40,6 +40,20 @@ def build(case: str):  # -> a zero-argument callable doing one call
             f = gg.Bulkhead(8)(handler)
         elif base == "pipeline":
             f = gg.pipeline(gg.CircuitBreaker("b"), gg.Bulkhead(8))(handler)
+        elif base == "retry":
+            f = gg.Retry(3)(handler)
+        elif base == "retry_budget":
+            f = gg.Retry(3, budget=gg.RetryBudget())(handler)
+        elif base == "retry_breaker":
+            f = gg.pipeline(gg.Retry(3), gg.CircuitBreaker("b"))(handler)
+        elif base == "adaptive":
+            f = gg.AdaptiveLimiter(initial=8)(handler)
+        elif base == "shedder":
+            from gameguard.shedder import CpuSampler
+            f = gg.LoadShedder(cpu=CpuSampler(lambda: (0.0, 1.0), interval=3600.0))(handler)
+        elif base == "tenacity":
+            import tenacity
+            f = tenacity.retry(stop=tenacity.stop_after_attempt(3))(handler)
         elif base == "token_try_acquire":  # always admitted: f(1) takes one token
             f = gg.TokenBucket(1e12, 1e12).try_acquire
         elif base == "keyed_try_acquire":  # f(1): key 1
@@ -61,8 +75,10 @@ def build(case: str):  # -> a zero-argument callable doing one call
 CASES = ["bare", "breaker", "breaker_slowcalls", "throttle", "bulkhead", "pipeline",
          "token_try_acquire", "keyed_try_acquire",
          "with_breaker", "with_bulkhead", "bare_await", "async_with_breaker",
-         "async_with_bulkhead", "breaker_pure", "with_breaker_pure", "async_with_breaker_pure", "throttle_pure", "bulkhead_pure", "circuitbreaker", "pybreaker",
-         "purgatory"]
+         "async_with_bulkhead", "breaker_pure", "with_breaker_pure", "async_with_breaker_pure",
+         "throttle_pure", "bulkhead_pure", "circuitbreaker", "pybreaker", "purgatory",
+         "retry", "retry_budget", "retry_pure", "retry_breaker", "tenacity", "adaptive",
+         "shedder"]
 
 
 async def ahandler(x: int) -> int:
