@@ -89,3 +89,26 @@ def test_compiled_kernels_are_used_unless_asked_not_to(env: Dict[str, str]) -> N
         assert available
     assert result.stdout.split() == [str(available)] * 2
     assert (PURE_WARNING in result.stderr) is not available
+
+
+# a compiled kernel whose file is there but will not load is found out when first used:
+# that kernel falls back to its pure twin with one warning, the others stay compiled
+LATE = ("import sys; import gameguard as gg; sys.modules['gameguard._fast.breaker'] = None\n"
+        "b = gg.CircuitBreaker('b'); f = b(lambda x: x + 1)\n"
+        "print(f(1), type(b._kernel).__module__, gg._impl.kernel('bucket').__name__,\n"
+        "      sorted(gg._impl.FAST_ERRORS), gg._impl.FAST_MODULES['breaker'])")
+
+
+def test_a_kernel_that_fails_on_first_use_falls_back_alone() -> None:
+    if not _impl_available():
+        pytest.fail("needs the compiled kernels: build them (make install)")
+    result = run_import(LATE)
+    assert result.stdout.split() == ["2", "gameguard._pure.breaker", "gameguard._fast.bucket",
+                                     "['breaker']", "False"], result.stdout
+    assert result.stderr.count("the compiled breaker kernel does not import") == 1, \
+        result.stderr
+
+
+def _impl_available() -> bool:
+    from gameguard import _impl
+    return _impl.FAST_AVAILABLE

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 
 from ._env import extensions_disabled
 from ._hints import TYPE_CHECKING
@@ -25,17 +26,36 @@ KERNEL_MODULES = tuple(sorted(
     if p.endswith(".py") and not p.startswith("__")))
 
 
-def _fast_import_error(name: str) -> Optional[ImportError]:
-    try:
-        importlib.import_module(f"gameguard._fast.{name}")
-    except ImportError as exc:
-        return exc
+def _fast_missing(name: str, built: frozenset[str]) -> Optional[ImportError]:
+    """Why the compiled twin of ``name`` cannot be imported, or ``None`` when its file is
+    there. Reading the directory costs one system call; importing the fifteen kernels would
+    cost ``import gameguard`` about 8 ms, most of them for kernels a process may never use,
+    so each is imported on first use (:func:`kernel`)."""
+    module = f"gameguard._fast.{name}"
+    if module in sys.modules and sys.modules[module] is None:  # blocked: import fails
+        return ImportError(f"import of {module} halted; None in sys.modules")
+    if name not in built:
+        return ImportError(f"no compiled {module} (built without a C compiler?)")
     return None
 
 
-#: why each compiled kernel that will not import does not (an empty dict: all are built)
+def _built() -> frozenset[str]:
+    """Kernel names with a compiled file in ``_fast/`` (any extension-module suffix)."""
+    from importlib.machinery import EXTENSION_SUFFIXES
+
+    try:
+        files = os.listdir(os.path.join(os.path.dirname(__file__), "_fast"))
+    except OSError:
+        return frozenset()
+    return frozenset(f[:-len(sfx)] for f in files for sfx in EXTENSION_SUFFIXES
+                     if f.endswith(sfx))
+
+
+_BUILT = _built()
+#: why each compiled kernel that will not import does not (an empty dict: all are built);
+#: a kernel whose file is there but will not load (a wrong ABI) joins it on first use
 FAST_ERRORS: Dict[str, ImportError] = {
-    name: err for name in KERNEL_MODULES if (err := _fast_import_error(name)) is not None}
+    name: err for name in KERNEL_MODULES if (err := _fast_missing(name, _BUILT)) is not None}
 #: which kernel modules have an importable compiled twin
 FAST_MODULES = {name: name not in FAST_ERRORS for name in KERNEL_MODULES}
 #: every kernel is compiled (what a build with a C compiler gives)
@@ -61,10 +81,23 @@ def active() -> str:
 
 
 def kernel(name: str) -> ModuleType:
-    """The kernel module ``name`` from the active twin."""
+    """The kernel module ``name`` from the active twin.
+
+    A compiled kernel whose file is there but will not load (a wrong ABI, a half-finished
+    build) is found out here, on first use: that kernel falls back to its pure twin, with
+    one warning, and the rest stay compiled (the protocol takes guards of either twin)."""
     try:
         return importlib.import_module(f"gameguard._{_active}.{name}")
     except ImportError as exc:
+        if _active == "fast" and name in KERNEL_MODULES:
+            FAST_ERRORS.setdefault(name, exc)
+            FAST_MODULES[name] = False
+            from ._log import logger
+            logger().warning(
+                "gameguard: the compiled %s kernel does not import (%s: %s); using its "
+                "pure-Python twin (about ten times the per-call overhead). Reinstall with a "
+                "C compiler to build it.", name, type(exc).__name__, exc)
+            return importlib.import_module(f"gameguard._pure.{name}")
         raise ImportError(f"kernel {name!r} has no {_active} twin: {exc}") from exc
 
 

@@ -165,11 +165,18 @@ def _check_decoratable(func: Any) -> None:
             "would only cover creating the generator; guard the code that iterates it instead")
 
 
+def _pure_kernel(g: "Guard") -> bool:
+    kernel = getattr(g, "_kernel", None)
+    return kernel is not None and type(kernel).__module__.startswith("gameguard._pure.")
+
+
 def _admit(func: Any, guards: Sequence["Guard"], fallback: Optional[Callable[..., Any]],
            is_async: bool) -> Any:
     """``func`` under kernel guards (outermost first): the protocol's wrapper."""
     call = guards[0]._call
-    if any(g._call is not call for g in guards):  # mixed twins: the pure wrapper takes any
+    # mixed twins (a pure guard beside compiled ones, or a compiled kernel that fell back to
+    # its pure twin on first use): the pure wrapper takes any
+    if any(g._call is not call or _pure_kernel(g) for g in guards):
         from ._pure import call
     wrap = call.wrap_async if is_async else call.wrap_sync
     return wrap(func, tuple(guards), guards[0]._clock, fallback)
