@@ -132,3 +132,13 @@ def test_install_without_compiler_is_pure_python(tmp_path: Path) -> None:
     chosen = subprocess.run([str(py), "-c", "import gameguard"], capture_output=True, text=True,
                             env=dict(env, GAMEGUARD_NO_EXTENSIONS="1"), timeout=60, cwd=tmp_path)
     assert chosen.returncode == 0 and chosen.stderr == "", chosen.stderr   # asked for: silent
+
+
+@pytest.mark.parametrize("package, name", [("gameguard.scenario", "rules.toml"),
+                                           ("gameguard.redis", "limit.lua"),
+                                           ("gameguard", "py.typed")])
+def test_the_installed_package_carries_its_data_files(package: str, name: str) -> None:
+    """What the code reads at run time is in the wheel too, not only in the source tree
+    (`make test` runs this against the installed wheel)."""
+    from importlib.resources import files
+    assert files(package).joinpath(name).is_file(), f"{package}/{name} is not installed"
