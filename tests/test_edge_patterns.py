@@ -35,11 +35,6 @@ def test_not_a_mapping() -> None:
         PatternTable([("*", 1)])  # type: ignore[arg-type]
 
 
-def test_values_are_each_listed_once() -> None:
-    g = object()
-    assert PatternTable({"*": g, "/a": g, "/b/*": 2}).values() == [g, 2]
-
-
 @pytest.mark.parametrize("ra,secs,ms", [(None, None, None), (0.0, 1, 0), (0.0001, 1, 1),
                                         (1.0, 1, 1000), (1.2, 2, 1200),
                                         (float("inf"), None, None), (float("nan"), None, None)])

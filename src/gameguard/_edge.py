@@ -73,15 +73,6 @@ class PatternTable(Generic[T]):
                 return value
         return self._any
 
-    def values(self) -> list[T]:
-        """Every value in the table, each once (for closing or registering them)."""
-        out: list[T] = []
-        for v in [*self._exact.values(), *(v for _, v in self._prefixes),
-                  *([] if self._any is None else [self._any])]:
-            if not any(v is o for o in out):
-                out.append(v)
-        return out
-
 
 def retry_after_seconds(exc: BaseException) -> Optional[int]:
     """A rejection's ``retry_after`` in whole seconds, rounded up, at least 1 (HTTP

@@ -2,6 +2,7 @@
 """Retry bookkeeping (compiled twin of ``gameguard._pure.retry``): the retry budget and the
 sync retrying call, whose first attempt costs one vectorcall and a NULL check."""
 import functools
+import types
 
 from cpython.object cimport PyObject
 
@@ -87,7 +88,6 @@ cdef class RetryCall:
     def __get__(self, obj, objtype):
         if obj is None:
             return self
-        import types
         return types.MethodType(self, obj)
 
     def __repr__(self):

@@ -63,8 +63,9 @@ def trailers(exc: RejectedError, code: grpc.StatusCode) -> Metadata:
 
 
 def is_rules_guard(route: Any) -> bool:
-    """``rules.guard(resource)``: it decorates unary calls with the rule in force at each
-    call (a reload applies to the next call); it has no fixed guards to hold a stream by."""
+    """``rules.guard(resource)`` (either twin's ``Block``): it decorates unary calls with the
+    rule in force at each call (a reload applies to the next call); it has no fixed guards
+    to hold a stream by. Checked when a guards table is built, not per call."""
     if isinstance(route, Block):
         return True
     import importlib
@@ -76,11 +77,12 @@ def is_rules_guard(route: Any) -> bool:
 
 
 def stream_guards(route: Any) -> Sequence[GuardHooks]:
-    """The guards a stream holds its permit on; a rules guard has none fixed."""
-    if is_rules_guard(route):
+    """The guards a stream holds its permit on (per stream: one attribute read); a rules
+    guard has none fixed."""
+    guards: Optional[Sequence[GuardHooks]] = getattr(route, "_guards", None)
+    if guards is None:
         raise TypeError(f"{route!r} guards unary calls only: a stream holds one permit for "
                         f"its whole life, so route streams to a guard or a pipeline(...)")
-    guards: Sequence[GuardHooks] = route._guards
     return guards
 
 

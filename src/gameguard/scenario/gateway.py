@@ -149,12 +149,7 @@ class Gateway:
         return {"name": "gateway", "pid": os.getpid()}
 
     async def _stats(self, req: Dict[str, Any], context: Any) -> Dict[str, Any]:
-        out: Dict[str, Any] = {}
-        if self.saga is not None:
-            out["sagas"] = self.saga.store.counts() if hasattr(self.saga.store, "counts") else {}
-        if self.backend is not None:
-            out["backend"] = self.backend.stats()
-        return out
+        return {"backend": self.backend.stats()} if self.backend is not None else {}
 
     async def _recover(self, req: Dict[str, Any], context: Any) -> Dict[str, Any]:
         if self.saga is None:

@@ -33,11 +33,7 @@ class Schedule:
         span = phase.end - phase.start
         into = (frac - phase.start) / span if span else 0.0
         f = phase.fault if phase.fault in self.faults else ""
-        # lift every earlier phase's fault first
-        for p in PHASES:
-            ended = p.end <= frac and p.fault in self.faults
-            if ended and p.fault and self._once("end:" + p.fault):
-                await self._lift(p.fault)
+        await self._lift_ended(frac)  # every earlier phase's fault first
         if f and self._once("start:" + f):
             self.windows[f] = [phase.start, phase.end]
             if f == "cpu":
@@ -55,12 +51,22 @@ class Schedule:
         if f == "redis" and self.redis.binary and into >= 0.6 and self._once("redis-start"):
             self.redis.start()
 
+    async def finish(self) -> None:
+        """Lift whatever is still injected (the last ticks may stop short of a phase's end)."""
+        await self._lift_ended(1.0)
+
+    async def _lift_ended(self, frac: float) -> None:
+        for p in PHASES:
+            injected = "start:" + p.fault in self.done
+            if p.end <= frac and injected and self._once("end:" + p.fault):
+                await self._lift(p.fault)
+
     async def _lift(self, fault: str) -> None:
         if fault == "cpu":
             await self.cluster.fault("battle", cpu=False)
         elif fault == "slow-fail":
             await self.cluster.fault("payment", slow_ms=0, fail=False)
-        elif fault == "kill" and "restart" not in self.done:
+        elif fault == "kill" and "kill" in self.done and "restart" not in self.done:
             self.done.add("restart")
             await self.cluster.restart("battle")
         elif fault == "redis" and self.redis.binary and self.redis.popen is None:
@@ -81,9 +87,7 @@ async def run_mode(guarded: bool, workdir: str, duration: float, seed: int,
         schedule = Schedule(cluster, redis, faults)
         load = Load(cluster.gateways, duration, seed, faults)
         await load.run(schedule.tick)
-        for p in PHASES:  # a run cut short still lifts what it injected
-            if p.fault in faults and "end:" + p.fault not in schedule.done:
-                await schedule._lift(p.fault)
+        await schedule.finish()
         recovered = await recover(cluster) if guarded else 0
         stats = {label: await cluster.call(label, "Stats") for label in cluster.procs}
         return {"guarded": guarded, "duration": duration, "outcomes": load.outcomes,
