@@ -81,7 +81,7 @@ def test_demo_output(twin: str, capsys: pytest.CaptureFixture[str]) -> None:
     text = demo_text(capsys, *only)
     lines = text.splitlines()
     headers = [line for line in lines if line.startswith("==")]
-    assert "scaleout" in SECTIONS and len(SEEDED) == 4
+    assert "scaleout" in SECTIONS and len(SEEDED) == 5
     assert len(headers) == len(SEEDED), headers  # one per section, one style
     assert all(re.fullmatch(r"== [A-Z][^=]+ ==", h) for h in headers), headers
     for h in headers:                           # each header is followed by its legend
@@ -93,6 +93,22 @@ def test_demo_output(twin: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert re.search(r"open ⇄ half_open ×\d+", text)
     assert "->" not in text                     # one arrow style: →
     assert demo_text(capsys, *only) == text     # seeded: the same text again
+
+
+def test_demo_closes_with_top_showing_its_own_guards(capsys: pytest.CaptureFixture[str]) -> None:
+    """The closing section is ``top``'s frame of the guards the sections built (held alive
+    past their sections), with the figures those sections counted."""
+    from gameguard.demos import breaker
+
+    expected = breaker.run(out=lambda line: None)["guarded"]
+    text = demo_text(capsys, "--only", "breaker", "--only", "top")
+    frame = text.split("== Live view: python -m gameguard top ==")[1]
+    row = re.search(r"circuit_breaker\s+matchmaking\s+(\w+)\s+([\d.]+)\s+([\d.]+)", frame)
+    assert row is not None, frame
+    assert row.group(1) == "closed"
+    assert float(row.group(2)) == expected["dependency_calls"]   # calls that reached it
+    assert float(row.group(3)) == expected["fallbacks"]          # rejected, answered by fallback
+    assert "(no guards registered)" not in frame
 
 
 def test_demo_only_runs_the_sections_asked(capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,7 +13,7 @@ from typing import List, Optional
 from . import USE_EXTENSIONS, __version__
 
 #: demo sections, in order; each module in gameguard.demos exposes run(seed, out)
-SECTIONS = ("breaker", "ratelimit", "hotcache", "saga", "scaleout")
+SECTIONS = ("breaker", "ratelimit", "hotcache", "saga", "scaleout", "top")
 BUILD = f"gameguard {__version__} ({'compiled' if USE_EXTENSIONS else 'pure-Python'} kernels)"
 
 
@@ -44,15 +44,25 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run_demo(seed: int, only: Optional[List[str]]) -> None:
+    from ._registry import hold
+
     print(BUILD)
     started = time.perf_counter()
-    for name in only or SECTIONS:
-        try:
-            module = importlib.import_module(f"gameguard.demos.{name}")
-        except ModuleNotFoundError:
-            continue  # a capability not in this build
-        print()
-        module.run(seed=seed, out=print)
+    kept: List[object] = []  # the sections' guards, alive for the closing `top` view
+    hold(kept)
+    try:
+        for name in only or SECTIONS:
+            try:
+                module = importlib.import_module(f"gameguard.demos.{name}")
+            except ModuleNotFoundError:
+                continue  # a capability not in this build
+            print()
+            if name == "top":  # the closing view: what the sections before it built
+                module.run(seed=seed, out=print, objects=list(kept))
+            else:
+                module.run(seed=seed, out=print)
+    finally:
+        hold(kept, False)
     print(f"\ndemo finished in {time.perf_counter() - started:.1f} s")
 
 

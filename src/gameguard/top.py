@@ -13,7 +13,7 @@ import argparse
 import re
 import sys
 import time
-from typing import Callable, Dict, List, Optional, TextIO, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, TextIO, Tuple
 
 __all__ = ["add_arguments", "main", "parse", "read_local", "read_url", "render", "run"]
 
@@ -43,12 +43,13 @@ def parse(text: str) -> Reading:
     return out
 
 
-def read_local() -> Reading:
-    """This process's registry, as the Prometheus exporter would expose it."""
+def read_local(objects: Optional[Iterable[object]] = None) -> Reading:
+    """This process's registry (or just ``objects``), as the Prometheus exporter would
+    expose it."""
     from .metrics._collect import collect
 
     out: Reading = {}
-    for f in collect():
+    for f in collect(objects):
         name = f.name + "_total" if f.kind == "counter" else f.name
         for labels, value in f.samples:
             out[(name, tuple(sorted(zip(f.labels, labels))))] = float(value)

@@ -63,7 +63,7 @@ async def _simulate(mode: str, seed: int, rate: float, ttl: float, latency: floa
     tasks: List["asyncio.Task[Any]"] = []
 
     if mode == "gameguard":
-        cache = HotKeyCache(maxsize=10_000, ttl=ttl, clock=clock, seed=seed)
+        cache = HotKeyCache(maxsize=10_000, ttl=ttl, clock=clock, seed=seed, name="item-cache")
 
         async def read() -> Any:
             return await cache.get_or_load_async(KEY, db.load)
