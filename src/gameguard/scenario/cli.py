@@ -9,7 +9,7 @@ import tempfile
 import time
 from typing import Any, List, Optional, Tuple
 
-from .load import FAULTS
+from .plan import FAULTS, PORTS
 
 FULL, QUICK = 120.0, 18.0  # seconds of load per run
 
@@ -31,7 +31,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help=f"comma-separated faults to inject (default: all: {','.join(FAULTS)})")
     p.add_argument("--dsn", help="keep the teleport sagas on this PostgreSQL instead of SQLite")
     p.add_argument("--ports", type=int, metavar="BASE",
-                   help="listen on BASE..BASE+5 (default: free ports the system picks)")
+                   help=f"listen on BASE..BASE+{PORTS - 1}: the services, then their metrics "
+                        f"endpoints (default: free ports the system picks)")
     p.add_argument("--workdir", metavar="DIR",
                    help="where logs and databases go (default: a temporary directory, "
                         "removed afterwards)")
@@ -51,7 +52,6 @@ def parse_faults(text: str) -> Tuple[str, ...]:
 def check_ports(base: int) -> None:
     import socket
 
-    from .cluster import PORTS
     for port in range(base, base + PORTS):
         with socket.socket() as s:
             try:
@@ -78,7 +78,7 @@ def check_dsn(dsn: Optional[str]) -> None:
 def run(args: argparse.Namespace) -> int:
     faults = parse_faults(args.faults)
     check_dsn(args.dsn)
-    for module in ("grpc", "matplotlib"):
+    for module in ("grpc", "matplotlib", "prometheus_client"):
         try:
             __import__(module)
         except ImportError:

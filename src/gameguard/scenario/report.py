@@ -7,7 +7,9 @@ import math
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
-from .load import ABUSERS, PHASES, Outcome
+from . import metrics
+from .load import ABUSERS, Outcome
+from .plan import PHASES
 from .run import HOT_TTL, audit, outcomes_in
 
 #: the seed's targets, for the "target" column
@@ -76,6 +78,7 @@ def figures(run: Dict[str, Any]) -> Dict[str, Any]:
         "loads_per_hot_key_expiry": hot_loads / max(1.0, d / HOT_TTL),
         "over_budget_admitted": over, "abusers": ABUSERS,
         "requests": len(outs), "phases": phases, "redis": run["redis"],
+        "guards": metrics.summary(run.get("scrapes") or {}),
     }
 
 
@@ -113,7 +116,14 @@ def table(g: Dict[str, Any], u: Dict[str, Any]) -> str:
             a, b = g["phases"][p.name][op], u["phases"][p.name][op]
             rows.append((p.name, op, f"{_pct(a['success'])} / {_pct(b['success'])}",
                          f"{_fmt(a['p99_ms'], 0)} / {_fmt(b['p99_ms'], 0)}"))
-    return "\n".join(lines + _columns(rows))
+    lines += _columns(rows)
+    lines += ["", "guards of the guarded run, read off each node's /metrics at the end of "
+                  "each phase (the unguarded run has no guards):"]
+    if g.get("guards"):
+        lines += _columns(metrics.rows(g["guards"]))
+    else:
+        lines.append("(no readings)")
+    return "\n".join(lines)
 
 
 def _pct(v: Optional[float]) -> str:

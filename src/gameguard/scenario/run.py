@@ -8,7 +8,9 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 
 from .cluster import Cluster, Redis
 from .gateway import TELEPORT_STEPS
-from .load import PHASES, Load, Outcome, phase_at
+from .load import Load, Outcome
+from .plan import PHASES, phase_at
+from .metrics import Scrapes
 
 #: the hot auction item's cache TTL in the gateway (seconds), to count loads per expiry
 HOT_TTL = 1.0
@@ -85,21 +87,40 @@ async def run_mode(guarded: bool, workdir: str, duration: float, seed: int,
     try:
         await cluster.start()
         schedule = Schedule(cluster, redis, faults)
+        scrapes = Scrapes(cluster.metrics)
+        announce(cluster.metrics)
+        scrapes.take("start")
         load = Load(cluster.gateways, duration, seed, faults)
-        await load.run(schedule.tick)
+
+        async def tick(frac: float) -> None:
+            scrapes.tick(frac)
+            await schedule.tick(frac)
+        await load.run(tick)
         await schedule.finish()
+        await scrapes.finish()
         recovered = await recover(cluster) if guarded else 0
         stats = {label: await cluster.call(label, "Stats") for label in cluster.procs}
         return {"guarded": guarded, "duration": duration, "outcomes": load.outcomes,
                 "windows": schedule.windows, "stats": stats, "recovered": recovered,
                 "cold_start_ms": {label: p.cold_start_ms for label, p in cluster.procs.items()},
-                "ledger": ledger(workdir), "redis": bool(redis.binary)}
+                "ledger": ledger(workdir), "redis": bool(redis.binary),
+                "scrapes": scrapes.readings}
     finally:
         if load is not None:
             await load.close()
         await cluster.close()
         cluster.stop()
         redis.stop()
+
+
+def announce(endpoints: Dict[str, str]) -> None:
+    """Tell the user how to watch the guards live while the run goes on."""
+    if not endpoints:
+        return
+    first = "gateway-0" if "gateway-0" in endpoints else next(iter(endpoints))
+    others = ", ".join(f"{label} {u}" for label, u in endpoints.items() if label != first)
+    print(f"scenario: watch the guards live: python -m gameguard top --url "
+          f"{endpoints[first]} ({first}; the others: {others})", flush=True)
 
 
 async def recover(cluster: Cluster, rounds: int = 5) -> int:
