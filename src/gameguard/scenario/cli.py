@@ -36,7 +36,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--workdir", metavar="DIR",
                    help="where logs and databases go (default: a temporary directory, "
                         "removed afterwards)")
-    p.add_argument("--keep", action="store_true", help="keep the work directory (logs, dbs)")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the work directory (logs, dbs) and, with --dsn, the runs' "
+                        "saga schemas")
     return p
 
 
@@ -75,6 +77,14 @@ def check_dsn(dsn: Optional[str]) -> None:
         raise SystemExit(f"gameguard scenario: the DSN does not answer: {e}") from None
 
 
+def drop_schemas(dsn: str, schemas: List[str]) -> None:
+    """The runs' saga schemas, gone (``--keep`` keeps them, with the logs)."""
+    import psycopg
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=3) as conn:
+        for schema in schemas:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
 def run(args: argparse.Namespace) -> int:
     faults = parse_faults(args.faults)
     check_dsn(args.dsn)
@@ -107,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
+            if args.dsn:
+                drop_schemas(args.dsn, [s for r in runs.values() for s in r["schemas"]])
     g, u = report.figures(runs["guarded"]), report.figures(runs["unguarded"])
     notes = misses(g, runs["guarded"]["redis"])
     print()

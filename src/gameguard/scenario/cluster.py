@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from typing import Any, Dict, List, Optional
 
 import grpc
@@ -107,6 +108,10 @@ class Cluster:
                  dsn: Optional[str] = None, base_port: Optional[int] = None) -> None:
         self.workdir = workdir
         self.guarded = guarded
+        # each run's sagas in schemas of their own: a run never recovers another's
+        run = uuid.uuid4().hex[:8]
+        self.schemas = [f"scenario_{run}_{i}" for i in range(GATEWAYS)] if dsn and guarded \
+            else []
         roles = [(d, 0) for d in DOMAINS] + [("gateway", i) for i in range(GATEWAYS)]
         ports = free_ports(PORTS) if base_port is None else list(range(base_port,
                                                                          base_port + PORTS))
@@ -121,8 +126,8 @@ class Cluster:
                     "--redis", redis_url if guarded else ""]
             if guarded:
                 argv += ["--guarded", "--metrics-port", str(metrics_port)]
-            if dsn and role == "gateway":
-                argv += ["--dsn", dsn]
+            if dsn and self.schemas and role == "gateway":
+                argv += ["--dsn", dsn, "--schema", self.schemas[index]]
             proc = Proc(role, index, port, argv, os.path.join(workdir, f"{role}-{index}.log"),
                         metrics_port)
             self.procs[proc.label] = proc

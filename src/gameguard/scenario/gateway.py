@@ -34,7 +34,8 @@ TELEPORT_STEPS = (("payment", "Debit", "Refund"), ("battle", "Leave", "Return"),
 
 class Gateway:
     def __init__(self, targets: Dict[str, str], workdir: str, index: int, guarded: bool,
-                 rules_path: str, redis_url: Optional[str], dsn: Optional[str] = None) -> None:
+                 rules_path: str, redis_url: Optional[str], dsn: Optional[str] = None,
+                 schema: str = "scenario") -> None:
         self.guarded = guarded
         self.clients: Dict[str, wire.Client] = {}
         self.cache: Any = None
@@ -54,7 +55,7 @@ class Gateway:
             self.cache = gg.HotKeyCache(maxsize=4096, ttl=1.0, name="auction-items")
             if dsn:
                 from gameguard.saga import PostgresStore
-                store: Any = PostgresStore(dsn, schema=f"scenario_{index}")
+                store: Any = PostgresStore(dsn, schema=schema)
             else:
                 store = SQLiteStore(os.path.join(workdir, f"gateway-{index}-sagas.db"))
             self.saga = Saga("teleport", store=store)

@@ -36,6 +36,7 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--rules", default="")
     p.add_argument("--redis", default="")
     p.add_argument("--dsn", default="")
+    p.add_argument("--schema", default="scenario", help="the saga log's schema (--dsn)")
     p.add_argument("--metrics-port", type=int, default=0,
                    help="serve this node's guards on 127.0.0.1:PORT/metrics (guarded)")
     return p.parse_args(argv)
@@ -75,7 +76,7 @@ async def serve(args: argparse.Namespace) -> None:
     if args.role == "gateway":
         from .gateway import Gateway
         node: Any = Gateway(targets, args.workdir, args.index, args.guarded, args.rules,
-                            args.redis or None, args.dsn or None)
+                            args.redis or None, args.dsn or None, args.schema)
     elif args.role in DOMAINS:
         from .domains import Domain
         node = Domain(args.role, args.workdir, args.guarded, targets)

@@ -104,7 +104,7 @@ async def run_mode(guarded: bool, workdir: str, duration: float, seed: int,
                 "windows": schedule.windows, "stats": stats, "recovered": recovered,
                 "cold_start_ms": {label: p.cold_start_ms for label, p in cluster.procs.items()},
                 "ledger": ledger(workdir), "redis": bool(redis.binary),
-                "scrapes": scrapes.readings}
+                "scrapes": scrapes.readings, "schemas": cluster.schemas}
     finally:
         if load is not None:
             await load.close()
