@@ -74,3 +74,14 @@ def test_a_dsn_that_refuses_the_login_is_a_clear_error(pg_server: Any) -> None:
     assert done.returncode != 0
     assert "DSN does not answer" in done.stderr and "password" in done.stderr
     assert "not-the-password" not in done.stderr  # the error names no secret
+
+
+def test_a_finished_run_drops_its_schemas_unless_kept(pg_server: Any) -> None:
+    from gameguard.scenario.cli import drop_schemas
+    pg_server.sql("CREATE SCHEMA scenario_gone_0", "CREATE TABLE scenario_gone_0.saga_tx (x int)",
+                  "CREATE SCHEMA scenario_kept_0")
+    drop_schemas(pg_server.dsn(), ["scenario_gone_0"])
+    left = {r[0] for r in pg_server.sql("SELECT nspname FROM pg_namespace WHERE nspname "
+                                        "LIKE 'scenario_%'")}
+    assert left == {"scenario_kept_0"}
+    pg_server.sql("DROP SCHEMA scenario_kept_0")

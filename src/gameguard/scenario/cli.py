@@ -154,6 +154,8 @@ WHY = {
     "p99_ms": "six Python processes and the load generator share two cores on loopback; "
               "the seed's figure is for compiled services on a LAN.",
     "cold_start_ms": "a Python process importing grpc takes longer than that to start.",
-    "fault_isolation_pct": "on two cores the saturated process takes a core the others "
-                           "need, which no guard in another process can give back.",
+    "fault_isolation_pct": "the services, the load generator and whatever else runs on the "
+                           "host share its cores: contention there fails a few requests "
+                           "whatever the guards do (the saturated service itself runs at "
+                           "the lowest CPU priority, so it takes no one's share).",
 }

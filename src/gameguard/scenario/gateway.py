@@ -28,6 +28,8 @@ TELEPORT_TIMEOUT = 0.78
 ATTEMPT = 0.5
 #: what a client gives a call when nobody chose: generous, as most clients are
 UNGUARDED_DEADLINE = 2.0
+#: the auction items' cache TTL (seconds); the report counts hot-item loads per expiry
+HOT_TTL = 1.0
 TELEPORT_STEPS = (("payment", "Debit", "Refund"), ("battle", "Leave", "Return"),
                   ("social", "Move", "Unmove"))
 
@@ -52,7 +54,7 @@ class Gateway:
             for service in targets:
                 interceptors[service] = [ClientInterceptor(
                     {f"/game.{service}/*": self.rules.guard(f"{service}:*")})]
-            self.cache = gg.HotKeyCache(maxsize=4096, ttl=1.0, name="auction-items")
+            self.cache = auction_cache()
             if dsn:
                 from gameguard.saga import PostgresStore
                 store: Any = PostgresStore(dsn, schema=schema)
@@ -169,6 +171,12 @@ class Gateway:
 class _SagaNotCommitted(Exception):
     def __init__(self, status: str) -> None:
         super().__init__(f"teleport {status}")
+
+
+def auction_cache() -> Any:
+    """The auction's item cache: one load per expiry however many players read the item."""
+    import gameguard as gg
+    return gg.HotKeyCache(maxsize=4096, ttl=HOT_TTL, name="auction-items")
 
 
 def _backend(redis_url: Optional[str]) -> Any:

@@ -10,7 +10,8 @@ from typing import Any, Dict, List, Optional, Sequence
 from . import metrics
 from .load import ABUSERS, Outcome
 from .plan import PHASES
-from .run import HOT_TTL, audit, outcomes_in
+from .gateway import HOT_TTL
+from .run import audit, outcomes_in
 
 #: the seed's targets, for the "target" column
 TARGETS = {"fault_isolation_pct": (">=", 99.3), "p99_ms": ("<=", 8.0),
@@ -30,8 +31,24 @@ def percentile(values: Sequence[float], q: float) -> Optional[float]:
 
 
 def success(outcomes: List[Outcome], ops: Sequence[str]) -> Optional[float]:
-    mine = [o for o in outcomes if o.op in ops and not o.player.startswith("abuser")]
+    mine = [o for o in outcomes if o.op in ops and not abuser(o)]
     return None if not mine else sum(o.code == "OK" for o in mine) / len(mine)
+
+
+def abuser(o: Outcome) -> bool:
+    """One of the players who send far over their budget (apart in every success rate)."""
+    return o.player.startswith("abuser")
+
+
+def failures(players: List[Outcome], op: str) -> Dict[str, int]:
+    """Failed ``op`` requests by gRPC status: ``RESOURCE_EXHAUSTED`` is a gateway with no
+    worker left (or a budget), ``DEADLINE_EXCEEDED`` a player who gave up, ``UNAVAILABLE``
+    a guard's refusal or a dependency down."""
+    out: Dict[str, int] = {}
+    for o in players:
+        if o.op == op and o.code != "OK":
+            out[o.code] = out.get(o.code, 0) + 1
+    return out
 
 
 def figures(run: Dict[str, Any]) -> Dict[str, Any]:
@@ -41,12 +58,14 @@ def figures(run: Dict[str, Any]) -> Dict[str, Any]:
     phases = {}
     for p in PHASES:
         inside = outcomes_in(outs, p.start, p.end, d)
+        players = [o for o in inside if not abuser(o)]
         phases[p.name] = {op: {"success": success(inside, (op,)),
                                "p50_ms": percentile([o.ms for o in inside
                                                      if o.op == op and o.code == "OK"], 0.5),
                                "p99_ms": percentile([o.ms for o in inside
                                                      if o.op == op and o.code == "OK"], 0.99),
-                               "n": sum(o.op == op for o in inside)} for op in OPS}
+                               "n": sum(o.op == op for o in players),
+                               "failures": failures(players, op)} for op in OPS}
     base = outcomes_in(outs, PHASES[0].start, PHASES[0].end, d)
     cpu = next((p for p in PHASES if p.fault == "cpu"), None)
     isolation = None
@@ -59,7 +78,7 @@ def figures(run: Dict[str, Any]) -> Dict[str, Any]:
     hot_loads = run["stats"].get("payment", {}).get("item_loads", {}).get("hot", 0)
     admitted: Dict[str, int] = {}
     for o in outs:
-        if o.player.startswith("abuser") and o.code == "OK":
+        if abuser(o) and o.code == "OK":
             admitted[o.player] = admitted.get(o.player, 0) + 1
     bound = BUDGET_CAPACITY + BUDGET_RATE * d
     over = sum(max(0, n - int(bound)) for n in admitted.values())
@@ -182,7 +201,7 @@ def write_html(directory: str, runs: Dict[str, Dict[str, Any]], g: Dict[str, Any
 def _series(run: Dict[str, Any], op: str, metric: str) -> tuple[list[float], list[float]]:
     bins: Dict[int, List[Outcome]] = {}
     for o in run["outcomes"]:
-        if o.op == op and not o.player.startswith("abuser"):
+        if o.op == op and not abuser(o):
             bins.setdefault(int(o.t), []).append(o)
     xs, ys = [], []
     for second in sorted(bins):

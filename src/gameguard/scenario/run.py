@@ -12,9 +12,6 @@ from .load import Load, Outcome
 from .plan import PHASES, phase_at
 from .metrics import Scrapes
 
-#: the hot auction item's cache TTL in the gateway (seconds), to count loads per expiry
-HOT_TTL = 1.0
-
 
 class Schedule:
     """Injects each phase's fault when the run reaches it, and lifts it when it ends."""
