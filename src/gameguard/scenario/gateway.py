@@ -15,6 +15,7 @@ calls in a row.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from typing import Any, Dict, Optional
 
@@ -152,7 +153,10 @@ class Gateway:
         return {"name": "gateway", "pid": os.getpid()}
 
     async def _stats(self, req: Dict[str, Any], context: Any) -> Dict[str, Any]:
-        return {"backend": self.backend.stats()} if self.backend is not None else {}
+        out: Dict[str, Any] = {"cpu_seconds": time.process_time()}
+        if self.backend is not None:
+            out["backend"] = self.backend.stats()
+        return out
 
     async def _recover(self, req: Dict[str, Any], context: Any) -> Dict[str, Any]:
         if self.saga is None:

@@ -118,5 +118,7 @@ class Load:
                                      (time.monotonic() - start) * 1000.0, str(body["player"])))
 
     async def close(self) -> None:
+        for task in list(self._inflight):  # a run cut short: its requests with it
+            task.cancel()
         for c in self.clients:
             await c.close()

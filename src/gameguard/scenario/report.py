@@ -98,6 +98,9 @@ def figures(run: Dict[str, Any]) -> Dict[str, Any]:
         "over_budget_admitted": over, "abusers": ABUSERS,
         "requests": len(outs), "phases": phases, "redis": run["redis"],
         "guards": metrics.summary(run.get("scrapes") or {}),
+        # where the host's CPU went (battle's since its restart)
+        "cpu_seconds": {label: round(float(s.get("cpu_seconds", 0.0)), 2)
+                        for label, s in run["stats"].items()},
     }
 
 
