@@ -23,7 +23,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                     "schedule, once guarded and once unguarded (same seed), and compare.")
     p.add_argument("--quick", action="store_true",
                    help=f"compressed phases: {QUICK:.0f} s of load per run instead of "
-                        f"{FULL:.0f} s, both runs at once")
+                        f"{FULL:.0f} s")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     p.add_argument("--report", metavar="DIR", default="scenario-report",
@@ -33,8 +33,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--dsn", help="keep the teleport sagas on this PostgreSQL instead of SQLite")
     p.add_argument("--ports", type=int, metavar="BASE",
                    help=f"listen on BASE..BASE+{PORTS - 1}: the services, then their metrics "
-                        f"endpoints (--quick: the unguarded run on the {PORTS} after; "
-                        f"default: free ports the system picks)")
+                        f"endpoints (default: free ports the system picks)")
     p.add_argument("--workdir", metavar="DIR",
                    help="where logs and databases go (default: a temporary directory, "
                         "removed afterwards)")
@@ -53,25 +52,25 @@ def parse_faults(text: str) -> Tuple[str, ...]:
     return faults
 
 
-def check_ports(base: int, count: int) -> None:
+def check_ports(base: int) -> None:
     import socket
 
-    for port in range(base, base + count):
+    for port in range(base, base + PORTS):
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError as e:
                 raise SystemExit(f"gameguard scenario: port {port} (of --ports {base}.."
-                                 f"{base + count - 1}) is taken: {e.strerror}") from None
+                                 f"{base + PORTS - 1}) is taken: {e.strerror}") from None
 
 
-async def together(*runs: Coroutine[Any, Any, Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """The runs, at once. SIGTERM cancels them as Ctrl-C does: each stops its processes."""
+async def stoppable(run: Coroutine[Any, Any, Dict[str, Any]]) -> Dict[str, Any]:
+    """``run``, which SIGTERM cancels as Ctrl-C does: it stops its processes on the way out."""
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     try:
-        return list(await asyncio.gather(*runs))
+        return await run
     except asyncio.CancelledError:
         raise KeyboardInterrupt from None
 
@@ -110,32 +109,20 @@ def run(args: argparse.Namespace) -> int:
     from . import report
     from .run import run_mode
 
-    modes = ("guarded", "unguarded")
-    # --quick runs both at once: a shared machine's load changes between two runs one after
-    # the other, and a short run's comparison would measure that; at once, both see the same
-    bases: Tuple[Optional[int], ...] = (args.ports,) * 2
     if args.ports is not None:
-        bases = (args.ports, args.ports + PORTS) if args.quick else bases
-        check_ports(args.ports, 2 * PORTS if args.quick else PORTS)
+        check_ports(args.ports)
     duration = QUICK if args.quick else FULL
     keep = args.keep or args.workdir is not None
     work = args.workdir or tempfile.mkdtemp(prefix="gameguard-scenario-")
     started = time.monotonic()
     runs: Dict[str, Dict[str, Any]] = {}
-
-    def one(mode: str, base: Optional[int]) -> Coroutine[Any, Any, Dict[str, Any]]:
-        return run_mode(mode == "guarded", os.path.join(work, mode), duration, args.seed,
-                        faults, args.dsn, base)
     try:
-        if args.quick:
-            print(f"scenario: the guarded and unguarded runs at once, {duration:.0f} s of "
-                  f"load, seed {args.seed} ...", flush=True)
-            runs.update(zip(modes, asyncio.run(together(*map(one, modes, bases)))))
-        else:
-            for mode, base in zip(modes, bases):
-                print(f"scenario: {mode} run, {duration:.0f} s of load, seed {args.seed} ...",
-                      flush=True)
-                runs[mode] = asyncio.run(together(one(mode, base)))[0]
+        for mode in ("guarded", "unguarded"):
+            print(f"scenario: {mode} run, {duration:.0f} s of load, seed {args.seed} ...",
+                  flush=True)
+            runs[mode] = asyncio.run(stoppable(run_mode(
+                mode == "guarded", os.path.join(work, mode), duration, args.seed, faults,
+                args.dsn, args.ports)))
     except KeyboardInterrupt:
         print("scenario: interrupted; every child process was stopped")
         return 130
