@@ -166,9 +166,11 @@ def test_a_taken_port_is_a_clear_error() -> None:
 def started(work: Path) -> tuple[subprocess.Popen[str], str]:
     """A --quick run, once it says its cluster is up (every node answered): the process and
     the line that says how to watch it."""
+    # Ctrl-C as at a terminal, even when this session runs in the background (SIGINT ignored)
     proc = subprocess.Popen([sys.executable, "-m", "gameguard", "scenario", "--quick",
                              "--workdir", str(work)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout is not None
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and proc.poll() is None:

@@ -33,6 +33,13 @@ def free_ports(n: int) -> List[int]:
     return ports
 
 
+def _reraise_cancel(e: grpc.aio.AioRpcError) -> None:
+    """A call cut short by this task's cancellation (Ctrl-C) can surface as a CANCELLED
+    status, not as CancelledError: swallowing it would carry the run on after Ctrl-C."""
+    if e.code() == grpc.StatusCode.CANCELLED:
+        raise asyncio.CancelledError from None
+
+
 class Proc:
     def __init__(self, role: str, index: int, port: int, argv: List[str], log: str,
                  metrics_port: int = 0) -> None:
@@ -159,7 +166,8 @@ class Cluster:
                 await client.call("Control", "Ping", {}, timeout=0.5)
                 proc.cold_start_ms.append((time.monotonic() - spawned) * 1000.0)
                 return
-            except grpc.aio.AioRpcError:
+            except grpc.aio.AioRpcError as e:
+                _reraise_cancel(e)
                 if proc.popen is not None and proc.popen.poll() is not None:
                     raise RuntimeError(f"{proc.label} exited with {proc.popen.returncode}; see "
                                        f"{proc.log}") from None
@@ -171,8 +179,8 @@ class Cluster:
     async def fault(self, label: str, **change: Any) -> None:
         try:
             await self.control[label].call("Control", "Fault", change, timeout=2.0)
-        except grpc.aio.AioRpcError:
-            pass  # a process that is down has no fault to change
+        except grpc.aio.AioRpcError as e:
+            _reraise_cancel(e)  # a process that is down has no fault to change
 
     def kill(self, label: str) -> None:
         self.procs[label].stop(signal.SIGKILL)
