@@ -168,7 +168,8 @@ def started(work: Path) -> tuple[subprocess.Popen[str], str]:
     the line that says how to watch it."""
     # Ctrl-C as at a terminal, even when this session runs in the background (SIGINT ignored)
     proc = subprocess.Popen([sys.executable, "-m", "gameguard", "scenario", "--quick",
-                             "--workdir", str(work)], stdout=subprocess.PIPE,
+                             "--workdir", str(work), "--report", str(work / "report")],
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout is not None
