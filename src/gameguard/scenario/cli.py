@@ -5,11 +5,12 @@ import argparse
 import asyncio
 import os
 import shutil
+import signal
 import tempfile
 import time
-from typing import Any, List, Optional, Tuple
+from typing import Any, Coroutine, Dict, List, Optional, Tuple
 
-from .load import FAULTS
+from .plan import FAULTS, PORTS
 
 FULL, QUICK = 120.0, 18.0  # seconds of load per run
 
@@ -31,11 +32,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help=f"comma-separated faults to inject (default: all: {','.join(FAULTS)})")
     p.add_argument("--dsn", help="keep the teleport sagas on this PostgreSQL instead of SQLite")
     p.add_argument("--ports", type=int, metavar="BASE",
-                   help="listen on BASE..BASE+5 (default: free ports the system picks)")
+                   help=f"listen on BASE..BASE+{PORTS - 1}: the services, then their metrics "
+                        f"endpoints (default: free ports the system picks)")
     p.add_argument("--workdir", metavar="DIR",
                    help="where logs and databases go (default: a temporary directory, "
                         "removed afterwards)")
-    p.add_argument("--keep", action="store_true", help="keep the work directory (logs, dbs)")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the work directory (logs, dbs) and, with --dsn, the runs' "
+                        "saga schemas")
     return p
 
 
@@ -51,7 +55,6 @@ def parse_faults(text: str) -> Tuple[str, ...]:
 def check_ports(base: int) -> None:
     import socket
 
-    from .cluster import PORTS
     for port in range(base, base + PORTS):
         with socket.socket() as s:
             try:
@@ -59,6 +62,17 @@ def check_ports(base: int) -> None:
             except OSError as e:
                 raise SystemExit(f"gameguard scenario: port {port} (of --ports {base}.."
                                  f"{base + PORTS - 1}) is taken: {e.strerror}") from None
+
+
+async def stoppable(run: Coroutine[Any, Any, Dict[str, Any]]) -> Dict[str, Any]:
+    """``run``, which SIGTERM cancels as Ctrl-C does: it stops its processes on the way out."""
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await run
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None
 
 
 def check_dsn(dsn: Optional[str]) -> None:
@@ -75,10 +89,18 @@ def check_dsn(dsn: Optional[str]) -> None:
         raise SystemExit(f"gameguard scenario: the DSN does not answer: {e}") from None
 
 
+def drop_schemas(dsn: str, schemas: List[str]) -> None:
+    """The runs' saga schemas, gone (``--keep`` keeps them, with the logs)."""
+    import psycopg
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=3) as conn:
+        for schema in schemas:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
 def run(args: argparse.Namespace) -> int:
     faults = parse_faults(args.faults)
     check_dsn(args.dsn)
-    for module in ("grpc", "matplotlib"):
+    for module in ("grpc", "matplotlib", "prometheus_client"):
         try:
             __import__(module)
         except ImportError:
@@ -93,20 +115,22 @@ def run(args: argparse.Namespace) -> int:
     keep = args.keep or args.workdir is not None
     work = args.workdir or tempfile.mkdtemp(prefix="gameguard-scenario-")
     started = time.monotonic()
-    runs = {}
+    runs: Dict[str, Dict[str, Any]] = {}
     try:
         for mode in ("guarded", "unguarded"):
             print(f"scenario: {mode} run, {duration:.0f} s of load, seed {args.seed} ...",
                   flush=True)
-            runs[mode] = asyncio.run(run_mode(mode == "guarded", os.path.join(work, mode),
-                                              duration, args.seed, faults, args.dsn,
-                                              args.ports))
+            runs[mode] = asyncio.run(stoppable(run_mode(
+                mode == "guarded", os.path.join(work, mode), duration, args.seed, faults,
+                args.dsn, args.ports)))
     except KeyboardInterrupt:
         print("scenario: interrupted; every child process was stopped")
         return 130
     finally:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
+            if args.dsn:
+                drop_schemas(args.dsn, [s for r in runs.values() for s in r["schemas"]])
     g, u = report.figures(runs["guarded"]), report.figures(runs["unguarded"])
     notes = misses(g, runs["guarded"]["redis"])
     print()
@@ -142,6 +166,8 @@ WHY = {
     "p99_ms": "six Python processes and the load generator share two cores on loopback; "
               "the seed's figure is for compiled services on a LAN.",
     "cold_start_ms": "a Python process importing grpc takes longer than that to start.",
-    "fault_isolation_pct": "on two cores the saturated process takes a core the others "
-                           "need, which no guard in another process can give back.",
+    "fault_isolation_pct": "the services, the load generator and whatever else runs on the "
+                           "host share its cores: contention there fails a few requests "
+                           "whatever the guards do (the saturated service itself runs at "
+                           "the lowest CPU priority, so it takes no one's share).",
 }

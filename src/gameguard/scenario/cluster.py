@@ -10,16 +10,13 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from typing import Any, Dict, List, Optional
 
 import grpc
 
 from . import wire
-from .node import DOMAINS
-
-GATEWAYS = 2
-#: listening processes of a run: the four domains and the gateways
-PORTS = len(DOMAINS) + GATEWAYS
+from .plan import DOMAINS, GATEWAYS, PORTS
 #: a service that has not answered its first Ping by then did not start
 START_TIMEOUT = 30.0
 
@@ -36,9 +33,18 @@ def free_ports(n: int) -> List[int]:
     return ports
 
 
+def _reraise_cancel(e: grpc.aio.AioRpcError) -> None:
+    """A call cut short by this task's cancellation (Ctrl-C) can surface as a CANCELLED
+    status, not as CancelledError: swallowing it would carry the run on after Ctrl-C."""
+    if e.code() == grpc.StatusCode.CANCELLED:
+        raise asyncio.CancelledError from None
+
+
 class Proc:
-    def __init__(self, role: str, index: int, port: int, argv: List[str], log: str) -> None:
+    def __init__(self, role: str, index: int, port: int, argv: List[str], log: str,
+                 metrics_port: int = 0) -> None:
         self.role, self.index, self.port, self.argv, self.log = role, index, port, argv, log
+        self.metrics_port = metrics_port  # 0: no metrics endpoint (the unguarded run)
         self.popen: Optional[subprocess.Popen[bytes]] = None
         self.cold_start_ms: List[float] = []
 
@@ -109,24 +115,37 @@ class Cluster:
                  dsn: Optional[str] = None, base_port: Optional[int] = None) -> None:
         self.workdir = workdir
         self.guarded = guarded
+        # each run's sagas in schemas of their own: a run never recovers another's
+        run = uuid.uuid4().hex[:8]
+        self.schemas = [f"scenario_{run}_{i}" for i in range(GATEWAYS)] if dsn and guarded \
+            else []
         roles = [(d, 0) for d in DOMAINS] + [("gateway", i) for i in range(GATEWAYS)]
-        ports = (free_ports(len(roles)) if base_port is None
-                 else list(range(base_port, base_port + len(roles))))
+        ports = free_ports(PORTS) if base_port is None else list(range(base_port,
+                                                                         base_port + PORTS))
+        metrics_ports = ports[len(roles):] if guarded else [0] * len(roles)
         self.targets = {d: f"127.0.0.1:{p}" for (d, _), p in zip(roles, ports) if d != "gateway"}
         rules = os.path.join(os.path.dirname(__file__), "rules.toml")
         self.procs: Dict[str, Proc] = {}
-        for (role, index), port in zip(roles, ports):
+        for (role, index), port, metrics_port in zip(roles, ports, metrics_ports):
             argv = [sys.executable, "-m", "gameguard.scenario.node", role, "--port", str(port),
                     "--index", str(index), "--workdir", workdir,
                     "--targets", json.dumps(self.targets), "--rules", rules,
                     "--redis", redis_url if guarded else ""]
             if guarded:
-                argv.append("--guarded")
-            if dsn and role == "gateway":
-                argv += ["--dsn", dsn]
-            proc = Proc(role, index, port, argv, os.path.join(workdir, f"{role}-{index}.log"))
+                argv += ["--guarded", "--metrics-port", str(metrics_port)]
+            if dsn and self.schemas and role == "gateway":
+                argv += ["--dsn", dsn, "--schema", self.schemas[index]]
+            proc = Proc(role, index, port, argv, os.path.join(workdir, f"{role}-{index}.log"),
+                        metrics_port)
             self.procs[proc.label] = proc
         self.control: Dict[str, wire.Client] = {}
+
+    @property
+    def metrics(self) -> Dict[str, str]:
+        """label -> the node's metrics endpoint (none in the unguarded run)."""
+        from .metrics import url
+        return {label: url(p.metrics_port) for label, p in self.procs.items()
+                if p.metrics_port}
 
     @property
     def gateways(self) -> List[str]:
@@ -147,7 +166,8 @@ class Cluster:
                 await client.call("Control", "Ping", {}, timeout=0.5)
                 proc.cold_start_ms.append((time.monotonic() - spawned) * 1000.0)
                 return
-            except grpc.aio.AioRpcError:
+            except grpc.aio.AioRpcError as e:
+                _reraise_cancel(e)
                 if proc.popen is not None and proc.popen.poll() is not None:
                     raise RuntimeError(f"{proc.label} exited with {proc.popen.returncode}; see "
                                        f"{proc.log}") from None
@@ -159,8 +179,8 @@ class Cluster:
     async def fault(self, label: str, **change: Any) -> None:
         try:
             await self.control[label].call("Control", "Fault", change, timeout=2.0)
-        except grpc.aio.AioRpcError:
-            pass  # a process that is down has no fault to change
+        except grpc.aio.AioRpcError as e:
+            _reraise_cancel(e)  # a process that is down has no fault to change
 
     def kill(self, label: str) -> None:
         self.procs[label].stop(signal.SIGKILL)

@@ -15,6 +15,7 @@ calls in a row.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from typing import Any, Dict, Optional
 
@@ -28,13 +29,16 @@ TELEPORT_TIMEOUT = 0.78
 ATTEMPT = 0.5
 #: what a client gives a call when nobody chose: generous, as most clients are
 UNGUARDED_DEADLINE = 2.0
+#: the auction items' cache TTL (seconds); the report counts hot-item loads per expiry
+HOT_TTL = 1.0
 TELEPORT_STEPS = (("payment", "Debit", "Refund"), ("battle", "Leave", "Return"),
                   ("social", "Move", "Unmove"))
 
 
 class Gateway:
     def __init__(self, targets: Dict[str, str], workdir: str, index: int, guarded: bool,
-                 rules_path: str, redis_url: Optional[str], dsn: Optional[str] = None) -> None:
+                 rules_path: str, redis_url: Optional[str], dsn: Optional[str] = None,
+                 schema: str = "scenario") -> None:
         self.guarded = guarded
         self.clients: Dict[str, wire.Client] = {}
         self.cache: Any = None
@@ -51,10 +55,10 @@ class Gateway:
             for service in targets:
                 interceptors[service] = [ClientInterceptor(
                     {f"/game.{service}/*": self.rules.guard(f"{service}:*")})]
-            self.cache = gg.HotKeyCache(maxsize=4096, ttl=1.0, name="auction-items")
+            self.cache = auction_cache()
             if dsn:
                 from gameguard.saga import PostgresStore
-                store: Any = PostgresStore(dsn, schema=f"scenario_{index}")
+                store: Any = PostgresStore(dsn, schema=schema)
             else:
                 store = SQLiteStore(os.path.join(workdir, f"gateway-{index}-sagas.db"))
             self.saga = Saga("teleport", store=store)
@@ -149,7 +153,10 @@ class Gateway:
         return {"name": "gateway", "pid": os.getpid()}
 
     async def _stats(self, req: Dict[str, Any], context: Any) -> Dict[str, Any]:
-        return {"backend": self.backend.stats()} if self.backend is not None else {}
+        out: Dict[str, Any] = {"cpu_seconds": time.process_time()}
+        if self.backend is not None:
+            out["backend"] = self.backend.stats()
+        return out
 
     async def _recover(self, req: Dict[str, Any], context: Any) -> Dict[str, Any]:
         if self.saga is None:
@@ -168,6 +175,12 @@ class Gateway:
 class _SagaNotCommitted(Exception):
     def __init__(self, status: str) -> None:
         super().__init__(f"teleport {status}")
+
+
+def auction_cache() -> Any:
+    """The auction's item cache: one load per expiry however many players read the item."""
+    import gameguard as gg
+    return gg.HotKeyCache(maxsize=4096, ttl=HOT_TTL, name="auction-items")
 
 
 def _backend(redis_url: Optional[str]) -> Any:

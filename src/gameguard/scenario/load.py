@@ -1,8 +1,8 @@
-"""The seeded load: the seed's four pressure fingerprints, and the phases faults run in.
+"""The seeded load: the seed's four pressure fingerprints (the phases are in ``plan.py``).
 
 Arrivals are open-loop (Poisson, as players are): a slow server does not slow the offered
-load, which is what makes overload visible. Every request has the player's one-second
-deadline. The same seed gives the same arrival times, players and items in both runs.
+load, which is what makes overload visible. Every request has the player's deadline
+(``PLAYER_DEADLINE``). The same seed gives the same arrival times, players and items in both runs.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any, Awaitable, Callable, Dict, List, NamedTuple, Optional, T
 import grpc
 
 from . import wire
+from .plan import FAULTS, phase_at
 
 #: requests per second per op, both gateways together, outside a burst
 BASE_RATES = {"match": 40.0, "teleport": 10.0, "chat": 110.0, "auction": 80.0}
@@ -27,38 +28,12 @@ ABUSERS, ABUSE_RATE = 5, 12.0
 PLAYER_DEADLINE = 2.0  # what a player waits before giving up (the client cancels)
 
 
-class Phase(NamedTuple):
-    name: str
-    start: float  # fraction of the run
-    end: float
-    fault: str  # what the orchestrator injects in it ("" for none)
-
-
-PHASES = (
-    Phase("baseline", 0.00, 0.14, ""),
-    Phase("pvp-burst", 0.14, 0.28, "burst"),
-    Phase("cpu-saturated", 0.28, 0.42, "cpu"),
-    Phase("dependency-slow-then-failing", 0.42, 0.56, "slow-fail"),
-    Phase("service-killed", 0.56, 0.72, "kill"),
-    Phase("redis-down", 0.72, 0.86, "redis"),
-    Phase("recovery", 0.86, 1.00, ""),
-)
-FAULTS = tuple(p.fault for p in PHASES if p.fault)
-
-
 class Outcome(NamedTuple):
     t: float  # seconds since the run started, when the request was sent
     op: str
     code: str  # "OK" or the gRPC status name
     ms: float
     player: str
-
-
-def phase_at(frac: float, phases: Tuple[Phase, ...] = PHASES) -> Phase:
-    for p in phases:
-        if p.start <= frac < p.end:
-            return p
-    return phases[-1]
 
 
 class Load:
@@ -143,5 +118,7 @@ class Load:
                                      (time.monotonic() - start) * 1000.0, str(body["player"])))
 
     async def close(self) -> None:
+        for task in list(self._inflight):  # a run cut short: its requests with it
+            task.cancel()
         for c in self.clients:
             await c.close()

@@ -3,7 +3,8 @@
 Serves its role (a domain, or a gateway) on 127.0.0.1 until SIGTERM, then stops gracefully.
 Prints ``READY <pid>`` once serving; the parent measures cold start to the first answered
 ``Ping``. Guarded, a domain's server sheds load when its CPU saturates (the shedder reads
-this process's own CPU time) and drains on SIGTERM.
+this process's own CPU time), and every node serves its guards' metrics on
+``--metrics-port``.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from typing import Any, List, Optional
 
 import grpc
 
-DOMAINS = ("matchmaking", "battle", "social", "payment")
+from .plan import DOMAINS
+
 #: what one gateway process can hold at once (a worker pool, an event loop's budget)
 GATEWAY_WORKERS = 32
 
@@ -34,6 +36,9 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--rules", default="")
     p.add_argument("--redis", default="")
     p.add_argument("--dsn", default="")
+    p.add_argument("--schema", default="scenario", help="the saga log's schema (--dsn)")
+    p.add_argument("--metrics-port", type=int, default=0,
+                   help="serve this node's guards on 127.0.0.1:PORT/metrics (guarded)")
     return p.parse_args(argv)
 
 
@@ -71,7 +76,7 @@ async def serve(args: argparse.Namespace) -> None:
     if args.role == "gateway":
         from .gateway import Gateway
         node: Any = Gateway(targets, args.workdir, args.index, args.guarded, args.rules,
-                            args.redis or None, args.dsn or None)
+                            args.redis or None, args.dsn or None, args.schema)
     elif args.role in DOMAINS:
         from .domains import Domain
         node = Domain(args.role, args.workdir, args.guarded, targets)
@@ -82,6 +87,9 @@ async def serve(args: argparse.Namespace) -> None:
     limit = GATEWAY_WORKERS if args.role == "gateway" else 256
     server = grpc.aio.server(interceptors=server_interceptors(args.role, args.guarded),
                              maximum_concurrent_rpcs=limit)
+    if args.metrics_port:  # up before the first Ping answers, so every scrape finds it
+        from . import metrics
+        metrics.serve(args.metrics_port)
     for h in node.handlers():
         server.add_generic_rpc_handlers((h,))
     if server.add_insecure_port(f"127.0.0.1:{args.port}") == 0:

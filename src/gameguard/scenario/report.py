@@ -7,8 +7,11 @@ import math
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
-from .load import ABUSERS, PHASES, Outcome
-from .run import HOT_TTL, audit, outcomes_in
+from . import metrics
+from .load import ABUSERS, Outcome
+from .plan import PHASES
+from .gateway import HOT_TTL
+from .run import audit, outcomes_in
 
 #: the seed's targets, for the "target" column
 TARGETS = {"fault_isolation_pct": (">=", 99.3), "p99_ms": ("<=", 8.0),
@@ -28,8 +31,24 @@ def percentile(values: Sequence[float], q: float) -> Optional[float]:
 
 
 def success(outcomes: List[Outcome], ops: Sequence[str]) -> Optional[float]:
-    mine = [o for o in outcomes if o.op in ops and not o.player.startswith("abuser")]
+    mine = [o for o in outcomes if o.op in ops and not abuser(o)]
     return None if not mine else sum(o.code == "OK" for o in mine) / len(mine)
+
+
+def abuser(o: Outcome) -> bool:
+    """One of the players who send far over their budget (apart in every success rate)."""
+    return o.player.startswith("abuser")
+
+
+def failures(players: List[Outcome], op: str) -> Dict[str, int]:
+    """Failed ``op`` requests by gRPC status: ``RESOURCE_EXHAUSTED`` is a gateway with no
+    worker left (or a budget), ``DEADLINE_EXCEEDED`` a player who gave up, ``UNAVAILABLE``
+    a guard's refusal or a dependency down."""
+    out: Dict[str, int] = {}
+    for o in players:
+        if o.op == op and o.code != "OK":
+            out[o.code] = out.get(o.code, 0) + 1
+    return out
 
 
 def figures(run: Dict[str, Any]) -> Dict[str, Any]:
@@ -39,12 +58,14 @@ def figures(run: Dict[str, Any]) -> Dict[str, Any]:
     phases = {}
     for p in PHASES:
         inside = outcomes_in(outs, p.start, p.end, d)
+        players = [o for o in inside if not abuser(o)]
         phases[p.name] = {op: {"success": success(inside, (op,)),
                                "p50_ms": percentile([o.ms for o in inside
                                                      if o.op == op and o.code == "OK"], 0.5),
                                "p99_ms": percentile([o.ms for o in inside
                                                      if o.op == op and o.code == "OK"], 0.99),
-                               "n": sum(o.op == op for o in inside)} for op in OPS}
+                               "n": sum(o.op == op for o in players),
+                               "failures": failures(players, op)} for op in OPS}
     base = outcomes_in(outs, PHASES[0].start, PHASES[0].end, d)
     cpu = next((p for p in PHASES if p.fault == "cpu"), None)
     isolation = None
@@ -57,7 +78,7 @@ def figures(run: Dict[str, Any]) -> Dict[str, Any]:
     hot_loads = run["stats"].get("payment", {}).get("item_loads", {}).get("hot", 0)
     admitted: Dict[str, int] = {}
     for o in outs:
-        if o.player.startswith("abuser") and o.code == "OK":
+        if abuser(o) and o.code == "OK":
             admitted[o.player] = admitted.get(o.player, 0) + 1
     bound = BUDGET_CAPACITY + BUDGET_RATE * d
     over = sum(max(0, n - int(bound)) for n in admitted.values())
@@ -76,6 +97,10 @@ def figures(run: Dict[str, Any]) -> Dict[str, Any]:
         "loads_per_hot_key_expiry": hot_loads / max(1.0, d / HOT_TTL),
         "over_budget_admitted": over, "abusers": ABUSERS,
         "requests": len(outs), "phases": phases, "redis": run["redis"],
+        "guards": metrics.summary(run.get("scrapes") or {}),
+        # where the host's CPU went (battle's since its restart)
+        "cpu_seconds": {label: round(float(s.get("cpu_seconds", 0.0)), 2)
+                        for label, s in run["stats"].items()},
     }
 
 
@@ -113,7 +138,14 @@ def table(g: Dict[str, Any], u: Dict[str, Any]) -> str:
             a, b = g["phases"][p.name][op], u["phases"][p.name][op]
             rows.append((p.name, op, f"{_pct(a['success'])} / {_pct(b['success'])}",
                          f"{_fmt(a['p99_ms'], 0)} / {_fmt(b['p99_ms'], 0)}"))
-    return "\n".join(lines + _columns(rows))
+    lines += _columns(rows)
+    lines += ["", "guards of the guarded run, read off each node's /metrics at the end of "
+                  "each phase (the unguarded run has no guards):"]
+    if g.get("guards"):
+        lines += _columns(metrics.rows(g["guards"]))
+    else:
+        lines.append("(no readings)")
+    return "\n".join(lines)
 
 
 def _pct(v: Optional[float]) -> str:
@@ -172,7 +204,7 @@ def write_html(directory: str, runs: Dict[str, Dict[str, Any]], g: Dict[str, Any
 def _series(run: Dict[str, Any], op: str, metric: str) -> tuple[list[float], list[float]]:
     bins: Dict[int, List[Outcome]] = {}
     for o in run["outcomes"]:
-        if o.op == op and not o.player.startswith("abuser"):
+        if o.op == op and not abuser(o):
             bins.setdefault(int(o.t), []).append(o)
     xs, ys = [], []
     for second in sorted(bins):

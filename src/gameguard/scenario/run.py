@@ -4,73 +4,61 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 from .cluster import Cluster, Redis
 from .gateway import TELEPORT_STEPS
-from .load import PHASES, Load, Outcome, phase_at
+from .load import Load, Outcome
+from .metrics import Scrapes
+from .plan import PHASES
 
-#: the hot auction item's cache TTL in the gateway (seconds), to count loads per expiry
-HOT_TTL = 1.0
+
+Action = Callable[[], Awaitable[Any]]
 
 
 class Schedule:
-    """Injects each phase's fault when the run reaches it, and lifts it when it ends."""
+    """Each phase's faults at their moments, lifted at the phase's end. A moment the ticks
+    passed while the loop was busy (a slow restart on a loaded machine) is caught up at the
+    next tick, so no fault is skipped and none left on."""
 
-    def __init__(self, cluster: Cluster, redis: Redis, faults: Tuple[str, ...]) -> None:
-        self.cluster, self.redis, self.faults = cluster, redis, faults
-        self.done: Set[str] = set()
-        self.windows: Dict[str, List[float]] = {}  # fault -> [start, end] fractions
+    def __init__(self, cluster: Cluster, redis: Redis, faults: Tuple[str, ...],
+                 duration: float) -> None:
+        self.windows = {p.fault: [p.start, p.end] for p in PHASES if p.fault in faults}
+        self._events: List[Tuple[float, Action]] = []  # (fraction of the run, what to do)
+        for p in PHASES:
+            if p.fault in faults:
+                span = p.end - p.start
+                self._events += [(p.start + share * span, action) for share, action in
+                                 self._actions(p.fault, cluster, redis, span * duration)]
+        self._events.sort(key=lambda e: e[0])  # stable: a lift before the next injection
 
-    def _once(self, key: str) -> bool:
-        if key in self.done:
-            return False
-        self.done.add(key)
-        return True
+    @staticmethod
+    def _actions(fault: str, c: Cluster, r: Redis, seconds: float
+                 ) -> List[Tuple[float, Action]]:
+        """(share of the phase, action): the fault's injection and its lifting."""
+        if fault == "cpu":  # battle also stops by itself after ``seconds``, if not told
+            return [(0.0, lambda: c.fault("battle", cpu=True, cpu_for=seconds)),
+                    (1.0, lambda: c.fault("battle", cpu=False))]
+        if fault == "slow-fail":
+            return [(0.0, lambda: c.fault("payment", slow_ms=400)),
+                    (0.5, lambda: c.fault("payment", slow_ms=0, fail=True)),
+                    (1.0, lambda: c.fault("payment", slow_ms=0, fail=False))]
+        if fault == "kill":
+            return [(0.15, lambda: asyncio.to_thread(c.kill, "battle")),
+                    (0.5, lambda: c.restart("battle"))]
+        if fault == "redis" and r.binary:  # in threads: the loop keeps sending meanwhile
+            return [(0.1, lambda: asyncio.to_thread(r.stop)),
+                    (0.6, lambda: asyncio.to_thread(r.start))]
+        return []  # the burst is the load's own doing
 
     async def tick(self, frac: float) -> None:
-        phase = phase_at(frac)
-        span = phase.end - phase.start
-        into = (frac - phase.start) / span if span else 0.0
-        f = phase.fault if phase.fault in self.faults else ""
-        await self._lift_ended(frac)  # every earlier phase's fault first
-        if f and self._once("start:" + f):
-            self.windows[f] = [phase.start, phase.end]
-            if f == "cpu":
-                await self.cluster.fault("battle", cpu=True)
-            elif f == "slow-fail":
-                await self.cluster.fault("payment", slow_ms=400)
-        if f == "slow-fail" and into >= 0.5 and self._once("fail"):
-            await self.cluster.fault("payment", slow_ms=0, fail=True)
-        if f == "kill" and into >= 0.15 and self._once("kill"):
-            self.cluster.kill("battle")
-        if f == "kill" and into >= 0.5 and self._once("restart"):
-            await self.cluster.restart("battle")
-        if f == "redis" and self.redis.binary and into >= 0.1 and self._once("redis-stop"):
-            self.redis.stop()
-        if f == "redis" and self.redis.binary and into >= 0.6 and self._once("redis-start"):
-            self.redis.start()
+        while self._events and self._events[0][0] <= frac:
+            _, action = self._events.pop(0)
+            await action()
 
     async def finish(self) -> None:
-        """Lift whatever is still injected (the last ticks may stop short of a phase's end)."""
-        await self._lift_ended(1.0)
-
-    async def _lift_ended(self, frac: float) -> None:
-        for p in PHASES:
-            injected = "start:" + p.fault in self.done
-            if p.end <= frac and injected and self._once("end:" + p.fault):
-                await self._lift(p.fault)
-
-    async def _lift(self, fault: str) -> None:
-        if fault == "cpu":
-            await self.cluster.fault("battle", cpu=False)
-        elif fault == "slow-fail":
-            await self.cluster.fault("payment", slow_ms=0, fail=False)
-        elif fault == "kill" and "kill" in self.done and "restart" not in self.done:
-            self.done.add("restart")
-            await self.cluster.restart("battle")
-        elif fault == "redis" and self.redis.binary and self.redis.popen is None:
-            self.redis.start()
+        """Whatever is still due (the last ticks may stop short of a phase's end)."""
+        await self.tick(float("inf"))
 
 
 async def run_mode(guarded: bool, workdir: str, duration: float, seed: int,
@@ -84,22 +72,41 @@ async def run_mode(guarded: bool, workdir: str, duration: float, seed: int,
     load: Optional[Load] = None
     try:
         await cluster.start()
-        schedule = Schedule(cluster, redis, faults)
+        schedule = Schedule(cluster, redis, faults, duration)
+        scrapes = Scrapes(cluster.metrics)
+        announce(cluster.metrics)
+        scrapes.take("start")
         load = Load(cluster.gateways, duration, seed, faults)
-        await load.run(schedule.tick)
+
+        async def tick(frac: float) -> None:
+            scrapes.tick(frac)
+            await schedule.tick(frac)
+        await load.run(tick)
         await schedule.finish()
+        await scrapes.finish()
         recovered = await recover(cluster) if guarded else 0
         stats = {label: await cluster.call(label, "Stats") for label in cluster.procs}
         return {"guarded": guarded, "duration": duration, "outcomes": load.outcomes,
                 "windows": schedule.windows, "stats": stats, "recovered": recovered,
                 "cold_start_ms": {label: p.cold_start_ms for label, p in cluster.procs.items()},
-                "ledger": ledger(workdir), "redis": bool(redis.binary)}
+                "ledger": ledger(workdir), "redis": bool(redis.binary),
+                "scrapes": scrapes.readings, "schemas": cluster.schemas}
     finally:
         if load is not None:
             await load.close()
         await cluster.close()
         cluster.stop()
         redis.stop()
+
+
+def announce(endpoints: Dict[str, str]) -> None:
+    """Tell the user how to watch the guards live while the run goes on."""
+    if not endpoints:
+        return
+    first = "gateway-0" if "gateway-0" in endpoints else next(iter(endpoints))
+    others = ", ".join(f"{label} {u}" for label, u in endpoints.items() if label != first)
+    print(f"scenario: watch the guards live: python -m gameguard top --url "
+          f"{endpoints[first]} ({first}; the others: {others})", flush=True)
 
 
 async def recover(cluster: Cluster, rounds: int = 5) -> int:
