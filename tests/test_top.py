@@ -105,6 +105,16 @@ def test_render_gives_rates_between_two_readings() -> None:
     assert rows["c"] == ["-", "20.0", "100.0"]
 
 
+def test_a_breaker_state_goes_to_the_breaker_not_to_its_namesakes() -> None:
+    text = "".join(
+        f'gameguard_calls_total{{guard="battle:*",type="{kind}",outcome="successful"}} 5\n'
+        for kind in ("circuit_breaker", "bulkhead"))
+    text += 'gameguard_circuit_breaker_state{guard="battle:*",state="open"} 1\n'
+    frame = top.render(top.parse(text))
+    states = {line.split()[0]: line.split()[2] for line in frame.splitlines()[1:]}
+    assert states == {"circuit_breaker": "open", "bulkhead": "-"}
+
+
 def test_top_reads_this_process_registry() -> None:
     traffic = Traffic(edge="local-edge")  # a name no other live object has
     traffic.first()

@@ -92,9 +92,11 @@ def _rows(reading: Reading) -> Dict[Tuple[str, str], _Row]:
     for (name, pairs), value in reading.items():
         labels = dict(pairs)
         if name == "gameguard_circuit_breaker_state" and value == 1.0:
-            for (kind, guard), row in rows.items():
-                if guard == labels["guard"] and kind != "cache":
-                    row.state = labels["state"]
+            # the family has no type label: a bulkhead named as its breaker (a rules
+            # resource's guards share its name) has no state of its own
+            row = rows.get(("circuit_breaker", labels["guard"]))
+            if row is not None:
+                row.state = labels["state"]
     return rows
 
 
