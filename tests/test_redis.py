@@ -165,6 +165,37 @@ def test_async_client(redis_server: RedisServer) -> None:
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("impl", ["fast", "pure"])
+def test_decisions_in_redis_count_in_the_limiters_counters(
+        impl: str, redis_server: RedisServer) -> None:
+    """What the exporters read (``gameguard_calls_total``) counts the decisions Redis, a
+    lease or the fallback made, as the in-process table counts its own."""
+    clock = gg.ManualClock(0.0)
+    with _impl.use(impl):
+        lim = remote(redis_server, 1, 10, clock=clock, server_time=False)
+        leased = remote(redis_server, 1, 10, clock=clock, server_time=False, lease=4)
+    admitted = [lim.try_acquire("k") for _ in range(15)] + lim.try_acquire_many(["x"] * 12)
+    assert admitted.count(True) == 20
+    assert lim.snapshot()["counters"]["successful"] == 20
+    assert lim.snapshot()["counters"]["rejected"] == 7
+    assert sum(leased.try_acquire("k") for _ in range(13)) == 10
+    assert (leased.snapshot()["counters"]["successful"],
+            leased.snapshot()["counters"]["rejected"]) == (10, 3)
+
+    async def main() -> None:
+        client = redis.asyncio.Redis(host="127.0.0.1", port=redis_server.port)
+        with _impl.use(impl):
+            a = gg.KeyedLimiter(1, 10, clock=clock, name="lim", backend=RedisBackend(
+                client, prefix=prefix(), server_time=False))
+        got = [await a.try_acquire_async("k") for _ in range(20)]
+        got += await a.try_acquire_many_async(["k", "y"])
+        assert a.snapshot()["counters"]["successful"] == got.count(True) == 11
+        assert a.snapshot()["counters"]["rejected"] == got.count(False) == 11
+        await a.backend.aclose()
+
+    asyncio.run(main())
+
+
 def test_sync_client_refuses_the_async_method(redis_server: RedisServer) -> None:
     lim = remote(redis_server, 1)
     with pytest.raises(TypeError, match="sync Redis client: use try_acquire"):

@@ -49,6 +49,7 @@ class Remote:
         self.leased_decisions = 0
         self._refused = threading.local()  # .wait: the retry_after of this thread's last refusal
         self._local: Any = None
+        self._bump = limiter._table.bump  # the limiter's counters: the exporters read them
         self.configure(limiter.rate, limiter.capacity)
 
     def configure(self, rate: float, capacity: float) -> None:
@@ -184,14 +185,25 @@ class Remote:
                   sent: List[str], raws: Sequence[Any]) -> List[bool]:
         for i, v in zip(todo, self._answers(sent, cost, now, raws)):
             out[i] = v
-        return [bool(v) for v in out]
+        return self._tally_all([bool(v) for v in out])
+
+    def _tally(self, admitted: bool) -> bool:
+        """Count a decision in the limiter's counters: admitted as successful, else
+        rejected (as its in-process table counts its own)."""
+        self._bump(0 if admitted else 3)
+        return admitted
+
+    def _tally_all(self, decisions: List[bool]) -> List[bool]:
+        for admitted in decisions:
+            self._bump(0 if admitted else 3)
+        return decisions
 
     # -- sync ---------------------------------------------------------------------------------
     def try_acquire(self, key: Any, cost: float = 1) -> bool:
         """Admit ``cost`` for ``key`` in the shared budget now."""
         rkey, c, now, tail, early = self._one_start(False, key, cost)
         if early is not None:
-            return early
+            return self._tally(early)
         calls = self._b.calls
         try:
             try:
@@ -200,13 +212,13 @@ class Remote:
                 raw = calls.decide(rkey, tail, False)
         except _ERRORS as exc:
             raw = exc
-        return self._answer(rkey, c, now, raw)
+        return self._tally(self._answer(rkey, c, now, raw))
 
     def try_acquire_many(self, keys: Iterable[Any], cost: float = 1) -> List[bool]:
         """``try_acquire`` for each key, the ones Redis decides in one pipelined round trip."""
         c, tail, now, out, todo, sent = self._many_start(False, keys, cost)
         if not sent:
-            return [bool(v) for v in out]
+            return self._tally_all([bool(v) for v in out])
         calls = self._b.calls
         try:
             raws = calls.decide_many(sent, tail)
@@ -223,7 +235,7 @@ class Remote:
         """``try_acquire`` for an asyncio client."""
         rkey, c, now, tail, early = self._one_start(True, key, cost)
         if early is not None:
-            return early
+            return self._tally(early)
         calls = self._b.calls
         try:
             try:
@@ -232,13 +244,13 @@ class Remote:
                 raw = await calls.decide(rkey, tail, False)
         except _ASYNC_ERRORS as exc:
             raw = exc
-        return self._answer(rkey, c, now, raw)
+        return self._tally(self._answer(rkey, c, now, raw))
 
     async def try_acquire_many_async(self, keys: Iterable[Any], cost: float = 1) -> List[bool]:
         """``try_acquire_many`` for an asyncio client."""
         c, tail, now, out, todo, sent = self._many_start(True, keys, cost)
         if not sent:
-            return [bool(v) for v in out]
+            return self._tally_all([bool(v) for v in out])
         calls = self._b.calls
         try:
             raws = await calls.decide_many(sent, tail)
