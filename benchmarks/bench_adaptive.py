@@ -84,7 +84,7 @@ def test_shedder_hot(benchmark, loop_calls):
     benchmark(loop_calls(f))
 
 
-REPS = 6
+REPS = 10
 INTERLEAVED = {
     "bare": lambda: handler,
     "bulkhead": lambda: gg.Bulkhead(10_000)(handler),

@@ -146,6 +146,8 @@ class AdaptiveLimiter(Guard):
             knobs.get("rtt_tolerance", 1.0), knobs.get("probe_multiplier", 30.0),
             knobs.get("backoff_ratio", 0.9), knobs.get("timeout", float("inf")),
             check_int("seed", seed, 0, (1 << 64) - 1))
+        if clock is None:  # the compiled kernel times calls with the CPU's counter if it can
+            self._kernel.time_calls(True)
         self._settings = dict(algorithm=algorithm, initial=initial, min_limit=min_limit,
                               max_limit=max_limit, window=float(window),
                               window_samples=window_samples, min_rtt=float(min_rtt), **knobs)
