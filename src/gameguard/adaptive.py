@@ -112,6 +112,9 @@ class AdaptiveLimiter(Guard):
     ``RejectedError`` to treat a downstream's refusal as overload) is a drop; one matching
     ``ignore``, a cancellation, or a ``RejectedError`` from an inner guard counts as
     nothing; any other outcome is a latency sample. ``seed`` fixes Vegas' probe jitter.
+    On the default clock the compiled kernel times calls with the CPU's time-stamp counter
+    where Linux trusts it (cheaper than two precise clock reads); an injected ``clock``
+    (a ``ManualClock``) times them itself.
     """
 
     def __init__(self, algorithm: str = "gradient2", *, initial: int = 20, min_limit: int = 1,

@@ -140,7 +140,8 @@ cdef class AdaptiveKernel(GuardKernel):
         """Time calls with the CPU's time-stamp counter (read unordered, about 1 ns) where it
         can be trusted, rather than by the caller's durations; ``now`` may then be the
         coarse clock (``precise`` turns False). Only for the default clock: an injected
-        one (a ManualClock) must time calls itself. Returns whether calls are self-timed."""
+        one (a ManualClock) must time calls itself. Set before the first call (tokens
+        change form). Returns whether calls are self-timed."""
         global _seconds_per_tick
         if on and _seconds_per_tick == 0.0:
             _seconds_per_tick = _calibrate()
