@@ -91,6 +91,7 @@ INTERLEAVED = {
     "adaptive": lambda: AdaptiveLimiter(initial=10_000, max_limit=10_000)(handler),
     "adaptive_pooled": lambda: AdaptiveLimiter(initial=10_000, max_limit=10_000,
                                                min_rtt=0.0)(handler),
+    "shedder": lambda: LoadShedder(cpu=CpuSampler(lambda: (0.0, 1.0), interval=3600.0))(handler),
 }
 
 

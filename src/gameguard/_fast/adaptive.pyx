@@ -4,65 +4,22 @@
 Same arithmetic in the same order as the pure twin, so both decide alike bit for bit.
 """
 from libc.math cimport fabs, ceil, log10, INFINITY
-from gameguard._fast.kernel cimport (GuardKernel, SplitMix64, REJECT_, IGNORED_, FAILURE_,
-                                     monotonic_precise)
+from gameguard._fast.kernel cimport GuardKernel, SplitMix64, REJECT_, IGNORED_, FAILURE_
+from gameguard._fast.ticks cimport gg_ticks, TICK_MASK, calibrate, tick_duration
 from gameguard._pure.window import clock_error
-
-cdef extern from *:
-    """
-    /* The CPU's time-stamp counter, read unordered: it overlaps the work around it, where
-       a precise CLOCK_MONOTONIC read orders itself (lfence/rdtscp) and stalls the pipeline
-       (benchmarks/clock_reads.py). x86 only; elsewhere calls are timed by the clock. */
-    #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-    #include <x86intrin.h>
-    #define GG_HAVE_TICKS 1
-    static inline unsigned long long gg_ticks(void) { return __rdtsc(); }
-    #else
-    #define GG_HAVE_TICKS 0
-    static inline unsigned long long gg_ticks(void) { return 0; }
-    #endif
-    """
-    bint HAVE_TICKS "GG_HAVE_TICKS"
-    unsigned long long gg_ticks() noexcept nogil
 
 __all__ = ["AdaptiveKernel", "GRADIENT2", "VEGAS", "AIMD", "log10_step"]
 
 cdef double MAX_EPOCH = <double>(1LL << 52)
 
 # A self-timed call's token: the counter's low TICK_BITS bits above IN_FLIGHT_BITS bits of
-# in-flight count (63 bits: a token stays >= 0). 2**43 ticks are 40 minutes at 3.6 GHz; a
-# call the coarse clock says lasted LONG or more is timed by that clock instead.
+# in-flight count (63 bits: a token stays >= 0).
 cdef enum:
     IN_FLIGHT_BITS = 20
-    TICK_BITS = 43
 cdef long long IN_FLIGHT_MASK = (1LL << IN_FLIGHT_BITS) - 1
-cdef unsigned long long TICK_MASK = (1ULL << TICK_BITS) - 1
-cdef double LONG = 0.5
 cdef double _seconds_per_tick = 0.0   # 0: not measured yet; < 0: no usable counter
 
 
-cdef double _calibrate() except? -2.0:
-    """Seconds per tick of the time-stamp counter, against CLOCK_MONOTONIC over 1 ms;
-    -1 where it cannot be trusted: not x86, or Linux does not use it as its own clock
-    source (which it does only when the counter is constant-rate and in step across CPUs)."""
-    cdef double a0, b0, a1, b1
-    cdef unsigned long long k0, k1
-    if not HAVE_TICKS:
-        return -1.0
-    try:
-        with open("/sys/devices/system/clocksource/clocksource0/current_clocksource") as f:
-            if f.read().strip() != "tsc":
-                return -1.0
-    except OSError:
-        return -1.0
-    for _ in range(5):  # each end bracketed by two clock reads: a preempted end is retried
-        a0 = monotonic_precise(); k0 = gg_ticks(); b0 = monotonic_precise()
-        while monotonic_precise() - a0 < 1e-3:
-            pass
-        a1 = monotonic_precise(); k1 = gg_ticks(); b1 = monotonic_precise()
-        if b0 - a0 < 2e-6 and b1 - a1 < 2e-6 and k1 > k0:  # error under 0.4 %
-            return ((a1 + b1) - (a0 + b0)) / 2.0 / <double>(k1 - k0)
-    return -1.0
 
 cdef enum:
     GRADIENT2_ = 0
@@ -144,7 +101,7 @@ cdef class AdaptiveKernel(GuardKernel):
         change form). Returns whether calls are self-timed."""
         global _seconds_per_tick
         if on and _seconds_per_tick == 0.0:
-            _seconds_per_tick = _calibrate()
+            _seconds_per_tick = calibrate()
         self.self_timed = on and _seconds_per_tick > 0.0 and self.max_limit <= IN_FLIGHT_MASK
         self._spt = _seconds_per_tick
         self.precise = not self.self_timed
@@ -163,17 +120,14 @@ cdef class AdaptiveKernel(GuardKernel):
 
     cpdef void exit(self, long long token, double now, double duration, int outcome):
         cdef bint drop
-        cdef unsigned long long ticks
         if token < 0:
             return
         self.in_flight -= 1
         if outcome == IGNORED_:
             return
         if self.self_timed:
-            if duration < LONG:
-                ticks = (gg_ticks() - (<unsigned long long>token >> IN_FLIGHT_BITS)) & TICK_MASK
-                # a counter a little behind on another CPU: "negative", nothing measured
-                duration = 0.0 if ticks > TICK_MASK // 2 else <double>ticks * self._spt
+            duration = tick_duration(<unsigned long long>token >> IN_FLIGHT_BITS, duration,
+                                     self._spt)
             token &= IN_FLIGHT_MASK
         drop = outcome == FAILURE_
         if drop:
