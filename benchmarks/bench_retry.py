@@ -1,7 +1,15 @@
 """Retry on a call that succeeds first time (the common case), side by side with tenacity,
 backoff and stamina; and the async form against a bare awaited coroutine.
 
-Same no-op handler everywhere; each round makes 1000 calls. Peers that are not installed
+Same no-op handler everywhere; each round makes 1000 calls. ``test_interleaved`` runs bare
+and the compiled ``Retry`` forms in turn, ``REPS`` times (one group per turn); the ratios'
+medians and range across turns:
+
+    .venv/bin/python -m pytest benchmarks/bench_retry.py -p no:cacheprovider -k interleaved \
+        --benchmark-min-rounds=30 --benchmark-json=/tmp/retry.json
+    .venv/bin/python benchmarks/bench_adaptive.py /tmp/retry.json bare
+
+ Peers that are not installed
 are reported as skipped (``make bench`` installs them with the ``bench`` extra). Run:
 
     .venv/bin/python -m pytest benchmarks/bench_retry.py -p no:cacheprovider \
@@ -20,6 +28,24 @@ from bench_breaker import _bench_async, _twin, ahandler, handler
 
 
 # -- sync: first attempt succeeds ---------------------------------------------------------
+REPS = 6
+INTERLEAVED = {
+    "bare": lambda: handler,
+    "retry": lambda: Retry(3)(handler),
+    "retry_budget": lambda: Retry(3, budget=RetryBudget())(handler),
+    "breaker": lambda: gg.CircuitBreaker("b")(handler),
+    "retry_breaker": lambda: gg.pipeline(Retry(3), gg.CircuitBreaker("b"))(handler),
+}
+
+
+@pytest.mark.parametrize("case,rep", [(c, r) for r in range(REPS) for c in INTERLEAVED])
+def test_interleaved(benchmark, loop_calls, case, rep):
+    benchmark.group = f"retry-interleaved-{rep}"
+    with _twin("fast"):
+        f = INTERLEAVED[case]()
+    benchmark(loop_calls(f))
+
+
 @pytest.mark.benchmark(group="retry-sync")
 def test_bare_call(benchmark, loop_calls):
     benchmark(loop_calls(handler))

@@ -48,6 +48,8 @@ def build(case: str):  # -> a zero-argument callable doing one call
             f = gg.pipeline(gg.Retry(3), gg.CircuitBreaker("b"))(handler)
         elif base == "adaptive":
             f = gg.AdaptiveLimiter(initial=8)(handler)
+        elif base == "adaptive_pooled":  # every call a sample in the window
+            f = gg.AdaptiveLimiter(initial=8, min_rtt=0.0)(handler)
         elif base == "shedder":
             from gameguard.shedder import CpuSampler
             f = gg.LoadShedder(cpu=CpuSampler(lambda: (0.0, 1.0), interval=3600.0))(handler)
@@ -78,7 +80,7 @@ CASES = ["bare", "breaker", "breaker_slowcalls", "throttle", "bulkhead", "pipeli
          "async_with_bulkhead", "breaker_pure", "with_breaker_pure", "async_with_breaker_pure",
          "throttle_pure", "bulkhead_pure", "circuitbreaker", "pybreaker", "purgatory",
          "retry", "retry_budget", "retry_pure", "retry_breaker", "tenacity", "adaptive",
-         "shedder"]
+         "shedder", "async_retry", "async_retry_budget", "adaptive_pooled"]
 
 
 async def ahandler(x: int) -> int:
@@ -114,7 +116,25 @@ def run_blocks(case: str, n: int) -> None:
     asyncio.run(blocks())
 
 
+def run_async_retry(case: str, n: int) -> None:
+    """``await f(1)`` n times, ``f`` an ``@Retry(3)`` coroutine function (``_budget``: with
+    a RetryBudget); read against ``bare_await``."""
+    import asyncio
+
+    import gameguard as gg
+
+    budget = gg.RetryBudget() if case.endswith("_budget") else None
+    f = gg.Retry(3, budget=budget)(ahandler)
+
+    async def calls() -> None:
+        for _ in range(n):
+            await f(1)
+    asyncio.run(calls())
+
+
 def run(case: str, n: int) -> None:
+    if case.startswith("async_retry"):
+        return run_async_retry(case, n)
     if case.startswith(("with_", "async_with_", "bare_await")):
         return run_blocks(case, n)
     f = build(case)

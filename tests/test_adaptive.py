@@ -294,6 +294,76 @@ def test_kernel_twins_decide_alike(algorithm, window, min_rtt, seed, ops):
             assert f == p or (math.isinf(f) and f == p), name
 
 
+# -- timing calls with the CPU's counter (compiled twin, default clock) -------------------------
+def counter_trusted() -> bool:
+    """x86 and Linux's own clock source is the time-stamp counter: the compiled kernel
+    times calls with it there, and only there."""
+    import platform
+
+    try:
+        with open("/sys/devices/system/clocksource/clocksource0/current_clocksource") as f:
+            source = f.read().strip()
+    except OSError:
+        return False
+    return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686") and source == "tsc"
+
+
+def spin(seconds: float) -> None:
+    import time
+
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def test_the_compiled_kernel_times_calls_itself_where_the_counter_is_trusted(kernels):
+    """Self-timed: the token carries the counter and the in-flight count, the RTT is the
+    counter's (whatever duration the caller passes), a call the caller's coarse clock says
+    took LONG or more keeps the caller's duration, and ``precise`` turns False so the caller
+    may read the coarse clock. The pure twin never self-times."""
+    k = kernel(kernels, "GRADIENT2", initial=4.0, tolerance=1.0)
+    on = k.time_calls(True)
+    assert on == (counter_trusted() and kernels("adaptive").__name__.endswith("_fast.adaptive"))
+    assert (k.self_timed, k.precise) == (on, not on)
+    if not on:
+        token = k.enter(0.0)
+        k.exit(token, 0.0, 0.002, SUCCESS)
+        assert (token, k.last_rtt) == (1, 0.002)  # the caller's duration, as ever
+        return
+    token = k.enter(0.0)
+    assert token > 1 << 20 and token & ((1 << 20) - 1) == 1
+    spin(0.002)
+    k.exit(token, 0.0, 0.0, SUCCESS)  # a coarse clock would say 0
+    assert 0.0019 < k.last_rtt < 0.5
+    # in flight 1 of 4: app-limited, the estimate holds (a wrongly decoded in-flight count
+    # would have moved it: 4 * 0.8 + 8 * 0.2)
+    assert (k.estimate, k.in_flight, k.samples) == (4.0, 0, 1)
+    token = k.enter(0.0)
+    k.exit(token, 0.0, 3.0, SUCCESS)  # long by the caller's clock: its duration stands
+    assert k.last_rtt == 3.0
+    assert k.time_calls(False) is False and k.precise
+
+
+def test_a_limiter_on_the_default_clock_self_times_and_on_an_injected_one_does_not(twin):
+    lim = AdaptiveLimiter(window=0.0, initial=4, min_rtt=0.0)
+    manual, clock = per_call(initial=4)
+    assert manual._kernel.self_timed is False and manual._kernel.precise
+    assert lim._kernel.self_timed == (twin == "fast" and counter_trusted())
+
+    @lim
+    def f() -> None:
+        spin(0.001)
+
+    @manual
+    def g() -> None:
+        clock.advance(0.25)
+
+    f()
+    g()
+    assert 0.0009 < lim._kernel.last_rtt < 0.5  # measured, by whichever timer
+    assert manual._kernel.last_rtt == 0.25       # the ManualClock's, exactly
+
+
 # -- threads: nothing lost, the bound holds -----------------------------------------------
 def test_threads_through_a_shedder_and_a_limiter(impl):
     """8 threads through ``pipeline(shedder, limiter)`` with a real clock and a CPU that is

@@ -183,6 +183,49 @@ def test_wrapper_keeps_signature_wrapped_and_binds_as_a_method(twin, clock):
     assert list(inspect.signature(Service.handle).parameters) == ["self", "x", "y"]
 
 
+class CallableObject:
+    """A callable with no vectorcall slot of its own (``tp_call`` only)."""
+
+    def __init__(self, fails: int) -> None:
+        self.calls, self.fails = 0, fails
+
+    def __call__(self, x: int, *, y: int = 0) -> tuple[int, int]:
+        self.calls += 1
+        if self.calls <= self.fails:
+            raise Boom(self.calls)
+        return (x, y)
+
+
+@pytest.mark.parametrize("budget", [False, True])
+@pytest.mark.parametrize("kind", ["object", "bound method", "builtin", "partial"])
+def test_any_callable_and_its_arguments_pass_through(twin, clock, kind, budget):
+    """The first attempt hands the caller's arguments (positional and keyword) to callees
+    with and without a vectorcall slot; a failure is retried with the same arguments."""
+    import functools
+
+    target = CallableObject(fails=1)
+    f = {"object": target, "bound method": target.__call__, "builtin": divmod,
+         "partial": functools.partial(target, y=5)}[kind]
+    retry = Retry(2, backoff=0.0, clock=clock,
+                  budget=RetryBudget(clock=clock) if budget else None)
+    wrapped = retry(f)
+    if kind == "builtin":
+        assert wrapped(7, 2) == (3, 1)
+        with pytest.raises(ZeroDivisionError):
+            wrapped(1, 0)
+        assert retry.snapshot()["retries"] == 1
+        return
+    expected = (1, 5) if kind == "partial" else (1, 3)
+    assert (wrapped(1) if kind == "partial" else wrapped(1, y=3)) == expected
+    assert target.calls == 2 and retry.snapshot()["recovered"] == 1
+    assert (wrapped(x=4) if kind == "partial" else wrapped(4)) == ((4, 5) if kind == "partial"
+                                                                  else (4, 0))
+    assert target.calls == 3
+    if budget:
+        snap = retry.budget.snapshot()
+        assert (snap["calls"], snap["retries"]) == (2, 1)
+
+
 # -- rejections from inner guards ----------------------------------------------------------
 def test_pipeline_breaker_counts_each_attempt(twin, clock):
     breaker = CircuitBreaker(clock=clock, consecutive_failures=10)

@@ -112,6 +112,30 @@ def test_outcomes_pass_or_leave(twin):
     assert (snap["passed"], snap["dropped"], snap["in_flight"]) == (2, 0, 0)
 
 
+def test_the_compiled_kernel_times_calls_itself_on_the_default_clock(twin):
+    """On the default clock the compiled kernel times calls with the CPU's counter where
+    Linux trusts it (the caller's duration, 0 here as a coarse clock might say, is then
+    not used); with a ManualClock the caller's durations stand, exactly."""
+    from test_adaptive import counter_trusted, spin
+
+    s = LoadShedder(cpu=Cpu(0.0), window=0.02, buckets=2)
+    manual = LoadShedder(cpu=Cpu(0.0), window=0.02, buckets=2, clock=ManualClock())
+    k = s._kernel
+    assert k.self_timed == (twin == "fast" and counter_trusted()) and k.precise != k.self_timed
+    assert manual._kernel.self_timed is False and manual._kernel.precise
+    now = s._now()
+    for _ in range(20):  # 20 passes of 1 ms in one 10 ms bucket: max_flight 2.0
+        token = k.enter(now)
+        spin(0.001)
+        k.exit(token, now, 0.0 if k.self_timed else 0.001, SUCCESS)
+    flight = k.max_flight(now + 0.01)
+    assert 1.9 < flight < 100.0  # 2.0 when nothing preempts the spins; more when it does
+    mk = manual._kernel
+    for _ in range(20):
+        mk.exit(mk.enter(0.0), 0.0, 0.001, SUCCESS)
+    assert mk.max_flight(0.01) == pytest.approx(2.0)
+
+
 def test_cpu_readings_are_clipped(twin):
     clock, cpu = ManualClock(), Cpu(7.0)
     s = LoadShedder(cpu=cpu, clock=clock)

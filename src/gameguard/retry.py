@@ -222,26 +222,47 @@ class Retry(WrappingGuard):
             self._count("recovered")
             return result
 
-    async def _run_async(self, call: Callable[..., Any], args: tuple[Any, ...],
-                         kwargs: Dict[str, Any]) -> Any:
-        if self._budget is not None:
-            self._budget.deposit()
+    def _wrap_async(self, call: Callable[..., Any]) -> Callable[..., Any]:
+        """One coroutine per call: the first attempt awaited in it directly, the retries
+        (rare) in :meth:`_retry_async`."""
+        import functools
+
+        budget = self._budget
+        # the budget's kernel and clock directly, as the sync path does
+        deposit = None if budget is None else budget._kernel.deposit
+        read = monotonic if budget is None or budget._clock is None else budget._clock
+        retry_async = self._retry_async
+
+        async def retried(*args: Any, **kwargs: Any) -> Any:
+            if deposit is not None:
+                deposit(read())
+            try:
+                return await call(*args, **kwargs)
+            except Exception as e:  # retried outside the except block: no __context__
+                exc = e
+            return await retry_async(call, args, kwargs, exc)
+
+        functools.update_wrapper(retried, call)
+        return retried
+
+    async def _retry_async(self, call: Callable[..., Any], args: tuple[Any, ...],
+                           kwargs: Dict[str, Any], exc: Exception) -> Any:
+        """Attempts 2.. of a call whose first attempt raised ``exc``."""
         attempt = 1
         while True:
-            try:
-                result = await call(*args, **kwargs)
-            except Exception as e:
-                exc = e
-            else:
-                if attempt > 1:
-                    self._count("recovered")
-                return result
             delay = self._delay_after(attempt, exc)
             if delay is None:
                 raise exc
             if delay > 0.0:
                 await self._sleep_async(delay)  # cancellation ends the call here
             attempt += 1
+            try:
+                result = await call(*args, **kwargs)
+            except Exception as e:
+                exc = e
+                continue
+            self._count("recovered")
+            return result
 
     def __repr__(self) -> str:
         return f"<Retry {self.name!r} attempts={self._attempts}>"

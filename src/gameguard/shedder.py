@@ -302,6 +302,8 @@ class LoadShedder(Guard):
         self._init_guard(check_name(name, "shedder"), clock, fallback)
         self._kernel = _impl.kernel("shedder").ShedderKernel(
             float(cpu_threshold), window, buckets, cool_off, cpu)
+        if clock is None:  # the compiled kernel times calls with the CPU's counter if it can
+            self._kernel.time_calls(True)
         self._settings = dict(cpu_threshold=float(cpu_threshold), window=window,
                               buckets=buckets, cool_off=cool_off)
         if isinstance(sampler, CpuSampler):

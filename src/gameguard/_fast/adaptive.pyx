@@ -5,11 +5,21 @@ Same arithmetic in the same order as the pure twin, so both decide alike bit for
 """
 from libc.math cimport fabs, ceil, log10, INFINITY
 from gameguard._fast.kernel cimport GuardKernel, SplitMix64, REJECT_, IGNORED_, FAILURE_
+from gameguard._fast.ticks cimport gg_ticks, TICK_MASK, calibrate, tick_duration
 from gameguard._pure.window import clock_error
 
 __all__ = ["AdaptiveKernel", "GRADIENT2", "VEGAS", "AIMD", "log10_step"]
 
 cdef double MAX_EPOCH = <double>(1LL << 52)
+
+# A self-timed call's token: the counter's low TICK_BITS bits above IN_FLIGHT_BITS bits of
+# in-flight count (63 bits: a token stays >= 0).
+cdef enum:
+    IN_FLIGHT_BITS = 20
+cdef long long IN_FLIGHT_MASK = (1LL << IN_FLIGHT_BITS) - 1
+cdef double _seconds_per_tick = 0.0   # 0: not measured yet; < 0: no usable counter
+
+
 
 cdef enum:
     GRADIENT2_ = 0
@@ -55,6 +65,8 @@ cdef class AdaptiveKernel(GuardKernel):
     cdef double _w_sum
     cdef long long _w_count, _w_max_in_flight
     cdef bint _w_drop
+    cdef readonly bint self_timed  # calls timed by the counter (see time_calls)
+    cdef double _spt               # its seconds per tick
 
     def __init__(self, int algorithm, double initial, double min_limit, double max_limit,
                  double window, long long window_samples, double min_rtt, double smoothing,
@@ -81,11 +93,27 @@ cdef class AdaptiveKernel(GuardKernel):
         self._reset_probe_jitter()
         self.window_end = -INFINITY
 
+    def time_calls(self, bint on):
+        """Time calls with the CPU's time-stamp counter (read unordered, about 1 ns) where it
+        can be trusted, rather than by the caller's durations; ``now`` may then be the
+        coarse clock (``precise`` turns False). Only for the default clock: an injected
+        one (a ManualClock) must time calls itself. Set before the first call (tokens
+        change form). Returns whether calls are self-timed."""
+        global _seconds_per_tick
+        if on and _seconds_per_tick == 0.0:
+            _seconds_per_tick = calibrate()
+        self.self_timed = on and _seconds_per_tick > 0.0 and self.max_limit <= IN_FLIGHT_MASK
+        self._spt = _seconds_per_tick
+        self.precise = not self.self_timed
+        return self.self_timed
+
     cpdef long long enter(self, double now):
         if not fabs(now) < MAX_EPOCH:  # NaN too
             raise clock_error(now, MAX_EPOCH)
         if self.in_flight < self.limit:
             self.in_flight += 1
+            if self.self_timed:
+                return <long long>((gg_ticks() & TICK_MASK) << IN_FLIGHT_BITS) | self.in_flight
             return self.in_flight
         self.rejected += 1
         return REJECT_
@@ -97,6 +125,10 @@ cdef class AdaptiveKernel(GuardKernel):
         self.in_flight -= 1
         if outcome == IGNORED_:
             return
+        if self.self_timed:
+            duration = tick_duration(<unsigned long long>token >> IN_FLIGHT_BITS, duration,
+                                     self._spt)
+            token &= IN_FLIGHT_MASK
         drop = outcome == FAILURE_
         if drop:
             self.drops += 1

@@ -5,10 +5,11 @@ import functools
 import types
 
 from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF
 
 from gameguard._fast.kernel cimport monotonic_coarse
-from gameguard._fast.vector cimport (gg_propagate, vectorcallfunc, PyVectorcall_Call,
-                                     vectorcall_raw, pack_args, enable_vectorcall)
+from gameguard._fast.vector cimport (vectorcallfunc, PyVectorcall_Call, pack_args,
+                                     enable_vectorcall)
 from gameguard._fast.window cimport RollingWindow
 from gameguard._pure.window import clock_error
 
@@ -79,8 +80,14 @@ cdef class RetryCall:
     cdef vectorcallfunc vectorcall
     cdef dict __dict__
 
-    def __cinit__(self):
-        self.vectorcall = <vectorcallfunc>_retry_vectorcall
+    cdef PyObject *failed(self, PyObject **args, size_t nargsf,
+                          PyObject *kwnames) except NULL:
+        """The first attempt raised (the exception is set): the retries, if any."""
+        if not PyErr_ExceptionMatches(PyExc_Exception):
+            return NULL  # KeyboardInterrupt, SystemExit...: never retried, passed on as is
+        result = _retry(self, args, nargsf, kwnames)
+        Py_INCREF(result)  # the reference we return; `result`'s own goes when we leave
+        return <PyObject *>result
 
     def __call__(self, *args, **kwargs):  # the tuple-calling path (PyObject_Call)
         return PyVectorcall_Call(self, args, kwargs)
@@ -94,21 +101,51 @@ cdef class RetryCall:
         return f"<retried {self.func!r}>"
 
 
-cdef object _retry_vectorcall(RetryCall self, PyObject **args, size_t nargsf,
-                              PyObject *kwnames):
-    cdef double now
-    if self.budget is not None:
-        # the coarse view (one tick, 1-4 ms, behind) will do: budget buckets are window/buckets
-        # seconds wide (a second by default)
-        now = monotonic_coarse() if self.clock is None else self.clock()
-        self.budget.deposit_c(now)
-    cdef PyObject *res = vectorcall_raw(<PyObject *>self.func, args, nargsf, kwnames)
+cdef extern from *:
+    """
+    /* The callee through its own vectorcall slot when it has one (a Python function, a
+       bound method, a compiled guard): what PyObject_Vectorcall does, without its
+       thread-state fetch and result check (our own caller checks our result). */
+    static CYTHON_INLINE PyObject *gg_call(PyObject *f, PyObject *const *args, size_t nargsf,
+                                           PyObject *kwnames) {
+        PyTypeObject *tp = Py_TYPE(f);
+        if (PyType_HasFeature(tp, Py_TPFLAGS_HAVE_VECTORCALL)) {
+            vectorcallfunc vc = *(vectorcallfunc *)((char *)f + tp->tp_vectorcall_offset);
+            if (vc != NULL)
+                return vc(f, args, nargsf, kwnames);
+        }
+        return PyObject_Vectorcall(f, args, nargsf, kwnames);
+    }
+    """
+    PyObject *gg_call(PyObject *f, PyObject **args, size_t nargsf, PyObject *kwnames)
+
+
+# Two entry points, chosen once by wrap_sync: without a budget the first attempt is the
+# callee's vectorcall and a NULL check, no test of ours on the way.
+cdef PyObject *_retry_vectorcall(RetryCall self, PyObject **args, size_t nargsf,
+                                 PyObject *kwnames) except NULL:
+    """The first attempt: the callee's result handed back as it came (a new reference, no
+    Python object of ours made); only a NULL (it raised) goes on to the retries."""
+    cdef PyObject *res = gg_call(<PyObject *>self.func, args, nargsf, kwnames)
     if res != NULL:
-        result = <object>res
-        Py_XDECREF(res)  # `result` holds its own reference now
-        return result
-    if not PyErr_ExceptionMatches(PyExc_Exception):
-        return gg_propagate()  # KeyboardInterrupt, SystemExit...: never retried
+        return res
+    return self.failed(args, nargsf, kwnames)  # out of line: through the vtable
+
+
+cdef PyObject *_budget_vectorcall(RetryCall self, PyObject **args, size_t nargsf,
+                                  PyObject *kwnames) except NULL:
+    """With a budget: the call deposits first."""
+    # the coarse view (one tick, 1-4 ms, behind) will do: budget buckets are window/buckets
+    # seconds wide (a second by default)
+    self.budget.deposit_c(monotonic_coarse() if self.clock is None else self.clock())
+    cdef PyObject *res = gg_call(<PyObject *>self.func, args, nargsf, kwnames)
+    if res != NULL:
+        return res
+    return self.failed(args, nargsf, kwnames)
+
+
+cdef object _retry(RetryCall self, PyObject **args, size_t nargsf, PyObject *kwnames):
+    """The first attempt raised (the exception is set): attempts 2.. through ``again``."""
     cdef PyObject *etype
     cdef PyObject *evalue
     cdef PyObject *etb
@@ -140,5 +177,7 @@ def wrap_sync(func, again, budget, clock):
     wrapper.again = again
     wrapper.budget = budget
     wrapper.clock = clock
+    wrapper.vectorcall = <vectorcallfunc>(_retry_vectorcall if budget is None
+                                          else _budget_vectorcall)
     functools.update_wrapper(wrapper, func)
     return wrapper

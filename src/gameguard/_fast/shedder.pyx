@@ -4,6 +4,7 @@ shedder, same arithmetic in the same order as the pure twin."""
 from libc.math cimport fabs, floor, INFINITY
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from gameguard._fast.kernel cimport GuardKernel, REJECT_, SUCCESS_
+from gameguard._fast.ticks cimport gg_ticks, TICK_MASK, calibrate, tick_duration
 from gameguard._pure.window import clock_error
 
 __all__ = ["ShedderKernel"]
@@ -12,6 +13,7 @@ cdef double MAX_EPOCH = <double>(1LL << 52)
 cdef double FLYING_BETA = 0.9
 cdef double DEFAULT_MIN_RT = 1.0
 cdef double OVERLOAD_FLOOR = 0.1
+cdef double _seconds_per_tick = 0.0   # 0: not measured yet; < 0: no usable counter
 
 
 cdef class ShedderKernel(GuardKernel):
@@ -26,6 +28,8 @@ cdef class ShedderKernel(GuardKernel):
     cdef long long *_pass
     cdef double *_rt_sum
     cdef long long *_rt_count
+    cdef readonly bint self_timed  # calls timed by the counter (see time_calls)
+    cdef double _spt
 
     def __init__(self, double threshold, double window, int buckets, double cool_off,
                  cpu_source=None):
@@ -47,6 +51,18 @@ cdef class ShedderKernel(GuardKernel):
         PyMem_Free(self._pass)
         PyMem_Free(self._rt_sum)
         PyMem_Free(self._rt_count)
+
+    def time_calls(self, bint on):
+        """Time calls with the CPU's time-stamp counter where it can be trusted (the
+        adaptive limiter's kernel explains why); ``precise`` turns False. Only for the
+        default clock; set before the first call. Returns whether calls are self-timed."""
+        global _seconds_per_tick
+        if on and _seconds_per_tick == 0.0:
+            _seconds_per_tick = calibrate()
+        self.self_timed = on and _seconds_per_tick > 0.0
+        self._spt = _seconds_per_tick
+        self.precise = not self.self_timed
+        return self.self_timed
 
     def set_cpu(self, double cpu):
         """The latest CPU reading in [0, 1] (the public layer's sampler writes it)."""
@@ -121,7 +137,7 @@ cdef class ShedderKernel(GuardKernel):
             self.dropped += 1
             return REJECT_
         self.flying += 1
-        return 0
+        return <long long>(gg_ticks() & TICK_MASK) if self.self_timed else 0
 
     cpdef void exit(self, long long token, double now, double duration, int outcome):
         cdef long long j
@@ -131,6 +147,8 @@ cdef class ShedderKernel(GuardKernel):
         self.avg_flying = self.avg_flying * FLYING_BETA + self.flying * (1.0 - FLYING_BETA)
         if outcome != SUCCESS_:
             return
+        if self.self_timed:
+            duration = tick_duration(<unsigned long long>token, duration, self._spt)
         self._advance(now)
         j = self._current()
         self._pass[j] += 1

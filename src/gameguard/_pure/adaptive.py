@@ -85,6 +85,12 @@ class AdaptiveKernel(GuardKernel):
 
     limit = property(lambda self: self._limit)
     in_flight = property(lambda self: self._in_flight)
+    self_timed = False  # the compiled twin may time calls with the CPU's counter
+
+    def time_calls(self, on: bool) -> bool:
+        """The compiled twin's cheaper timer (see there); here calls are always timed by
+        the caller's clock: returns False."""
+        return False
 
     def enter(self, now: float) -> int:
         if not _BELOW < now < MAX_EPOCH:

@@ -114,6 +114,13 @@ class ShedderKernel(GuardKernel):
         limit = self._max_flight(now) * factor
         return self.avg_flying > limit and self.flying > limit
 
+    self_timed = False  # the compiled twin may time calls with the CPU's counter
+
+    def time_calls(self, on: bool) -> bool:
+        """The compiled twin's cheaper timer; here calls are always timed by the caller's
+        clock: returns False."""
+        return False
+
     def enter(self, now: float) -> int:
         if not _BELOW < now < MAX_EPOCH:
             raise clock_error(now, MAX_EPOCH)
