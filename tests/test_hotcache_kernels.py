@@ -151,7 +151,7 @@ def test_table_bounded_and_scan_resistant(kernels):
                 t.put(key, key, 1e9, 1e9, 0.0)
         assert len(t) <= 100
     assert sum(t.peek(k, 0.0) is not ct.MISS for k in hot) >= 45
-    hits, misses, evictions, rejected, expirations = t.counters()
+    hits, misses, evictions, rejected, expirations, stale = t.counters()
     assert evictions >= 9_900 and rejected >= 8_000
 
 
