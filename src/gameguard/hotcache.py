@@ -351,7 +351,9 @@ class HotKeyCache(Generic[V]):
         """The cached value for ``key``, else ``loader(key)``, cached for ``ttl``.
 
         Concurrent misses on one key (threads or tasks) run ``loader`` once and all get its
-        result or its exception; nothing is cached on an exception. A hot key past its
+        result or its exception; nothing is cached on an exception (with
+        ``stale_if_error``, a key that expired less than that long ago answers all of them
+        with its expired value instead, and for ``STALE_RETRY`` seconds after). A hot key past its
         refresh point is reloaded by one caller while the others keep the current value.
         ``ttl`` is checked before anything is loaded. On an event loop's thread, a miss
         whose load a task of that loop leads cannot wait for it (the task cannot run
