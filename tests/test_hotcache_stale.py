@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import both_twins
+from test_hotcache_stampede import wait_until
 from gameguard import ConfigurationError, ManualClock, _impl
 from gameguard.hotcache import ABSENT, STALE_RETRY, HotKeyCache
 
@@ -98,14 +99,20 @@ def test_a_failed_load_serves_the_expired_value_then_retries_once_a_second(twin,
     assert reads(st) == 1 + 1 + 7 + 2 + 1 and st["hits"] == 0
 
 
-def test_stale_only_within_the_window(twin):
+def serving_stale(**kw):
+    """(clock, cache, loader): "k" expired, its loader down, the first read answered stale."""
     clock = ManualClock()
-    cache = make(clock, stale_if_error=2.5)
+    cache = make(clock, **kw)
     load = Loader()
     cache.get_or_load("k", load)
     clock.advance(10.0)
     load.down = True
-    assert cache.get_or_load("k", load) == "v1"   # 0 s past expiry
+    assert cache.get_or_load("k", load) == "v1"
+    return clock, cache, load
+
+
+def test_stale_only_within_the_window(twin):
+    clock, cache, load = serving_stale(stale_if_error=2.5)   # 0 s past expiry
     clock.advance(2.0)
     assert cache.get_or_load("k", load) == "v1"   # a retry at 2 s: failed, kept 0.5 s more
     clock.advance(0.4999)
@@ -119,25 +126,13 @@ def test_stale_only_within_the_window(twin):
 
 
 def test_get_and_contains_never_serve_stale(twin):
-    clock = ManualClock()
-    cache = make(clock)
-    load = Loader()
-    cache.get_or_load("k", load)
-    clock.advance(10.0)
-    load.down = True
-    assert cache.get_or_load("k", load) == "v1"
+    clock, cache, load = serving_stale()
     assert cache.get("k") is None and cache.get("k", "dflt") == "dflt" and "k" not in cache
     assert cache.stats()["stale_served"] == 0
 
 
 def test_set_and_delete_end_the_stale_value(twin):
-    clock = ManualClock()
-    cache = make(clock)
-    load = Loader()
-    cache.get_or_load("k", load)
-    clock.advance(10.0)
-    load.down = True
-    assert cache.get_or_load("k", load) == "v1"
+    clock, cache, load = serving_stale()
     cache.set("k", "pushed")
     assert cache.get_or_load("k", load) == "pushed" and cache.get("k") == "pushed"
     clock.advance(10.0)
@@ -384,28 +379,31 @@ def test_prometheus_exports_result_stale(twin):
 
 
 # -- stampedes ------------------------------------------------------------------------------
-def wait_until(predicate, what: str) -> None:
-    gate = threading.Event()
-    for _ in range(100_000):
-        if predicate():
-            return
-        gate.wait(0.0005)
-    raise AssertionError(f"timed out waiting for {what}")
+def expired(key: str) -> HotKeyCache:
+    """A cache whose entry for ``key`` ("bid") has just expired."""
+    clock = ManualClock()
+    cache = make(clock)
+    cache.get_or_load(key, Loader("bid"))
+    clock.advance(10.0)
+    return cache
+
+
+class BlockedFailure:
+    """A sync loader that records its calls, blocks until ``release``, then raises."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.calls: list = []
+
+    def __call__(self, key):
+        self.calls.append(key)
+        self.release.wait(30)
+        raise Down("payment service")
 
 
 def test_threads_share_one_failing_load_and_all_get_the_stale_value(twin):
-    clock = ManualClock()
-    cache = make(clock)
-    cache.get_or_load("auction:1", Loader("bid"))
-    clock.advance(10.0)
-    release = threading.Event()
-    calls = []
-
-    def failing(key):
-        calls.append(key)
-        release.wait(30)
-        raise Down("payment service")
-
+    cache = expired("auction:1")
+    failing = BlockedFailure()
     results = []
     start = threading.Barrier(32)
 
@@ -417,20 +415,17 @@ def test_threads_share_one_failing_load_and_all_get_the_stale_value(twin):
     for t in threads:
         t.start()
     wait_until(lambda: cache.stats()["coalesced"] == 31, "31 waiters")
-    release.set()
+    failing.release.set()
     for t in threads:
         t.join(30)
     assert not any(t.is_alive() for t in threads)
-    assert calls == ["auction:1"] and results == ["bid"] * 32
+    assert failing.calls == ["auction:1"] and results == ["bid"] * 32
     assert cache.stats()["load_failures"] == 1
 
 
 @pytest.mark.asyncio
 async def test_tasks_share_one_failing_load_and_all_get_the_stale_value(twin):
-    clock = ManualClock()
-    cache = make(clock)
-    cache.get_or_load("auction:1", Loader("bid"))
-    clock.advance(10.0)
+    cache = expired("auction:1")
     release = asyncio.Event()
     calls = []
 
@@ -452,22 +447,12 @@ async def test_tasks_share_one_failing_load_and_all_get_the_stale_value(twin):
 
 
 def test_threads_and_tasks_share_one_failing_load(twin):
-    clock = ManualClock()
-    cache = make(clock)
-    cache.get_or_load("k", Loader("bid"))
-    clock.advance(10.0)
-    release = threading.Event()
-    calls = []
-
-    def failing(key):
-        calls.append(key)
-        release.wait(30)
-        raise Down("db")
-
+    cache = expired("k")
+    failing = BlockedFailure()
     leader_out = []
     leader = threading.Thread(target=lambda: leader_out.append(cache.get_or_load("k", failing)))
     leader.start()
-    wait_until(lambda: calls, "the leader's load")
+    wait_until(lambda: failing.calls, "the leader's load")
 
     async def waiters():
         return await asyncio.gather(*[cache.get_or_load_async("k", failing) for _ in range(50)])
@@ -476,10 +461,10 @@ def test_threads_and_tasks_share_one_failing_load(twin):
     runner = threading.Thread(target=lambda: box.setdefault("r", asyncio.run(waiters())))
     runner.start()
     wait_until(lambda: cache.stats()["coalesced"] == 50, "50 task waiters")
-    release.set()
+    failing.release.set()
     leader.join(30)
     runner.join(30)
-    assert calls == ["k"] and leader_out == ["bid"] and box["r"] == ["bid"] * 50
+    assert failing.calls == ["k"] and leader_out == ["bid"] and box["r"] == ["bid"] * 50
 
 
 # -- twins ----------------------------------------------------------------------------------
