@@ -59,7 +59,8 @@ def build(case: str):  # -> a zero-argument callable doing one call
         elif base == "keyed_try_acquire":  # f(1): key 1
             f = gg.KeyedLimiter(1e12, 1e12).try_acquire
         elif base.startswith("cache_"):  # a hit on key 1 (a fresh entry, far from expiry)
-            f = _cache_case(gg.HotKeyCache(ttl=3600.0), base)
+            f = _cache_case(gg.HotKeyCache(
+                ttl=3600.0, **({"stale_if_error": 3600.0} if "stale" in base else {})), base)
         elif base == "pybreaker":
             import pybreaker
             f = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60)(handler)
@@ -84,6 +85,19 @@ def _cache_case(cache, base: str):
         return functools.partial(cache.get_or_load, loader=handler)
     if base == "cache_cached":
         return cache.cached(handler)
+    if base == "cache_cached_stale":  # key 1 expired, its load failed: served stale
+        import time
+
+        from gameguard import hotcache
+        hotcache.STALE_RETRY = 3600.0   # no retry during the run
+        cache.set(1, 1, ttl=1e-6)
+        time.sleep(1e-3)
+
+        def down(x: int) -> int:
+            raise ConnectionError("down")
+        stale = cache.cached(down)
+        assert stale(1) == 1 and cache.stats()["stale_served"] == 0
+        return stale
     raise SystemExit(f"unknown case {base!r}")
 
 
@@ -94,7 +108,7 @@ CASES = ["bare", "breaker", "breaker_slowcalls", "throttle", "bulkhead", "pipeli
          "throttle_pure", "bulkhead_pure", "circuitbreaker", "pybreaker", "purgatory",
          "retry", "retry_budget", "retry_pure", "retry_breaker", "tenacity", "adaptive",
          "shedder", "cache_get", "cache_get_or_load", "cache_cached", "async_cache_cached",
-         "cache_get_pure", "cache_cached_pure"]
+         "cache_cached_stale", "cache_get_pure", "cache_cached_pure"]
 
 
 async def ahandler(x: int) -> int:
