@@ -523,3 +523,31 @@ def _drive(impl: str, ops, window: float) -> list:
 def test_twins_decide_alike_with_stale_entries(ops, window):
     both_twins("cachetable")
     assert _drive("fast", ops, window) == _drive("pure", ops, window)
+
+
+def test_a_duplicate_load_on_the_loop_thread_serves_stale_too(twin):
+    """A sync read on the loop's thread cannot wait for the task leading the load: its own
+    load (a duplicate) fails and it gets the stale value; so does the task after it."""
+    cache = expired("k")
+
+    async def main():
+        started, release = asyncio.Event(), asyncio.Event()
+
+        async def aloader(key):
+            started.set()
+            await release.wait()
+            raise Down("db")
+
+        leader = asyncio.ensure_future(cache.get_or_load_async("k", aloader))
+        await asyncio.wait_for(started.wait(), 5)
+        got = cache.get_or_load("k", _down)  # same thread as the loop
+        release.set()
+        return got, await asyncio.wait_for(leader, 5)
+
+    assert asyncio.run(main()) == ("bid", "bid")
+    st = cache.stats()
+    assert st["duplicate_loads"] == 1 and st["load_failures"] == 2
+
+
+def _down(key):
+    raise Down(key)
