@@ -60,6 +60,9 @@ def build(case: str):  # -> a zero-argument callable doing one call
             f = gg.TokenBucket(1e12, 1e12).try_acquire
         elif base == "keyed_try_acquire":  # f(1): key 1
             f = gg.KeyedLimiter(1e12, 1e12).try_acquire
+        elif base.startswith("cache_"):  # a hit on key 1 (a fresh entry, far from expiry)
+            f = _cache_case(gg.HotKeyCache(
+                ttl=3600.0, **({"stale_if_error": 3600.0} if "stale" in base else {})), base)
         elif base == "pybreaker":
             import pybreaker
             f = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60)(handler)
@@ -74,13 +77,41 @@ def build(case: str):  # -> a zero-argument callable doing one call
     return f
 
 
+def _cache_case(cache, base: str):
+    import functools
+
+    cache.set(1, 1)
+    if base == "cache_get":
+        return cache.get
+    if base == "cache_get_or_load":
+        return functools.partial(cache.get_or_load, loader=handler)
+    if base == "cache_cached":
+        return cache.cached(handler)
+    if base == "cache_cached_stale":  # key 1 expired, its load failed: served stale
+        import time
+
+        from gameguard import hotcache
+        hotcache.STALE_RETRY = 3600.0   # no retry during the run
+        cache.set(1, 1, ttl=1e-6)
+        time.sleep(1e-3)
+
+        def down(x: int) -> int:
+            raise ConnectionError("down")
+        stale = cache.cached(down)
+        assert stale(1) == 1 and cache.stats()["stale_served"] == 0
+        return stale
+    raise SystemExit(f"unknown case {base!r}")
+
+
 CASES = ["bare", "breaker", "breaker_slowcalls", "throttle", "bulkhead", "pipeline",
          "token_try_acquire", "keyed_try_acquire",
          "with_breaker", "with_bulkhead", "bare_await", "async_with_breaker",
          "async_with_bulkhead", "breaker_pure", "with_breaker_pure", "async_with_breaker_pure",
          "throttle_pure", "bulkhead_pure", "circuitbreaker", "pybreaker", "purgatory",
          "retry", "retry_budget", "retry_pure", "retry_breaker", "tenacity", "adaptive",
-         "shedder", "async_retry", "async_retry_budget", "adaptive_pooled"]
+         "shedder", "async_retry", "async_retry_budget", "adaptive_pooled", "cache_get",
+         "cache_get_or_load", "cache_cached", "async_cache_cached", "cache_cached_stale",
+         "cache_get_pure", "cache_cached_pure"]
 
 
 async def ahandler(x: int) -> int:
@@ -99,6 +130,7 @@ def run_blocks(case: str, n: int) -> None:
     base = case[:-5] if case.endswith("_pure") else case
     with _impl.use(twin):
         g = gg.CircuitBreaker("b") if "breaker" in base else gg.Bulkhead(8)
+        cache = gg.HotKeyCache(ttl=3600.0) if base == "async_cache_cached" else None
     if base.startswith("with_"):
         for _ in range(n):
             with g:
@@ -109,6 +141,11 @@ def run_blocks(case: str, n: int) -> None:
         if base == "bare_await":
             for _ in range(n):
                 await ahandler(1)
+        elif base == "async_cache_cached":  # a hit: the awaitable is already done
+            f = cache.cached(ahandler)  # type: ignore[union-attr]
+            await f(1)
+            for _ in range(n):
+                await f(1)
         else:
             for _ in range(n):
                 async with g:
@@ -135,7 +172,7 @@ def run_async_retry(case: str, n: int) -> None:
 def run(case: str, n: int) -> None:
     if case.startswith("async_retry"):
         return run_async_retry(case, n)
-    if case.startswith(("with_", "async_with_", "bare_await")):
+    if case.startswith(("with_", "async_", "bare_await")):
         return run_blocks(case, n)
     f = build(case)
     for _ in range(n):

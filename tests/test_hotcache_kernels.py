@@ -151,8 +151,27 @@ def test_table_bounded_and_scan_resistant(kernels):
                 t.put(key, key, 1e9, 1e9, 0.0)
         assert len(t) <= 100
     assert sum(t.peek(k, 0.0) is not ct.MISS for k in hot) >= 45
-    hits, misses, evictions, rejected, expirations = t.counters()
+    hits, misses, evictions, rejected, expirations, stale = t.counters()
     assert evictions >= 9_900 and rejected >= 8_000
+
+
+def test_table_keeps_a_stale_entry_after_a_failed_load(kernels):
+    ct = kernels("cachetable")
+    t = ct.CacheTable(10, 1, 1, lambda: 0.0)
+    t.put("k", "v", 10.0, 8.0, 0.0)
+    assert t.keep_stale("k", 9.0, 5.0, 1.0) is ct.MISS      # still fresh: nothing to keep
+    assert t.probe("k", 10.0) is ct.MISS and t.stale_value("k", 10.0) is ct.MISS
+    assert t.keep_stale("k", 10.0, 5.0, 1.0) == "v"         # expired 0 s ago: kept 1 s
+    assert t.stale_value("k", 10.5) == "v" and t.probe("k", 10.5) == "v"
+    assert t.probe("k", 11.0) is ct.MISS                      # the retry is due
+    assert t.keep_stale("k", 14.5, 5.0, 1.0) == "v"         # kept to the window's end only
+    assert t.probe("k", 14.99) == "v" and t.probe("k", 15.0) is ct.MISS
+    assert t.keep_stale("k", 15.0, 5.0, 1.0) is ct.MISS     # 5 s past expiry: gone
+    assert t.get_at("k", "d", 14.9) == "d" and not t.contains("k", 14.9)
+    # misses: probes at 10, 11, 15 and the get; stale: probes at 10.5 and 14.99
+    assert t.counters() == (0, 4, 0, 0, 0, 2)
+    t.put("k", "new", 30.0, 24.0, 15.0)                      # a store makes it fresh
+    assert t.probe("k", 16.0) == "new" and t.counters() == (1, 4, 0, 0, 0, 2)
 
 
 def test_table_refresh_claimed_once_for_hot_keys_only(kernels):
@@ -174,7 +193,8 @@ def test_table_refresh_claimed_once_for_hot_keys_only(kernels):
 
 
 _table_ops = st.lists(st.tuples(
-    st.sampled_from(["probe", "get", "put", "delete", "end_refresh", "expire", "contains"]),
+    st.sampled_from(["probe", "get", "put", "delete", "end_refresh", "expire", "contains",
+                     "keep_stale", "stale_value"]),
     st.integers(0, 200), st.floats(0.0, 0.5), st.floats(0.1, 3.0)), max_size=400)
 
 
@@ -209,6 +229,11 @@ def test_cachetable_twins_agree(ops, maxsize, shards, seed):
             tp.end_refresh(key, now)
         elif op == "expire":
             assert tf.expire(now) == tp.expire(now)
+        elif op == "keep_stale":  # a failed load: window ttl, retry dt (stale_if_error)
+            assert norm(tf.keep_stale(key, now, ttl, dt), fast) == \
+                norm(tp.keep_stale(key, now, ttl, dt), pure)
+        elif op == "stale_value":
+            assert norm(tf.stale_value(key, now), fast) == norm(tp.stale_value(key, now), pure)
         else:
             assert tf.contains(key, now) == tp.contains(key, now)
         assert len(tf) == len(tp) <= maxsize

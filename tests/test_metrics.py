@@ -114,7 +114,8 @@ def test_prometheus_families_and_labels_are_exactly_the_documented_ones() -> Non
     assert got["gameguard_keyed_limiter_keys"] == {labels(guard="casts"): 4.0}
     assert got["gameguard_keyed_limiter_evictions_total"] == {labels(guard="casts"): 8.0}
     assert got["gameguard_cache_requests_total"] == {
-        labels(cache="profiles", result="hit"): 1.0, labels(cache="profiles", result="miss"): 1.0}
+        labels(cache="profiles", result="hit"): 1.0, labels(cache="profiles", result="miss"): 1.0,
+        labels(cache="profiles", result="stale"): 0.0}
     assert got["gameguard_cache_loads_total"] == {
         labels(cache="profiles", outcome="success"): 1.0,
         labels(cache="profiles", outcome="failure"): 0.0}

@@ -11,6 +11,9 @@ The three classic cache failures and what answers each here:
 * **penetration** (reads of keys that do not exist go to the database every time):
   *negative caching*: a loader result meaning "absent" is cached for ``negative_ttl``.
 
+And when the database itself fails, ``stale_if_error`` (RFC 5861's name) keeps serving a
+value that expired a little while ago rather than the loader's exception.
+
 Bounded at ``maxsize`` with TinyLFU admission (see :mod:`gameguard._pure.cachetable`).
 """
 from __future__ import annotations
@@ -41,8 +44,12 @@ if TYPE_CHECKING:
 else:  # annotation-only names stay out of the import (typing_extensions costs milliseconds)
     V = None  # only subscripts the run-time stand-in of Generic
 
-__all__ = ["HotKeyCache", "ABSENT"]
+__all__ = ["HotKeyCache", "ABSENT", "STALE_RETRY"]
 
+#: Seconds an expired value is served after its load failed (``stale_if_error``) before
+#: a read tries the load again: one load per key per second against a dead dependency, and
+#: a recovered one is noticed within a second.
+STALE_RETRY = 1.0
 
 
 def _seeded_random(seed: Optional[int]) -> Callable[[], float]:
@@ -168,8 +175,9 @@ class HotKeyCache(Generic[V]):
     counts as hot: 1.0), ``hot_capacity`` (keys tracked by the heavy-hitter sketch: 64),
     ``hot_half_life`` (seconds; counts are halved this often: 2.0), ``none_is_absent``
     (a loader returning ``None`` means absent, like :data:`ABSENT`), ``seed`` (hash and
-    jitter seed; default random per cache) and ``rng`` (a zero-argument callable returning
-    uniform floats in [0, 1) for the jitter).
+    jitter seed; default random per cache), ``rng`` (a zero-argument callable returning
+    uniform floats in [0, 1) for the jitter) and ``stale_if_error`` (seconds past expiry
+    during which an expired value is kept and served when its load raises: 0, never).
 
     Generic in its values: ``HotKeyCache[Player]`` types ``get``, ``set`` and the loaders;
     a plain ``HotKeyCache()`` is ``HotKeyCache[Any]``. Keys must be hashable (``TypeError``
@@ -183,7 +191,8 @@ class HotKeyCache(Generic[V]):
                  refresh_ahead: float = 0.8, hot_rate: float = 1.0, hot_capacity: int = 64,
                  hot_half_life: float = 2.0, none_is_absent: bool = False,
                  seed: Optional[int] = None,
-                 rng: Optional[Callable[[], float]] = None) -> None:
+                 rng: Optional[Callable[[], float]] = None,
+                 stale_if_error: float = 0.0) -> None:
         self.maxsize = check_int("maxsize", maxsize, 1)
         self.ttl = _check_ttl(ttl)
         self.shards = check_int("shards", shards, 1, 1 << 16)
@@ -204,6 +213,7 @@ class HotKeyCache(Generic[V]):
         if not isinstance(none_is_absent, bool):
             raise ConfigurationError(f"none_is_absent must be a bool, got {none_is_absent!r}")
         self.none_is_absent = none_is_absent
+        self.stale_if_error = check_non_negative("stale_if_error", stale_if_error)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ConfigurationError(f"seed must be an int or None, got {seed!r}")
         if rng is not None and not callable(rng):
@@ -306,12 +316,13 @@ class HotKeyCache(Generic[V]):
                 lock.release()
 
     def expire(self) -> int:
-        """Drop every expired entry now (O(n)); returns how many. Not needed for
-        correctness: reads treat expired entries as absent and eviction drops them first."""
+        """Drop every expired entry now (O(n)), except those still within
+        ``stale_if_error`` of their expiry; returns how many. Not needed for correctness:
+        reads treat expired entries as absent and eviction drops them first."""
         for lock in self._locks:
             lock.acquire()
         try:
-            return int(self._core.expire(self._clock()))
+            return int(self._core.expire(self._clock() - self.stale_if_error))
         finally:
             for lock in self._locks:
                 lock.release()
@@ -340,7 +351,9 @@ class HotKeyCache(Generic[V]):
         """The cached value for ``key``, else ``loader(key)``, cached for ``ttl``.
 
         Concurrent misses on one key (threads or tasks) run ``loader`` once and all get its
-        result or its exception; nothing is cached on an exception. A hot key past its
+        result or its exception; nothing is cached on an exception (with
+        ``stale_if_error``, a key that expired less than that long ago answers all of them
+        with its expired value instead, and for ``STALE_RETRY`` seconds after). A hot key past its
         refresh point is reloaded by one caller while the others keep the current value.
         ``ttl`` is checked before anything is loaded. On an event loop's thread, a miss
         whose load a task of that loop leads cannot wait for it (the task cannot run
@@ -364,7 +377,7 @@ class HotKeyCache(Generic[V]):
         lock, flights = self._locks[s], self._flights[s]
         while True:
             with lock:
-                v = self._core.peek(key, self._clock())
+                v = self._fresh_or_stale(key)
                 if v is not self._MISS:
                     return self._out(v)
                 fl = flights.get(key)
@@ -408,10 +421,14 @@ class HotKeyCache(Generic[V]):
         """Load beside a flight this thread cannot wait for, and store the result."""
         try:
             value = self._call_loader(loader, key)
-        except Exception:
+        except Exception as exc:
             with self._locks[s]:
                 self._load_failures += 1
-            raise
+                kept = self._keep_stale(key) if self.stale_if_error else self._MISS
+            if kept is self._MISS:
+                raise
+            _log_stale(key, exc)
+            return kept
         with self._locks[s]:
             self._store_result(key, value, ttl, self._clock())
             self._load_successes += 1
@@ -422,8 +439,9 @@ class HotKeyCache(Generic[V]):
         try:
             value = self._call_loader(loader, key)
         except Exception as exc:
-            self._finish(s, key, fl, exc=exc, refresh=refresh)
-            raise
+            if not self._finish(s, key, fl, exc=exc, refresh=refresh):
+                raise
+            return fl.value  # stale_if_error: the kept value, for every waiter too
         except BaseException:
             self._finish(s, key, fl, abandoned=True, refresh=refresh)
             raise
@@ -432,11 +450,14 @@ class HotKeyCache(Generic[V]):
 
     def _finish(self, s: int, key: Any, fl: _Flight, *, value: Any = None,
                 exc: Optional[BaseException] = None, abandoned: bool = False,
-                ttl: Optional[float] = None, refresh: bool = False) -> None:
+                ttl: Optional[float] = None, refresh: bool = False) -> bool:
         """End a flight: store the result (unless ``set``/``delete`` detached it), then wake
         every waiter, whatever fails. A result that cannot be stored (a user clock or rng
-        raised, say) becomes the error every waiter and the leader get."""
+        raised, say) becomes the error every waiter and the leader get. True when the
+        loader's exception gave way to a stale value (``stale_if_error``): it is
+        ``fl.value``, every waiter's result."""
         error: Optional[BaseException] = None
+        kept: Any = self._MISS
         with self._locks[s]:
             flights = self._flights[s]
             current = flights.get(key) is fl
@@ -450,6 +471,8 @@ class HotKeyCache(Generic[V]):
                     self._core.end_refresh(key, self._clock())
                     if exc is not None:
                         self._refresh_failures += 1
+                if exc is not None and current and self.stale_if_error:
+                    kept = self._keep_stale(key)
             except BaseException as err:
                 if exc is None and not abandoned:
                     error = exc = err
@@ -459,11 +482,38 @@ class HotKeyCache(Generic[V]):
                 self._load_failures += 1
             elif not abandoned:
                 self._load_successes += 1
+            failure = exc
+            if kept is not self._MISS:
+                value, exc = kept, None
             fl.value, fl.exc, fl.abandoned, fl.done = value, exc, abandoned, True
             futures, fl.futures = fl.futures, []
         fl.wake(futures)
         if error is not None:
             raise error
+        if kept is self._MISS:
+            return False
+        _log_stale(key, failure)
+        return True
+
+    # -- stale_if_error -----------------------------------------------------------------
+    def _fresh_or_stale(self, key: Any) -> Any:
+        """Under the shard's lock: the fresh value, else the stale one kept after a failed
+        load (its retry not due yet), else ``MISS``."""
+        now = self._clock()
+        v = self._core.peek(key, now)
+        if v is self._MISS and self.stale_if_error:
+            v = self._core.stale_value(key, now)
+        return v
+
+    def _keep_stale(self, key: Any) -> Any:
+        """Under the shard's lock, after ``key``'s load raised: its value if it expired less
+        than ``stale_if_error`` ago (kept and served for ``STALE_RETRY`` seconds, when a
+        read loads again), else ``MISS``."""
+        try:
+            return self._core.keep_stale(key, self._clock(), self.stale_if_error, STALE_RETRY)
+        except Exception:  # a user clock or key raised: the loader's exception stands
+            logger().warning("keeping the stale value of %r failed", key, exc_info=True)
+            return self._MISS
 
     def _refresh(self, key: Any, loader: Callable[[Any], Any], ttl: Optional[float]) -> Any:
         """This caller owns the refresh of a fresh hot key: reload it inline; on failure
@@ -525,7 +575,7 @@ class HotKeyCache(Generic[V]):
         loop = asyncio.get_running_loop()
         while True:
             with lock:
-                v = self._core.peek(key, self._clock())
+                v = self._fresh_or_stale(key)
                 if v is not self._MISS:
                     return self._out(v)
                 fl = flights.get(key)
@@ -561,8 +611,9 @@ class HotKeyCache(Generic[V]):
             if hasattr(type(value), "__await__"):
                 value = await value
         except Exception as exc:
-            self._finish(s, key, fl, exc=exc, refresh=refresh)
-            raise
+            if not self._finish(s, key, fl, exc=exc, refresh=refresh):
+                raise
+            return fl.value
         except BaseException:  # cancelled: hand the load over to a waiter
             self._finish(s, key, fl, abandoned=True, refresh=refresh)
             raise
@@ -681,7 +732,9 @@ class HotKeyCache(Generic[V]):
         return [(k, float(r)) for k, r in self._core.hot_keys(n, self._clock())]
 
     def stats(self) -> Dict[str, Any]:
-        """Counters since creation: ``hits``, ``misses`` (reads), ``loads`` (loader calls,
+        """Counters since creation: reads by answer, each counted once, ``hits`` (a fresh
+        value), ``stale_served`` (an expired value answered without a load after its load
+        failed: ``stale_if_error``) and ``misses`` (the rest), ``loads`` (loader calls,
         refreshes included), ``load_successes`` and ``load_failures`` (finished loads: a
         loader that raised or whose result could not be stored failed; a cancelled one is
         neither), ``coalesced`` (callers that waited for another's load),
@@ -691,8 +744,9 @@ class HotKeyCache(Generic[V]):
         ``expirations``, ``size``, ``maxsize``, ``hot_keys`` (top 10). Read counters are
         exact in the compiled build; in the pure build they are kept under the kernel's
         lock too."""
-        hits, misses, evictions, rejected, expirations = self._core.counters()
-        return {"name": self.name, "hits": hits, "misses": misses, "loads": self._loads,
+        hits, misses, evictions, rejected, expirations, stale = self._core.counters()
+        return {"name": self.name, "hits": hits, "misses": misses, "stale_served": stale,
+                "loads": self._loads,
                 "load_successes": self._load_successes, "load_failures": self._load_failures,
                 "coalesced": self._coalesced, "duplicate_loads": self._duplicates,
                 "refreshes": self._refreshes, "refresh_failures": self._refresh_failures,
@@ -703,6 +757,11 @@ class HotKeyCache(Generic[V]):
     def __repr__(self) -> str:
         return (f"<HotKeyCache {self.name!r} size={len(self._core)}/{self.maxsize} "
                 f"ttl={self.ttl!r}>")
+
+
+def _log_stale(key: Any, exc: Optional[BaseException]) -> None:
+    logger().warning("loading %r failed; serving its stale value (stale_if_error)", key,
+                     exc_info=exc)
 
 
 def _look_like_coroutine_function(wrapper: Any, fn: Callable[..., Any]) -> None:

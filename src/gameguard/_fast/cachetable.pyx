@@ -281,7 +281,7 @@ cdef class CacheTable:
     cdef readonly FrequencySketch sketch
     cdef readonly HeavyHitters hh
     cdef readonly SplitMix64 rng
-    cdef readonly long long hits, misses, evictions, rejected, expirations
+    cdef readonly long long hits, misses, evictions, rejected, expirations, stale
 
     def __init__(self, maxsize, shards, seed, clock=None, *, hot_capacity=64,
                  hot_width=1024, hot_half_life=2.0, hot_rate=1.0, window=0.01,
@@ -401,14 +401,22 @@ cdef class CacheTable:
         self.sketch.increment_c(h)
         self.hh.add_c(h, key, now)
         if e is None or not now < e.expires_at:
-            self.misses += 1
-            return MISS_
+            return self._no_fresh(e, now)
         self.hits += 1
         e.ref = True
         if now >= e.refresh_at and not e.refreshing and self.hh.is_hot_c(h, now, self.hot_rate):
             e.refreshing = True
             return REFRESH_
         return e.value
+
+    cdef object _no_fresh(self, Entry e, double now):
+        """``probe`` without a fresh entry: the value ``keep_stale`` kept, else ``MISS``
+        (out of line: the hit path's inlined code stays as it was)."""
+        if e is not None and now < e.refresh_at:
+            self.stale += 1
+            return e.value
+        self.misses += 1
+        return MISS_
 
     def peek(self, key, double now):
         """The stored value if fresh, else ``MISS``; counts nothing."""
@@ -542,6 +550,24 @@ cdef class CacheTable:
             e.refreshing = False
             e.refresh_at = now + 0.5 * (e.expires_at - now)
 
+    def stale_value(self, key, double now):
+        """The value of an expired entry kept by ``keep_stale`` (see the pure twin)."""
+        cdef Entry e = self._find(key, self._hash(key))
+        if e is None or now < e.expires_at or not now < e.refresh_at:
+            return MISS_
+        return e.value
+
+    def keep_stale(self, key, double now, double window, double retry):
+        """A load failed: keep an entry expired less than ``window`` ago (see the pure
+        twin)."""
+        cdef Entry e = self._find(key, self._hash(key))
+        cdef double until
+        if e is None or now < e.expires_at or not now - window < e.expires_at:
+            return MISS_
+        until = e.expires_at + window
+        e.refresh_at = now + retry if now + retry < until else until
+        return e.value
+
     def expire(self, double now):
         """Drop every expired entry. O(n); returns how many."""
         cdef Shard sh
@@ -590,7 +616,8 @@ cdef class CacheTable:
         return self.sketch.frequency_c(self._hash(key))
 
     def counters(self):
-        return self.hits, self.misses, self.evictions, self.rejected, self.expirations
+        return (self.hits, self.misses, self.evictions, self.rejected, self.expirations,
+                self.stale)
 
     def check(self):
         """Assert the structures agree (see the pure twin)."""

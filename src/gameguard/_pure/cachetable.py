@@ -93,7 +93,9 @@ REFRESH: Any = _Marker("REFRESH")
 class Entry:
     """One cached value. ``region`` is WINDOW, PROBATION, PROTECTED or GONE (removed: a
     tombstone left in its queue until the queue's head reaches it); ``ref``: read since
-    its queue last looked at it."""
+    its queue last looked at it. ``refresh_at`` is when the next load is due: for a fresh
+    entry the refresh-ahead point; an expired one is past it (``refresh_at <=
+    expires_at``) unless ``keep_stale`` set it later, which makes ``probe`` serve it."""
 
     __slots__ = ("key", "value", "h", "expires_at", "refresh_at", "region", "ref",
                  "refreshing")
@@ -260,6 +262,7 @@ class CacheTable:
         self.evictions = 0   # capacity evictions (the victim or the rejected candidate)
         self.rejected = 0    # of which: the candidate lost admission
         self.expirations = 0  # expired entries dropped to make room or by expire()
+        self.stale = 0       # probes answered with a kept stale value (keep_stale)
         # pure Python may switch threads between bytecodes: one lock for the sketches and
         # the policy (the compiled twin needs none). Re-entrant, and never held across a
         # key's __hash__/__eq__, so user code that calls back into the table cannot
@@ -307,13 +310,17 @@ class CacheTable:
     def probe(self, key: Any, now: float) -> Any:
         """Like ``get``, for loading callers: the stored value (``absent`` included),
         ``MISS``, or ``REFRESH`` when the entry is fresh but past its refresh point, its key
-        is hot and nobody refreshes it yet (this caller now owns the refresh)."""
+        is hot and nobody refreshes it yet (this caller now owns the refresh). An expired
+        entry kept by ``keep_stale`` answers with its value (counted ``stale``)."""
         h = key_hash(key, self._seed)
         e = self.shards[h % self._nshards].d.get(key)
         with self._lock:
             self.sketch._increment(h)
             self.hh._add(h, key, now)
             if e is None or e.region == GONE or not now < e.expires_at:
+                if e is not None and e.region != GONE and now < e.refresh_at:
+                    self.stale += 1   # expired, kept by keep_stale after a failed load
+                    return e.value
                 self.misses += 1
                 return MISS
             self.hits += 1
@@ -481,6 +488,27 @@ class CacheTable:
                 e.refreshing = False
                 e.refresh_at = now + 0.5 * (e.expires_at - now)
 
+    def stale_value(self, key: Any, now: float) -> Any:
+        """The value of an expired entry kept by ``keep_stale`` while its retry is not due
+        (``now < refresh_at``), else ``MISS``; counts nothing."""
+        e = self._entry(key)
+        if e is None or now < e.expires_at or not now < e.refresh_at:
+            return MISS
+        return e.value
+
+    def keep_stale(self, key: Any, now: float, window: float, retry: float) -> Any:
+        """A load of ``key`` failed: if its entry expired less than ``window`` ago, keep
+        serving it (``probe`` returns its value) until ``now + retry``, at most until
+        ``window`` past its expiry, and return its value; else ``MISS``. Expired, it is
+        still the first to go when its shard needs room."""
+        e = self._entry(key)
+        if e is None or now < e.expires_at or not now - window < e.expires_at:
+            return MISS
+        until = e.expires_at + window
+        with self._lock:
+            e.refresh_at = now + retry if now + retry < until else until
+        return e.value
+
     def expire(self, now: float) -> int:
         """Drop every expired entry. O(n); returns how many."""
         gone: List[Entry] = []
@@ -520,8 +548,9 @@ class CacheTable:
         """The admission sketch's count for ``key`` (0..15)."""
         return self.sketch.frequency(key_hash(key, self._seed))
 
-    def counters(self) -> Tuple[int, int, int, int, int]:
-        return self.hits, self.misses, self.evictions, self.rejected, self.expirations
+    def counters(self) -> Tuple[int, int, int, int, int, int]:
+        return (self.hits, self.misses, self.evictions, self.rejected, self.expirations,
+                self.stale)
 
     def check(self) -> None:
         """Assert the structures agree (for tests): every dict entry is live in exactly one

@@ -61,7 +61,7 @@ _SPECS = (
          ("guard",)),
     Spec("gameguard_keyed_limiter_evictions", "counter",
          "Keys dropped from the table (refilled, idle or stalest).", ("guard",)),
-    Spec("gameguard_cache_requests", "counter", "Cache reads by result (hit, miss).",
+    Spec("gameguard_cache_requests", "counter", "Cache reads by result (hit, miss, stale).",
          ("cache", "result")),
     Spec("gameguard_cache_loads", "counter", "Finished loader calls by outcome.",
          ("cache", "outcome")),
@@ -169,6 +169,7 @@ def _cache(obj: Any, out: _Out) -> None:
     name = str(obj.name)
     out.add("gameguard_cache_requests", (name, "hit"), st["hits"])
     out.add("gameguard_cache_requests", (name, "miss"), st["misses"])
+    out.add("gameguard_cache_requests", (name, "stale"), st["stale_served"])
     out.add("gameguard_cache_loads", (name, "success"), st["load_successes"])
     out.add("gameguard_cache_loads", (name, "failure"), st["load_failures"])
     out.add("gameguard_cache_size", (name,), float(st["size"]))
