@@ -31,6 +31,10 @@ ATTEMPT = 0.5
 UNGUARDED_DEADLINE = 2.0
 #: the auction items' cache TTL (seconds); the report counts hot-item loads per expiry
 HOT_TTL = 1.0
+#: seconds past expiry an auction item is served when payment cannot answer: longer than
+#: the failing half of the dependency fault, as a shop would rather show a price a minute
+#: old than an error
+STALE_IF_ERROR = 60.0
 TELEPORT_STEPS = (("payment", "Debit", "Refund"), ("battle", "Leave", "Return"),
                   ("social", "Move", "Unmove"))
 
@@ -178,9 +182,11 @@ class _SagaNotCommitted(Exception):
 
 
 def auction_cache() -> Any:
-    """The auction's item cache: one load per expiry however many players read the item."""
+    """The auction's item cache: one load per expiry however many players read the item,
+    and while payment fails, the item as last read (up to STALE_IF_ERROR seconds old)."""
     import gameguard as gg
-    return gg.HotKeyCache(maxsize=4096, ttl=HOT_TTL, name="auction-items")
+    return gg.HotKeyCache(maxsize=4096, ttl=HOT_TTL, name="auction-items",
+                          stale_if_error=STALE_IF_ERROR)
 
 
 def _backend(redis_url: Optional[str]) -> Any:
