@@ -56,9 +56,14 @@ class Route:
     ``steps`` holds, in order, blocks (a guard or a pipeline of the consecutive plain
     guards: ``async with`` forms) and keyed limiters (decided per request under
     ``key(subject)``; ``subject`` is the ASGI scope or the aiohttp request). ``judges``:
-    some guard classifies outcomes, so the response status matters."""
+    some guard classifies outcomes, so the response status matters.
 
-    __slots__ = ("steps", "blocks", "single", "judges", "read", "_key", "_keyed")
+    Most routes are keyed limiters, then at most one block: ``plan`` is then ``(keyed
+    limiters, key, block or None, judges, block.__aenter__, block.__exit__)``, what a
+    middleware decides inline (no coroutine of the route's own per request); ``None`` for
+    any other route (:meth:`enter`, :meth:`exit`)."""
+
+    __slots__ = ("steps", "blocks", "judges", "read", "plan", "_key", "_keyed")
 
     def __init__(self, pattern: str, spec: Any, key: Optional[KeyFunc]) -> None:
         parts = _parts(pattern, spec)
@@ -87,11 +92,22 @@ class Route:
         #: the blocks, innermost first: the order they are exited in
         self.blocks: Tuple[Any, ...] = tuple(
             s for s in reversed(steps) if not isinstance(s, KeyedLimiter))
-        #: the one block of a route that is nothing else (the common case: entered inline)
-        self.single: Any = steps[0] if len(steps) == 1 and not self._keyed else None
         self.judges = any(_judges(p) for p in parts if not isinstance(p, KeyedLimiter))
         self._key = key
         self.read: Clock = parts[0].clock
+        lead = 0
+        while lead < len(steps) and isinstance(steps[lead], KeyedLimiter):
+            lead += 1
+        block = steps[lead] if lead < len(steps) else None
+        self.plan: Optional[Tuple[Any, ...]] = (
+            (self.steps[:lead], key, block, self.judges,
+             None if block is None else block.__aenter__,  # bound once, called per request
+             None if block is None else block.__exit__)
+            if len(steps) - lead <= 1 else None)
+
+    def refusal(self, limiter: KeyedLimiter, key: Any) -> BaseException:
+        """The rejection of a keyed ``limiter`` that refused ``key`` just now."""
+        return limiter.bind(key)._rejection(self.read())
 
     async def enter(self, subject: Any) -> Optional[BaseException]:
         """Enter every step outermost first: ``None`` once all admitted, else the refusing
@@ -103,7 +119,7 @@ class Route:
             for step in self.steps:
                 if isinstance(step, KeyedLimiter):
                     if not step.try_acquire(key):
-                        rejection: BaseException = step.bind(key)._rejection(self.read())
+                        rejection = self.refusal(step, key)
                         self._unwind(entered, rejection)
                         return rejection
                     continue
