@@ -26,7 +26,6 @@ from gameguard._fast.vector cimport (gg_propagate, vectorcallfunc, PyVectorcall_
 from gameguard._pure import edge as _py
 from gameguard._http import ServerErrorResponse
 from gameguard.errors import RejectedError
-from gameguard._log import logger
 
 cdef extern from "Python.h":
     ctypedef struct CallSlots "PyTypeObject":
@@ -215,8 +214,8 @@ cdef class Exchange:
                                  self.reply, refused))
             return 0
         if type(entering) is not Ready:  # waiting for a slot
-            self.hand(_py.admitted(entering, self.leave, self.app, self.scope,
-                                   self.receive, self.reply, self.judges))
+            self.hand(_py.admitted(self.enter, self.leave, self.app, self.scope,
+                                   self.receive, self.reply, self.judges, entering))
             return 0
         self.state = RUNNING
         argv[0] = <PyObject *>self.scope
@@ -250,11 +249,15 @@ cdef class Exchange:
             leave(None, None, None)
         return 0
 
-    cdef int leave_with(self, exc) except -1:
+    cdef void leave_with(self, exc) noexcept:
+        """Release the block with ``exc`` (on its way out) as the outcome; an error
+        releasing is logged, never raised over ``exc``."""
         leave = self.leave
         self.ended()
-        leave(type(exc), exc, None)
-        return 0
+        try:
+            _py.leave_quietly(leave, exc)
+        except BaseException:
+            pass  # leave_quietly logs; only a failing logger gets here
 
     cdef void leave_raised(self) noexcept:
         """The app raised (the exception is set): release the block with it as the outcome
@@ -265,10 +268,7 @@ cdef class Exchange:
         cdef PyObject *etb
         PyErr_Fetch(&etype, &evalue, &etb)
         PyErr_NormalizeException(&etype, &evalue, &etb)
-        try:
-            self.leave_with(<object>evalue)
-        except BaseException as error:
-            _log_release_error(error, <object>evalue)
+        self.leave_with(<object>evalue)
         PyErr_Restore(etype, evalue, etb)
 
     def throw(self, typ, val=None, tb=None):
@@ -319,10 +319,7 @@ cdef class Exchange:
 
     def __dealloc__(self):
         if self.state == RUNNING and self.leave is not None:  # dropped unfinished
-            try:
-                self.leave_with(GeneratorExit())
-            except BaseException as error:
-                _log_release_error(error, None)
+            self.leave_with(GeneratorExit())
 
 
 cdef object _send_vectorcall(Exchange self, PyObject **args, size_t nargsf,
@@ -350,14 +347,6 @@ cdef inline bint _is_start(str t):
     """``t == "http.response.start"``: a length check first (the body message, the usual
     other one, differs in length), then the characters."""
     return <PyObject *>t == <PyObject *>_START or (len(t) == 19 and t == _START)
-
-
-cdef void _log_release_error(error, exc) noexcept:
-    try:
-        logger().error("gameguard: %r raised while releasing permits; the request's own "
-                       "%r stands", error, exc, exc_info=error)
-    except BaseException:
-        pass
 
 
 cdef PySendResult _raise_in_send(exc, PyObject **result) noexcept:

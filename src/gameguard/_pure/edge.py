@@ -9,10 +9,11 @@ route without a plan, an object built on this twin) to the coroutines here.
 """
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, MutableMapping
+from typing import Any, Awaitable, Callable, MutableMapping, Optional
 
 from .. import _http
 from .._http import ServerErrorResponse
+from .._log import logger
 from ..errors import RejectedError
 
 __all__ = ["Middleware", "adopt_call"]
@@ -44,19 +45,21 @@ async def serve(mw: Any, scope: Any, receive: Any, send: Any) -> None:
             if block is None:  # keyed limiters hold nothing: no outcome to report
                 await mw.app(scope, receive, send)
                 return
-        return await admitted(enter(), leave, mw.app, scope, receive, send, judges)
+        return await admitted(enter, leave, mw.app, scope, receive, send, judges)
     rejection = await route.enter(scope)
     if rejection is not None:
         return await reject(kind, receive, send, rejection)
     await run(route.exit, mw.app, scope, receive, send, route.judges)
 
 
-async def admitted(entering: Awaitable[Any], leave: Leave, app: Any, scope: Any,
-                   receive: Any, send: Any, judges: bool) -> None:
-    """Await a block's ``__aenter__()`` (``entering``), then run the app under it (a
-    rejection is answered instead)."""
+async def admitted(enter: Callable[[], Awaitable[Any]], leave: Leave, app: Any, scope: Any,
+                   receive: Any, send: Any, judges: bool,
+                   entering: Optional[Awaitable[Any]] = None) -> None:
+    """Enter a block (await ``enter()``, its ``__aenter__``, or ``entering``, what an
+    earlier call of it returned), then run the app under it; a rejection is answered
+    instead."""
     try:
-        await entering
+        await (enter() if entering is None else entering)
     except RejectedError as refused:
         return await reject(scope["type"], receive, send, refused)
     await run(leave, app, scope, receive, send, judges)
@@ -71,7 +74,7 @@ async def run(leave: Leave, app: Any, scope: Any, receive: Any, send: Any,
         try:
             await app(scope, receive, send)
         except BaseException as exc:
-            leave(type(exc), exc, None)
+            leave_quietly(leave, exc)
             raise
         leave(None, None, None)
         return
@@ -86,12 +89,22 @@ async def run(leave: Leave, app: Any, scope: Any, receive: Any, send: Any,
     try:
         await app(scope, receive, watched)
     except BaseException as exc:
-        leave(type(exc), exc, None)
+        leave_quietly(leave, exc)
         raise
     if status >= 500:
         leave(ServerErrorResponse, ServerErrorResponse(status), None)
     else:
         leave(None, None, None)
+
+
+def leave_quietly(leave: Leave, exc: BaseException) -> None:
+    """``leave`` with the app's exception ``exc`` as the outcome; an error releasing is
+    logged, never raised: the app's own exception is what reaches the server."""
+    try:
+        leave(type(exc), exc, None)
+    except BaseException as error:
+        logger().error("gameguard: %r raised while releasing permits; the request's own "
+                       "%r stands", error, exc, exc_info=error)
 
 
 def status_after(status: int, message: Message) -> int:
