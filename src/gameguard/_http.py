@@ -19,8 +19,8 @@ from .errors import BulkheadFullError, ConfigurationError, RateLimitExceeded, Re
 from .guard import Guard, Pipeline, pipeline
 from .ratelimit import KeyedLimiter
 
-__all__ = ["Route", "routes", "ServerErrorResponse", "status_of", "rejection_headers",
-           "close_reason", "TRY_AGAIN_LATER"]
+__all__ = ["Route", "routes", "ServerErrorResponse", "keyed_refusal", "leave_with_status",
+           "leave_quietly", "status_of", "rejection_headers", "close_reason", "TRY_AGAIN_LATER"]
 
 #: what one pattern may name: a guard, a pipeline, a keyed limiter, or several (outermost first)
 Part = Union[Guard, Pipeline, KeyedLimiter]
@@ -189,6 +189,36 @@ def routes(guards: Mapping[str, Spec], key: Optional[KeyFunc]) -> PatternTable[R
             f"guards must map path patterns to guards, got {type(guards).__name__}: {guards!r}")
     return PatternTable({p: Route(p, spec, key) if isinstance(p, str) else spec
                          for p, spec in guards.items()})
+
+
+def keyed_refusal(route: Route, keyed: Sequence[Any], key: KeyFunc,
+                  subject: Any) -> Optional[BaseException]:
+    """Decide a plan's ``keyed`` limiters under ``key(subject)``: the first refusal's
+    rejection, or ``None`` when all admit."""
+    k = key(subject)
+    for limiter in keyed:
+        if not limiter.try_acquire(k):
+            return route.refusal(limiter, k)
+    return None
+
+
+def leave_with_status(leave: Callable[[Any, Any, Any], Any], status: int) -> None:
+    """``leave`` (a block's ``__exit__`` or ``Route.exit``) with a response's outcome: a
+    5xx is a :class:`ServerErrorResponse` failure, anything else a success."""
+    if status >= 500:
+        leave(ServerErrorResponse, ServerErrorResponse(status), None)
+    else:
+        leave(None, None, None)
+
+
+def leave_quietly(leave: Callable[[Any, Any, Any], Any], exc: BaseException) -> None:
+    """``leave`` with the handler's exception ``exc`` as the outcome; an error releasing is
+    logged, never raised: the handler's own exception is what reaches the server."""
+    try:
+        leave(type(exc), exc, None)
+    except BaseException as error:
+        logger().error("gameguard: %r raised while releasing permits; the request's own "
+                       "%r stands", error, exc, exc_info=error)
 
 
 def status_of(rejection: BaseException) -> int:

@@ -24,6 +24,7 @@ from gameguard._fast.vector cimport (gg_propagate, vectorcallfunc, PyVectorcall_
                                      PyVectorcall_NARGS, vectorcall_raw, enable_vectorcall,
                                      pack_args)
 from gameguard._pure import edge as _py
+from gameguard import _http
 from gameguard._http import ServerErrorResponse
 from gameguard.errors import RejectedError
 
@@ -255,7 +256,7 @@ cdef class Exchange:
         leave = self.leave
         self.ended()
         try:
-            _py.leave_quietly(leave, exc)
+            _http.leave_quietly(leave, exc)
         except BaseException:
             pass  # leave_quietly logs; only a failing logger gets here
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 from typing import Any, Awaitable, Callable, MutableMapping, Optional
 
 from .. import _http
-from .._http import ServerErrorResponse
-from .._log import logger
 from ..errors import RejectedError
 
 __all__ = ["Middleware", "adopt_call"]
@@ -38,10 +36,9 @@ async def serve(mw: Any, scope: Any, receive: Any, send: Any) -> None:
     if plan is not None:  # keyed limiters, then at most one block
         keyed, key, block, judges, enter, leave = plan
         if keyed:
-            k = key(scope)
-            for limiter in keyed:
-                if not limiter.try_acquire(k):
-                    return await reject(kind, receive, send, route.refusal(limiter, k))
+            rejection = _http.keyed_refusal(route, keyed, key, scope)
+            if rejection is not None:
+                return await reject(kind, receive, send, rejection)
             if block is None:  # keyed limiters hold nothing: no outcome to report
                 await mw.app(scope, receive, send)
                 return
@@ -74,7 +71,7 @@ async def run(leave: Leave, app: Any, scope: Any, receive: Any, send: Any,
         try:
             await app(scope, receive, send)
         except BaseException as exc:
-            leave_quietly(leave, exc)
+            _http.leave_quietly(leave, exc)
             raise
         leave(None, None, None)
         return
@@ -89,22 +86,9 @@ async def run(leave: Leave, app: Any, scope: Any, receive: Any, send: Any,
     try:
         await app(scope, receive, watched)
     except BaseException as exc:
-        leave_quietly(leave, exc)
+        _http.leave_quietly(leave, exc)
         raise
-    if status >= 500:
-        leave(ServerErrorResponse, ServerErrorResponse(status), None)
-    else:
-        leave(None, None, None)
-
-
-def leave_quietly(leave: Leave, exc: BaseException) -> None:
-    """``leave`` with the app's exception ``exc`` as the outcome; an error releasing is
-    logged, never raised: the app's own exception is what reaches the server."""
-    try:
-        leave(type(exc), exc, None)
-    except BaseException as error:
-        logger().error("gameguard: %r raised while releasing permits; the request's own "
-                       "%r stands", error, exc, exc_info=error)
+    _http.leave_with_status(leave, status)
 
 
 def status_after(status: int, message: Message) -> int:
