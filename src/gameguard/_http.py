@@ -58,8 +58,9 @@ class Route:
     ``key(subject)``; ``subject`` is the ASGI scope or the aiohttp request). ``judges``:
     some guard classifies outcomes, so the response status matters.
 
-    Most routes are keyed limiters, then at most one block: ``plan`` is then ``(keyed
-    limiters, key, block or None, judges, block.__aenter__, block.__exit__)``, what a
+    Most routes are keyed limiters, then at most one block: ``plan`` is then ``(keyed,
+    key, block or None, judges, block.__aenter__, block.__exit__)``, ``keyed`` holding
+    ``(limiter, limiter.try_acquire)`` pairs (methods bound once, called per request): what a
     middleware decides inline (no coroutine of the route's own per request); ``None`` for
     any other route (:meth:`enter`, :meth:`exit`)."""
 
@@ -100,7 +101,7 @@ class Route:
             lead += 1
         block = steps[lead] if lead < len(steps) else None
         self.plan: Optional[Tuple[Any, ...]] = (
-            (self.steps[:lead], key, block, self.judges,
+            (tuple((k, k.try_acquire) for k in self.steps[:lead]), key, block, self.judges,
              None if block is None else block.__aenter__,  # bound once, called per request
              None if block is None else block.__exit__)
             if len(steps) - lead <= 1 else None)
@@ -193,11 +194,11 @@ def routes(guards: Mapping[str, Spec], key: Optional[KeyFunc]) -> PatternTable[R
 
 def keyed_refusal(route: Route, keyed: Sequence[Any], key: KeyFunc,
                   subject: Any) -> Optional[BaseException]:
-    """Decide a plan's ``keyed`` limiters under ``key(subject)``: the first refusal's
-    rejection, or ``None`` when all admit."""
+    """Decide a plan's ``keyed`` limiters (``(limiter, try_acquire)`` pairs) under
+    ``key(subject)``: the first refusal's rejection, or ``None`` when all admit."""
     k = key(subject)
-    for limiter in keyed:
-        if not limiter.try_acquire(k):
+    for limiter, try_acquire in keyed:
+        if not try_acquire(k):
             return route.refusal(limiter, k)
     return None
 

@@ -113,11 +113,20 @@ cdef object _serve(Middleware self, scope, receive, send):
     plan = <tuple>planned
     keyed = <tuple>plan[0]
     block = plan[2]
+    cdef tuple pair
+    cdef PyObject *argv[1]
+    cdef PyObject *res
     if len(keyed):
-        k = plan[1](scope)
-        for limiter in keyed:
-            if not limiter.try_acquire(k):
-                return _py.reject(kind, receive, send, route.refusal(limiter, k))
+        argv[0] = <PyObject *>scope
+        res = vectorcall_raw(<PyObject *>plan[1], argv, 1, NULL)  # key(scope)
+        if res == NULL:
+            return gg_propagate()
+        k = <object>res
+        Py_DECREF(k)
+        for p in keyed:
+            pair = <tuple>p
+            if not pair[1](k):  # limiter.try_acquire(k), bound once
+                return _py.reject(kind, receive, send, route.refusal(pair[0], k))
         if block is None:  # keyed limiters hold nothing: no outcome to report
             return self.app(scope, receive, send)
     cdef Exchange ex = Exchange.__new__(Exchange)
