@@ -23,6 +23,7 @@ the pipeline is a breaker and a bulkhead):
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import socket
@@ -65,6 +66,8 @@ GUARDS: dict[str, Callable[[], Any]] = {
     "bulkhead": lambda: gg.Bulkhead(64),
     "token_bucket": lambda: gg.TokenBucket(1e12, 1e12),
     "keyed": lambda: gg.KeyedLimiter(1e12, 1e12),
+    # per player, then the route's breaker: the lobby's shape
+    "keyed_breaker": lambda: [gg.KeyedLimiter(1e12, 1e12), gg.CircuitBreaker("bench")],
     "pipeline": lambda: gg.pipeline(gg.CircuitBreaker("bench"), gg.Bulkhead(64)),
 }
 
@@ -75,7 +78,7 @@ def _player(scope: Any) -> Any:
 
 def guarded(what: str) -> Any:
     return GuardMiddleware(starlette_app(), {"/ping": GUARDS[what]()},
-                           key=_player if what == "keyed" else None)
+                           key=_player if what.startswith("keyed") else None)
 
 
 # -- in process: the app call -------------------------------------------------------------------
@@ -245,7 +248,7 @@ def test_guarded_uvicorn_pipeline(benchmark: Any, conn: socket.socket) -> None:
 
 # -- instruction counts (callgrind) -------------------------------------------------------------
 CASES = ["bare", "unmatched", "breaker", "bulkhead", "token_bucket", "pipeline", "keyed",
-         "breaker_pure"]
+         "keyed_breaker", "breaker_pure"]
 
 
 def build_case(case: str) -> Any:
@@ -272,9 +275,58 @@ def measure(case: str, n1: int = 300, n2: int = 1300) -> float:
     return (counts[1] - counts[0]) / (n2 - n1)
 
 
+# -- aiohttp, in process: the application's own request handling, no socket ---------------------
+AIOHTTP_CASES = ["aiohttp_bare", "aiohttp_empty", "aiohttp_breaker", "aiohttp_keyed",
+                 "aiohttp_keyed_breaker"]
+
+
+def aiohttp_driver(case: str, loop: asyncio.AbstractEventLoop) -> Callable[[int], None]:
+    """``run(n)``: n GET /ping?player=7 through an aiohttp application's handling
+    (routing, the middleware chain, the handler; one mocked request object reused, so
+    no transport or parser is counted). ``aiohttp_empty``: a middleware that only awaits
+    the handler, aiohttp's own cost of having one."""
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+    from gameguard.aiohttp import GuardMiddleware as AiohttpGuard
+
+    async def pong(request: web.Request) -> web.Response:
+        return web.Response(text="pong")
+
+    class Empty:
+        __middleware_version__ = 1
+
+        async def __call__(self, request: web.Request, handler: Any) -> Any:
+            return await handler(request)
+
+    what = case[len("aiohttp_"):]
+    middlewares: list[Any] = []
+    if what == "empty":
+        middlewares = [Empty()]
+    elif what != "bare":
+        middlewares = [AiohttpGuard({"/ping": GUARDS[what]()},
+                                    key=(lambda r: r.query_string) if "keyed" in what else None)]
+    app = web.Application(middlewares=middlewares)
+    app.router.add_get("/ping", pong)
+    app.freeze()
+    request = make_mocked_request("GET", "/ping?player=7", app=app, loop=loop)
+
+    async def batch(k: int) -> None:
+        for _ in range(k):
+            response = await app._handle(request)
+            assert response.status == 200
+
+    return lambda k: loop.run_until_complete(batch(k))
+
+
 def _requests(case: str, n: int) -> None:
-    app = build_case(case)
     loop = asyncio.new_event_loop()
+    if case.startswith("aiohttp_"):
+        run = aiohttp_driver(case, loop)
+        run(50)  # the first requests build aiohttp's caches
+        run(n)
+        loop.close()
+        return
+    app = build_case(case)
 
     async def receive() -> Any:
         return REQUEST
@@ -293,19 +345,24 @@ def _requests(case: str, n: int) -> None:
 def interleaved(rounds: int) -> None:
     """CPU time per request (this thread's, so other processes' load counts less), best of
     ``rounds`` interleaved rounds: in process for each case, then through uvicorn."""
-    cases = ["bare", "unmatched", "breaker", "bulkhead", "token_bucket", "pipeline", "keyed"]
+    cases = ["bare", "unmatched", "breaker", "bulkhead", "token_bucket", "pipeline", "keyed",
+             "keyed_breaker"]
     loop = asyncio.new_event_loop()
     runs = {c: driver(build_case(c), loop) for c in cases}
-    best = {c: float("inf") for c in cases}
+    for c in AIOHTTP_CASES:
+        runs[c] = functools.partial(aiohttp_driver(c, loop), LOOP)
+    best = {c: float("inf") for c in runs}
     for _ in range(rounds):
         for c, run in runs.items():
             t = time.thread_time()
             run()
             best[c] = min(best[c], time.thread_time() - t)
     loop.close()
-    print("in process (thread CPU time per request, best of %d rounds)" % rounds)
-    for c in cases:
-        print(f"  {c:14s} {best[c] / LOOP * 1e6:8.2f} us  {best[c] / best['bare']:6.3f}x")
+    print("in process (thread CPU time per request, best of %d rounds; aiohttp_* as a "
+          "multiple of aiohttp_bare)" % rounds)
+    for c in runs:
+        ref = best["aiohttp_bare" if c.startswith("aiohttp_") else "bare"]
+        print(f"  {c:22s} {best[c] / LOOP * 1e6:8.2f} us  {best[c] / ref:6.3f}x")
     server, port = start_server()
     conn = socket.create_connection(("127.0.0.1", port), timeout=10)
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -341,13 +398,16 @@ if __name__ == "__main__":
     elif sys.argv[1] == "--interleaved":
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         interleaved(int(sys.argv[2]) if len(sys.argv) > 2 else 15)
-    elif sys.argv[1] == "--report":
-        base = measure("bare")
-        print(f"{'bare':14s} {base:10.0f} instructions/request")
-        for case in sys.argv[2:] or CASES[1:]:
+    elif sys.argv[1] == "--report":  # ratios to bare Starlette, aiohttp_* to bare aiohttp
+        bases: dict[str, float] = {}
+        for case in sys.argv[2:] or CASES[1:] + AIOHTTP_CASES[1:]:
+            ref = "aiohttp_bare" if case.startswith("aiohttp_") else "bare"
+            if ref not in bases:
+                bases[ref] = measure(ref)
+                print(f"{ref:22s} {bases[ref]:10.0f} instructions/request")
             n = measure(case)
-            print(f"{case:14s} {n:10.0f} instructions/request  {n / base:6.3f}x  "
-                  f"(+{n - base:.0f})")
+            print(f"{case:22s} {n:10.0f} instructions/request  {n / bases[ref]:6.3f}x  "
+                  f"(+{n - bases[ref]:.0f})")
     else:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         _requests(sys.argv[1], int(sys.argv[2]))

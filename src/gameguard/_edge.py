@@ -4,7 +4,8 @@ pattern, and reading a rejection's retry-after.
 Patterns are an exact name (``"/game.Match/Find"``), a prefix ending in ``/*``
 (``"/game.Match/*"``: everything under it) or ``"*"`` (everything). The most specific pattern
 wins: an exact name, then the longest prefix, then ``"*"``. Lookups are cached per name, so
-the per-call cost is one dict hit.
+the per-call cost is one dict hit (``table.seen[name]`` where a caller wants that hit inline,
+``lookup`` on a miss).
 """
 from __future__ import annotations
 
@@ -49,20 +50,22 @@ class PatternTable(Generic[T]):
                 self._exact[pattern] = value
         # longest first, so the first prefix that matches is the most specific
         self._prefixes = sorted(prefixes, key=lambda p: len(p[0]), reverse=True)
-        self._cache: Dict[str, Optional[T]] = {}
+        #: names looked up so far and their values; bounded (cleared when full, never
+        #: replaced), so a hot path may hold it and try ``seen[name]`` before ``lookup``
+        self.seen: Dict[str, Optional[T]] = {}
         self._lock = threading.Lock()
 
     def lookup(self, name: str) -> Optional[T]:
         """The value for ``name``, or ``None`` when no pattern matches."""
         try:
-            return self._cache[name]
+            return self.seen[name]
         except KeyError:
             pass
         value = self._resolve(name)
         with self._lock:
-            if len(self._cache) >= _CACHE_LIMIT:
-                self._cache.clear()
-            self._cache[name] = value
+            if len(self.seen) >= _CACHE_LIMIT:
+                self.seen.clear()
+            self.seen[name] = value
         return value
 
     def _resolve(self, name: str) -> Optional[T]:

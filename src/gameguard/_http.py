@@ -19,8 +19,8 @@ from .errors import BulkheadFullError, ConfigurationError, RateLimitExceeded, Re
 from .guard import Guard, Pipeline, pipeline
 from .ratelimit import KeyedLimiter
 
-__all__ = ["Route", "routes", "ServerErrorResponse", "status_of", "rejection_headers",
-           "close_reason", "TRY_AGAIN_LATER"]
+__all__ = ["Route", "routes", "ServerErrorResponse", "keyed_refusal", "leave_with_status",
+           "leave_quietly", "status_of", "rejection_headers", "close_reason", "TRY_AGAIN_LATER"]
 
 #: what one pattern may name: a guard, a pipeline, a keyed limiter, or several (outermost first)
 Part = Union[Guard, Pipeline, KeyedLimiter]
@@ -56,9 +56,15 @@ class Route:
     ``steps`` holds, in order, blocks (a guard or a pipeline of the consecutive plain
     guards: ``async with`` forms) and keyed limiters (decided per request under
     ``key(subject)``; ``subject`` is the ASGI scope or the aiohttp request). ``judges``:
-    some guard classifies outcomes, so the response status matters."""
+    some guard classifies outcomes, so the response status matters.
 
-    __slots__ = ("steps", "blocks", "single", "judges", "read", "_key", "_keyed")
+    Most routes are keyed limiters, then at most one block: ``plan`` is then ``(keyed,
+    key, block or None, judges, block.__aenter__, block.__exit__)``, ``keyed`` holding
+    ``(limiter, limiter.try_acquire)`` pairs (methods bound once, called per request): what a
+    middleware decides inline (no coroutine of the route's own per request); ``None`` for
+    any other route (:meth:`enter`, :meth:`exit`)."""
+
+    __slots__ = ("steps", "blocks", "judges", "read", "plan", "_key", "_keyed")
 
     def __init__(self, pattern: str, spec: Any, key: Optional[KeyFunc]) -> None:
         parts = _parts(pattern, spec)
@@ -87,11 +93,22 @@ class Route:
         #: the blocks, innermost first: the order they are exited in
         self.blocks: Tuple[Any, ...] = tuple(
             s for s in reversed(steps) if not isinstance(s, KeyedLimiter))
-        #: the one block of a route that is nothing else (the common case: entered inline)
-        self.single: Any = steps[0] if len(steps) == 1 and not self._keyed else None
         self.judges = any(_judges(p) for p in parts if not isinstance(p, KeyedLimiter))
         self._key = key
         self.read: Clock = parts[0].clock
+        lead = 0
+        while lead < len(steps) and isinstance(steps[lead], KeyedLimiter):
+            lead += 1
+        block = steps[lead] if lead < len(steps) else None
+        self.plan: Optional[Tuple[Any, ...]] = (
+            (tuple((k, k.try_acquire) for k in self.steps[:lead]), key, block, self.judges,
+             None if block is None else block.__aenter__,  # bound once, called per request
+             None if block is None else block.__exit__)
+            if len(steps) - lead <= 1 else None)
+
+    def refusal(self, limiter: KeyedLimiter, key: Any) -> BaseException:
+        """The rejection of a keyed ``limiter`` that refused ``key`` just now."""
+        return limiter.bind(key)._rejection(self.read())
 
     async def enter(self, subject: Any) -> Optional[BaseException]:
         """Enter every step outermost first: ``None`` once all admitted, else the refusing
@@ -103,7 +120,7 @@ class Route:
             for step in self.steps:
                 if isinstance(step, KeyedLimiter):
                     if not step.try_acquire(key):
-                        rejection: BaseException = step.bind(key)._rejection(self.read())
+                        rejection = self.refusal(step, key)
                         self._unwind(entered, rejection)
                         return rejection
                     continue
@@ -173,6 +190,36 @@ def routes(guards: Mapping[str, Spec], key: Optional[KeyFunc]) -> PatternTable[R
             f"guards must map path patterns to guards, got {type(guards).__name__}: {guards!r}")
     return PatternTable({p: Route(p, spec, key) if isinstance(p, str) else spec
                          for p, spec in guards.items()})
+
+
+def keyed_refusal(route: Route, keyed: Sequence[Any], key: KeyFunc,
+                  subject: Any) -> Optional[BaseException]:
+    """Decide a plan's ``keyed`` limiters (``(limiter, try_acquire)`` pairs) under
+    ``key(subject)``: the first refusal's rejection, or ``None`` when all admit."""
+    k = key(subject)
+    for limiter, try_acquire in keyed:
+        if not try_acquire(k):
+            return route.refusal(limiter, k)
+    return None
+
+
+def leave_with_status(leave: Callable[[Any, Any, Any], Any], status: int) -> None:
+    """``leave`` (a block's ``__exit__`` or ``Route.exit``) with a response's outcome: a
+    5xx is a :class:`ServerErrorResponse` failure, anything else a success."""
+    if status >= 500:
+        leave(ServerErrorResponse, ServerErrorResponse(status), None)
+    else:
+        leave(None, None, None)
+
+
+def leave_quietly(leave: Callable[[Any, Any, Any], Any], exc: BaseException) -> None:
+    """``leave`` with the handler's exception ``exc`` as the outcome; an error releasing is
+    logged, never raised: the handler's own exception is what reaches the server."""
+    try:
+        leave(type(exc), exc, None)
+    except BaseException as error:
+        logger().error("gameguard: %r raised while releasing permits; the request's own "
+                       "%r stands", error, exc, exc_info=error)
 
 
 def status_of(rejection: BaseException) -> int:

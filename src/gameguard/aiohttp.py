@@ -29,6 +29,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
 
 from . import _http
 from ._http import KeyFunc, ServerErrorResponse, Spec
+from .errors import RejectedError
 
 __all__ = ["GuardMiddleware", "ServerErrorResponse"]
 
@@ -44,31 +45,44 @@ class GuardMiddleware:
 
     def __init__(self, guards: Mapping[str, Spec], *, key: Optional[KeyFunc] = None) -> None:
         self._routes = _http.routes(guards, key)
+        self._seen = self._routes.seen  # the lookup cache, tried inline first
 
     async def __call__(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        route = self._routes.lookup(request.path)
+        path = request.path
+        try:
+            route = self._seen[path]
+        except KeyError:
+            route = self._routes.lookup(path)
         if route is None:
             return await handler(request)
-        rejection = await route.enter(request)
-        if rejection is not None:
-            return await _reject(request, rejection)
+        plan = route.plan
+        if plan is not None:  # keyed limiters, then at most one block: decided inline
+            keyed, key, block, _, enter, leave = plan
+            if keyed:
+                rejection = _http.keyed_refusal(route, keyed, key, request)
+                if rejection is not None:
+                    return await _reject(request, rejection)
+                if block is None:  # keyed limiters hold nothing: no outcome to report
+                    return await handler(request)
+            try:
+                await enter()
+            except RejectedError as refused:
+                return await _reject(request, refused)
+        else:
+            rejection = await route.enter(request)
+            if rejection is not None:
+                return await _reject(request, rejection)
+            leave = route.exit
         try:
             response = await handler(request)
         except web.HTTPException as answer:  # an answer, raised: judged by its status
-            _leave(route, answer.status)
+            _http.leave_with_status(leave, answer.status)
             raise
         except BaseException as error:
-            route.exit(type(error), error)
+            _http.leave_quietly(leave, error)
             raise
-        _leave(route, response.status)
+        _http.leave_with_status(leave, response.status)
         return response
-
-
-def _leave(route: _http.Route, status: int) -> None:
-    if status >= 500:
-        route.exit(ServerErrorResponse, ServerErrorResponse(status))
-    else:
-        route.exit(None, None)
 
 
 async def _reject(request: web.Request, rejection: BaseException) -> web.StreamResponse:

@@ -30,11 +30,10 @@ Pure ASGI: nothing here imports a framework.
 """
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Mapping, MutableMapping, Optional
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, MutableMapping, Optional
 
-from . import _http
+from . import _http, _impl
 from ._http import KeyFunc, ServerErrorResponse, Spec
-from .errors import RejectedError
 
 __all__ = ["GuardMiddleware", "ServerErrorResponse"]
 
@@ -44,11 +43,14 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-#: close code an app sends when it failed (RFC 6455 "Internal Error"): a failure outcome
-_INTERNAL_ERROR = 1011
+_edge = _impl.kernel("edge")
+if TYPE_CHECKING:
+    from ._pure.edge import Middleware as _Base
+else:  # the request path (in C when compiled; objects built on the pure twin go to it)
+    _Base = _edge.Middleware
 
 
-class GuardMiddleware:
+class GuardMiddleware(_Base):
     """ASGI middleware guarding ``app`` by path pattern; see the module docstring.
 
     ``guards`` maps patterns to a guard, a ``pipeline(...)``, a ``KeyedLimiter`` or a list of
@@ -57,86 +59,18 @@ class GuardMiddleware:
     ``ConfigurationError`` here, never per request.
     """
 
+    app: ASGIApp
+
     def __init__(self, app: ASGIApp, guards: Mapping[str, Spec], *,
                  key: Optional[KeyFunc] = None) -> None:
-        self.app = app
-        self._routes = _http.routes(guards, key)
+        super().__init__(app, _http.routes(guards, key), _impl.active() == "pure")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        route = (self._routes.lookup(scope["path"])
-                 if kind == "http" or kind == "websocket" else None)
-        if route is None:
-            return await self.app(scope, receive, send)
-        single = route.single
-        if single is not None:  # one guard or pipeline: entered inline
-            try:
-                await single.__aenter__()
-            except RejectedError as refused:
-                return await _reject(kind, receive, send, refused)
-            leave = single.__exit__
-        else:
-            rejection = await route.enter(scope)
-            if rejection is not None:
-                return await _reject(kind, receive, send, rejection)
-            leave = route.exit
-        if not route.judges:  # no guard here classifies outcomes: the status is not needed
-            try:
-                await self.app(scope, receive, send)
-            except BaseException as exc:
-                leave(type(exc), exc, None)
-                raise
-            leave(None, None, None)
-            return
-        status = 500  # until a response starts: the server answers 500 for an app that didn't
-
-        def watched(message: Message) -> Awaitable[None]:
-            # a plain function handing back send's awaitable: no coroutine of its own
-            nonlocal status
-            t = message["type"]
-            if t == "http.response.start" or t == "websocket.http.response.start":
-                status = message["status"]
-            elif t == "websocket.accept":
-                status = 101
-            elif t == "websocket.close":
-                status = 500 if message.get("code", 1000) == _INTERNAL_ERROR else 101
-            return send(message)
-
-        try:
-            await self.app(scope, receive, watched)
-        except BaseException as exc:
-            leave(type(exc), exc, None)
-            raise
-        if status >= 500:
-            failure = ServerErrorResponse(status)
-            leave(ServerErrorResponse, failure, None)
-        else:
-            leave(None, None, None)
+        """Serve one HTTP request or WebSocket connection. (Calling the middleware runs
+        the kernel's request path directly; this coroutine function is what servers
+        inspect to recognise an ASGI 3 app, and serves explicit ``__call__`` calls.)"""
+        await _serve(self, scope, receive, send)
 
 
-async def _reject(kind: str, receive: Receive, send: Send, rejection: BaseException) -> None:
-    if kind == "http":
-        await _reject_http(send, rejection)
-    else:
-        await _reject_websocket(receive, send, rejection)
-
-
-async def _reject_http(send: Send, rejection: BaseException) -> None:
-    body = str(rejection).encode("utf-8")
-    headers = [(b"content-type", b"text/plain; charset=utf-8"),
-               (b"content-length", str(len(body)).encode("ascii"))]
-    headers += [(n.lower().encode("ascii"), v.encode("ascii"))
-                for n, v in _http.rejection_headers(rejection)]
-    await send({"type": "http.response.start", "status": _http.status_of(rejection),
-                "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _reject_websocket(receive: Receive, send: Send, rejection: BaseException) -> None:
-    # the handshake must arrive before the app may answer it
-    message = await receive()
-    if message["type"] != "websocket.connect":
-        return  # the client left first
-    await send({"type": "websocket.accept"})
-    await send({"type": "websocket.close", "code": _http.TRY_AGAIN_LATER,
-                "reason": _http.close_reason(rejection)})
+_serve = _Base.__call__
+_edge.adopt_call(GuardMiddleware)  # compiled: calls skip the Python frame above
