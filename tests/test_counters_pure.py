@@ -30,7 +30,8 @@ def counters(guard: Any) -> Dict[str, int]:
 def shapes(clock: gg.ManualClock) -> List[Any]:
     """One guard (the inline one-guard path) and a pipeline (the general path)."""
     return [gg.CircuitBreaker(clock=clock, record=Recorded),
-            gg.pipeline(gg.CircuitBreaker(clock=clock, record=Recorded), gg.Bulkhead(2, clock=clock))]
+            gg.pipeline(gg.CircuitBreaker(clock=clock, record=Recorded),
+                        gg.Bulkhead(2, clock=clock))]
 
 
 @pytest.mark.parametrize("shape", [0, 1])
