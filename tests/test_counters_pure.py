@@ -39,11 +39,12 @@ def test_positional_and_keyword_arguments_reach_the_function(twin: str, shape: i
     guard = shapes(gg.ManualClock())[shape]
     seen: List[Tuple[Tuple[Any, ...], Dict[str, Any]]] = []
 
-    @guard
-    def f(*args: Any, **kwargs: Any) -> int:
+    def body(*args: Any, **kwargs: Any) -> int:
         seen.append((args, dict(kwargs)))
         kwargs["added"] = True  # the callee's own dict: the caller's must not see it
         return len(args) + len(kwargs)
+
+    f = guard(body)
 
     mine = {"y": 2}
     assert f(1, 2) == 3
