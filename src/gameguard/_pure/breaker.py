@@ -48,7 +48,9 @@ class BreakerKernel(GuardKernel):
         self.stats = RollingWindow(window, buckets)
         self._limit = self.stats.limit
         self._below = -self._limit  # negated once here, not on every call
-        # bound once: a call each costs about half of `with self._lock`
+        # bound once: a call each costs about half of `with self._lock`; the methods read
+        # them into locals first (`self._acquire()` is a method-call site CPython 3.11
+        # cannot specialise for an instance attribute: a generic lookup on every call)
         self._acquire, self._release = self._lock.acquire, self._lock.release
         self._state = CLOSED
         self._generation = 0
@@ -156,7 +158,8 @@ class BreakerKernel(GuardKernel):
         if not self._below < now < self._limit:
             return
         stats = self.stats
-        self._acquire()
+        acquire, release = self._acquire, self._release  # see __init__
+        acquire()
         try:
             if token != self._counted:
                 return
@@ -171,7 +174,7 @@ class BreakerKernel(GuardKernel):
             if self._should_trip():  # after every outcome: a window advance can trip too
                 self._open(now)
         finally:
-            self._release()
+            release()
 
     def _exit_probe(self, token: int, now: float, duration: float, outcome: int) -> None:
         with self._lock:
@@ -322,7 +325,8 @@ class ThrottleKernel(GuardKernel):
     def enter(self, now: float) -> int:
         if not self._below < now < self._limit:
             raise clock_error(now, self._limit)
-        self._acquire()
+        acquire, release = self._acquire, self._release  # see BreakerKernel.__init__
+        acquire()
         try:
             p = self._p(now)
             if p <= 0.0:
@@ -333,16 +337,17 @@ class ThrottleKernel(GuardKernel):
                 return REJECT
             return 0
         finally:
-            self._release()
+            release()
 
     def exit(self, token: int, now: float, duration: float, outcome: int) -> None:
         if token < 0 or outcome == IGNORED or not self._below < now < self._limit:
             return
-        self._acquire()
+        acquire, release = self._acquire, self._release  # see BreakerKernel.__init__
+        acquire()
         try:
             self.stats.record(now, outcome == FAILURE, False, duration)
         finally:
-            self._release()
+            release()
 
     def totals(self, now: float) -> tuple[int, int, int, float]:
         with self._lock:

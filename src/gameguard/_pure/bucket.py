@@ -156,7 +156,7 @@ class _Bucket(GuardKernel):
         return self._rate
 
     @property
-    def capacity(self) -> float:
+    def capacity(self) -> float:  # the per-call paths read _capacity: a property is a call
         return self._capacity
 
 
@@ -198,7 +198,7 @@ class TokenBucketKernel(_Bucket):
     def try_acquire(self, cost: float = 1.0) -> bool:
         """Take ``cost`` tokens now, reading the kernel's clock."""
         cost = as_double("cost", cost)
-        if not (cost > 0.0 and cost <= self.capacity):
+        if not (cost > 0.0 and cost <= self._capacity):
             bad_cost(cost, self.capacity)
         clock = self.clock
         return self._tally(self._take(_monotonic() if clock is None else float(clock()), cost))
@@ -299,7 +299,7 @@ class LeakyBucketKernel(_Bucket):
     def _take(self, now: float, cost: float) -> bool:
         with self._lock:
             self._settle(now)
-            if self.level + cost <= self.capacity:
+            if self.level + cost <= self._capacity:
                 self.level += cost
                 return True
             return False
@@ -330,7 +330,7 @@ class LeakyBucketKernel(_Bucket):
             elif now > self.last:
                 self.level = t
                 self.last = now
-            if self.level + cost <= self.capacity:
+            if self.level + cost <= self._capacity:
                 self.level += cost
                 return True
             return False
@@ -338,7 +338,7 @@ class LeakyBucketKernel(_Bucket):
     def try_acquire(self, cost: float = 1.0) -> bool:
         """Meter ``cost`` now, reading the kernel's clock."""
         cost = as_double("cost", cost)
-        if not (cost > 0.0 and cost <= self.capacity):
+        if not (cost > 0.0 and cost <= self._capacity):
             bad_cost(cost, self.capacity)
         clock = self.clock
         return self._tally(self._take(_monotonic() if clock is None else float(clock()), cost))

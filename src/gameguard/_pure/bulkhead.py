@@ -24,7 +24,7 @@ class BulkheadKernel(GuardKernel):
         self._limit = limit
         self._in_flight = 0
         self.waiters = 0
-        # bound once: a call each costs about half of `with self._lock`
+        # bound once and read into locals by enter/exit, as in BreakerKernel (why: there)
         self._acquire, self._release = self._lock.acquire, self._lock.release
 
     limit = property(lambda self: self._limit)
@@ -39,22 +39,24 @@ class BulkheadKernel(GuardKernel):
     def enter(self, now: float) -> int:
         if not _BELOW < now < MAX_EPOCH:  # time plays no part here, but the contract is one
             raise clock_error(now, MAX_EPOCH)
-        self._acquire()
+        acquire, release = self._acquire, self._release  # see BreakerKernel.__init__
+        acquire()
         try:
             if self._in_flight < self._limit:
                 self._in_flight += 1
                 return 0
             return REJECT
         finally:
-            self._release()
+            release()
 
     def exit(self, token: int, now: float, duration: float, outcome: int) -> None:
         if token < 0:
             return
-        self._acquire()
+        acquire, release = self._acquire, self._release  # see BreakerKernel.__init__
+        acquire()
         try:
             self._in_flight -= 1
             if self.waiters:
                 self.pending |= PENDING_WAKE
         finally:
-            self._release()
+            release()

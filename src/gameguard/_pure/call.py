@@ -67,8 +67,9 @@ def release(guards: Guards, tokens: List[int], now: float, duration: float,
     that raises is noted; the first such error is returned (never raised here).
     """
     error: Optional[BaseException] = None
-    held = len(tokens)
-    for i in range(held - 1, -1, -1):
+    held = i = len(tokens)
+    while i:  # innermost first (a while loop: a range object per call costs more)
+        i -= 1
         g = guards[i]
         k = g._kernel
         o = outcome
@@ -86,10 +87,11 @@ def release(guards: Guards, tokens: List[int], now: float, duration: float,
                     k.exit(tokens[i], t0, 0.0, IGNORED)
                 except BaseException:
                     pass  # the first error already says what went wrong
+        o = o if o == SUCCESS or o == FAILURE else IGNORED  # (`in` would build a tuple)
         try:  # a pure kernel's list, inline (cheaper than a call); a compiled one: bump
-            k._counts[o if o in (SUCCESS, FAILURE) else IGNORED] += 1
+            k._counts[o] += 1
         except AttributeError:
-            k.bump(o if o in (SUCCESS, FAILURE) else IGNORED)
+            k.bump(o)
         if k.pending:
             try:
                 g._service()
@@ -197,7 +199,9 @@ def finish(guards: Guards, tokens: List[int], t0: float, clock: Clock,
         release(guards, tokens, t0, 0.0, None, IGNORED, t0)
         surface(error, exc)
         return
-    surface(release(guards, tokens, t1, t1 - t0, exc, SUCCESS, t0), exc)
+    met = release(guards, tokens, t1, t1 - t0, exc, SUCCESS, t0)
+    if met is not None:  # tested here: calling surface for nothing costs more than the test
+        surface(met, exc)
 
 
 def reject(guard: GuardHooks, now: float, fallback: Optional[Callable[..., Any]],
@@ -245,7 +249,7 @@ def wrap_sync(func: Callable[..., Any], guards: Guards, clock: Optional[Clock],
         if i < n:
             return reject(guards[i], t0, fallback, args, kwargs)
         try:
-            result = func(*args, **kwargs)
+            result = func(*args, **kwargs) if kwargs else func(*args)
         except BaseException as exc:
             finish(guards, tokens, t0, read, exc)
             raise
@@ -258,7 +262,7 @@ def wrap_sync(func: Callable[..., Any], guards: Guards, clock: Optional[Clock],
         # an exception) is the general protocol, handed the kernel's answer.
         g = guards[0]
         k = g._kernel
-        k_enter, k_exit, bump = k.enter, k.exit, k.bump
+        k_enter, k_exit = k.enter, k.exit
         # a pure kernel's counter list, bumped inline (a method call would cost more than
         # the rest of the exit); None for a compiled kernel, which counts through bump
         counts = getattr(k, "_counts", None)
@@ -270,7 +274,9 @@ def wrap_sync(func: Callable[..., Any], guards: Guards, clock: Optional[Clock],
             if token < 0 or k.pending:
                 return general(t0, token, args, kwargs)
             try:
-                result = func(*args, **kwargs)
+                # func(*args) when there are no keywords: `**kwargs` copies even an empty
+                # dict, which costs more than the counter below
+                result = func(*args, **kwargs) if kwargs else func(*args)
             except BaseException as exc:
                 finish(guards, [token], t0, read, exc)
                 raise
@@ -283,7 +289,7 @@ def wrap_sync(func: Callable[..., Any], guards: Guards, clock: Optional[Clock],
             if counts is not None:
                 counts[0] += 1  # SUCCESS; no Python call in between: no thread switch
             else:
-                bump(SUCCESS)
+                k.bump(SUCCESS)
             if k.pending:
                 g._service()  # the permit is back already; an error here is the call's
             return result
@@ -378,7 +384,8 @@ async def block_aenter(owner: Any) -> Any:
 def block_exit(owner: Any, exc_type: Any, exc: Optional[BaseException], tb: Any) -> bool:
     """``owner.__exit__(...)``: this block's permits released; never suppresses."""
     tokens, t0 = pop_permit(owner)
-    exc = exception_of(exc_type, exc)
+    if exc is None and exc_type is not None:  # the common None, None: no call
+        exc = exception_of(exc_type, exc)
     finish(owner._guards, tokens, t0, clock_of(owner._guards), exc)
     return False
 
