@@ -90,7 +90,7 @@ class Block:
         return self._decorate(func)  # type: ignore[no-any-return]
 
     def __enter__(self) -> "Block":
-        plan = self.slot.plan  # read once: what this block enters and exits
+        plan: Any = self.slot.plan  # read once: what this block enters and exits
         if type(plan) is not tuple:
             if plan is not None:
                 plan.__enter__()
@@ -101,13 +101,14 @@ class Block:
         return self._admitted(plan, now, tokens, enter(plan, now, tokens))
 
     def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> bool:
-        entered, t0 = pop_permit(self)
+        entered: Any
+        entered, t0 = pop_permit(self)  # the tokens slot holds what the block entered
         if type(entered) is tuple or entered is None:
             return _release(entered, t0, exc_type, exc)
         return bool(entered.__exit__(exc_type, exc, tb))
 
     async def __aenter__(self) -> "Block":
-        plan = self.slot.plan
+        plan: Any = self.slot.plan
         if type(plan) is not tuple:
             if plan is not None:
                 await plan.__aenter__()
@@ -118,6 +119,7 @@ class Block:
         return self._admitted(plan, now, tokens, await enter_async(plan, now, tokens))
 
     async def __aexit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> bool:
+        entered: Any
         entered, t0 = pop_permit(self)
         if type(entered) is tuple or entered is None:
             return _release(entered, t0, exc_type, exc)
