@@ -1,5 +1,7 @@
-"""The rule-in-force indirection: ``@rules.guard(resource)`` against the same guards used
-directly, in the same run (target: at most 10 % over the direct guard).
+"""The rule-in-force indirection: ``@rules.guard(resource)``, ``with`` and ``async with``
+against the same guards used directly, in the same run (target: at most 10 % over the
+direct guard); and a fresh task that opens a block, against one that does not (the block's
+cost per task, with the collector running as a server's does).
 
 Each group has a bare call as baseline; compare ``rules_*`` with ``direct_*`` in the ratio
 table. Limits are sized so no call is ever refused.
@@ -69,15 +71,69 @@ def test_bare_block(benchmark):
 
 
 @pytest.mark.benchmark(group="rules-with")
+@pytest.mark.parametrize("kind", ["fast", "pure"])
 @pytest.mark.parametrize("how", ["direct", "rules"])
-def test_with_block(benchmark, how):
-    g = direct("fast", False) if how == "direct" else ruled("fast", False).guard("r")
+def test_with_block(benchmark, how, kind):
+    g = direct(kind, False) if how == "direct" else ruled(kind, False).guard("r")
 
     def run():
         for _ in range(LOOP):
             with g:
                 handler(1)
     benchmark(run)
+
+
+def _drive(coro) -> None:
+    """Run a coroutine that never suspends (admitted blocks do not), without a loop."""
+    try:
+        coro.send(None)
+    except StopIteration:
+        return
+    raise RuntimeError("the coroutine suspended")
+
+
+@pytest.mark.benchmark(group="rules-async-with")
+def test_bare_async_block(benchmark):
+    async def run():
+        for _ in range(LOOP):
+            handler(1)
+    benchmark(lambda: _drive(run()))
+
+
+@pytest.mark.benchmark(group="rules-async-with")
+@pytest.mark.parametrize("kind", ["fast", "pure"])
+@pytest.mark.parametrize("how", ["direct", "rules"])
+def test_async_with_block(benchmark, how, kind):
+    g = direct(kind, False) if how == "direct" else ruled(kind, False).guard("r")
+
+    async def run():
+        for _ in range(LOOP):
+            async with g:
+                handler(1)
+    benchmark(lambda: _drive(run()))
+
+
+@pytest.mark.benchmark(group="rules-fresh-tasks")
+@pytest.mark.parametrize("how", ["bare", "direct", "rules"])
+def test_fresh_tasks(benchmark, how):
+    """LOOP fresh tasks, each opening one ``async with`` block (bare: none)."""
+    g = None if how == "bare" else (
+        direct("fast", False) if how == "direct" else ruled("fast", False).guard("r"))
+
+    async def task():
+        if g is None:
+            return handler(1)
+        async with g:
+            return handler(1)
+
+    async def tasks():
+        for _ in range(LOOP):
+            await asyncio.create_task(task())
+    loop = asyncio.new_event_loop()
+    try:
+        benchmark(lambda: loop.run_until_complete(tasks()))
+    finally:
+        loop.close()
 
 
 @pytest.mark.benchmark(group="rules-async")

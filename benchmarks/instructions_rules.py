@@ -8,7 +8,10 @@ difference divided by the extra calls; interpreter start-up cancels out):
 
 CASE: bare, breaker, rules_breaker, full, rules_full (breaker + limit + bulkhead),
 rules_none (a resource without a rule), with_breaker and rules_with_breaker (``with``
-blocks); ``_pure`` after a case runs the pure twin.
+blocks), awith_breaker and rules_awith_breaker (``async with`` blocks, in one coroutine
+driven by ``send``: no event loop), task_bare, task_breaker and task_rules (a fresh asyncio
+task per iteration, opening one ``async with`` block but in task_bare; the cyclic GC runs
+as usual); ``_pure`` after a case runs the pure twin.
 """
 from __future__ import annotations
 
@@ -48,22 +51,62 @@ def build(case: str):  # -> a one-argument callable doing one guarded call
 
 
 def blocks(case: str, n: int) -> None:
-    """``with g: handler(1)`` n times, the loop in this frame."""
+    """``with g: handler(1)`` (``async with`` for ``awith``) n times, the loop in one frame."""
     import gameguard as gg
     from gameguard import _impl
     from gameguard.rules import Rules
 
     with _impl.use("pure" if case.endswith("_pure") else "fast"):
-        g = gg.CircuitBreaker("b") if case.startswith("with_") else \
+        g = Rules({"resource": {"r": {"breaker": {}}}}).guard("r") \
+            if case.startswith("rules_") else gg.CircuitBreaker("b")
+    if "awith_" not in case:
+        for _ in range(n):
+            with g:
+                handler(1)
+        return
+
+    async def loop() -> None:
+        for _ in range(n):
+            async with g:
+                handler(1)
+    try:
+        loop().send(None)  # admitted blocks never suspend
+    except StopIteration:
+        return
+    raise SystemExit("an async with block suspended")
+
+
+def tasks(case: str, n: int) -> None:
+    """n fresh tasks, one after another, each opening a block (``task_bare``: none)."""
+    import asyncio
+
+    import gameguard as gg
+    from gameguard import _impl
+    from gameguard.rules import Rules
+
+    with _impl.use("pure" if case.endswith("_pure") else "fast"):
+        g = None if case.startswith("task_bare") else gg.CircuitBreaker("b") \
+            if case.startswith("task_breaker") else \
             Rules({"resource": {"r": {"breaker": {}}}}).guard("r")
-    for _ in range(n):
-        with g:
+
+    async def task() -> None:
+        if g is None:
             handler(1)
+            return
+        async with g:
+            handler(1)
+
+    async def main() -> None:
+        for _ in range(n):
+            await asyncio.create_task(task())
+    asyncio.run(main())
 
 
 if __name__ == "__main__":
     case, n = sys.argv[1], int(sys.argv[2])
-    if "with_" in case:
+    if case.startswith("task_"):
+        tasks(case, n)
+    elif "with_" in case:
         blocks(case, n)
     else:
         f = build(case)

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import both_twins
+from gameguard import _impl
 from gameguard import (Bulkhead, BulkheadFullError, CircuitBreaker, CircuitOpenError,
                        ConfigurationError, LeakyBucket, ManualClock, RateLimitExceeded,
                        TokenBucket)
@@ -635,3 +636,218 @@ def test_async_blocks_of_interleaved_tasks_keep_their_own_rules(twin):
         await asyncio.wait_for(asyncio.gather(task_a(), task_b()), 20)
         assert rules.rule("a").bulkhead.in_flight == 0
     asyncio.run(main())
+
+
+# -- blocks: one record per block, the plan it entered kept with its permits -----------------
+class Recorder:
+    """A context manager entry of another kind (not a guard): what it saw, and whether it
+    suppresses the block's exception."""
+
+    def __init__(self, suppress=False):
+        self.seen = []
+        self.suppress = suppress
+
+    def __enter__(self):
+        self.seen.append("enter")
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.seen.append(("exit", exc_type))
+        return self.suppress
+
+    async def __aenter__(self):
+        self.seen.append("aenter")
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb):
+        self.seen.append(("aexit", exc_type))
+        return self.suppress
+
+
+def test_block_of_another_kind_of_entry_uses_its_methods(twin, kernels):
+    route = kernels("route")
+    first, second = Recorder(suppress=True), Recorder()
+    slot = route.Slot(first)
+    block = route.Block(slot, "r", lambda func: func)
+    assert slot.entry is first
+    with block:
+        slot.entry = second        # a reload: this block still exits what it entered
+        raise Boom()               # suppressed by the entry it entered
+    assert first.seen == ["enter", ("exit", Boom)] and second.seen == []
+    with block:
+        pass
+    assert second.seen == ["enter", ("exit", None)]
+
+    async def main():
+        async with block:
+            slot.entry = first
+        slot.entry = None          # pass-through
+        async with block:
+            pass
+    asyncio.run(main())
+    assert second.seen[2:] == ["aenter", ("aexit", None)] and len(first.seen) == 2
+
+
+def test_block_of_a_guard_of_the_other_twin(impl, kernels):
+    """A guard whose kernel runs on the pure twin has no compiled plan (the compiled block
+    enters it through its own methods); the pure block runs the protocol over compiled
+    kernels too. Either way a block exits what it entered, whatever a reload swaps."""
+    route = kernels("route")
+    with _impl.use("pure"):
+        pure = Bulkhead(1)
+    compiled = Bulkhead(1)
+    slot = route.Slot(pure)
+    block = route.Block(slot, "r", lambda func: func)
+    with block:
+        slot.entry = compiled
+        assert (pure.in_flight, compiled.in_flight) == (1, 0)
+        with block:
+            assert (pure.in_flight, compiled.in_flight) == (1, 1)
+            with pytest.raises(BulkheadFullError):
+                with block:
+                    pass
+    assert (pure.in_flight, compiled.in_flight) == (0, 0)
+
+
+def test_block_of_a_wrapping_pipeline_refuses_like_the_pipeline(twin, kernels):
+    """An entry that overrides the block methods keeps them (here: a pipeline with a retry
+    is a decorator only)."""
+    from gameguard import Retry, pipeline
+
+    entry = pipeline(Retry(attempts=2), Bulkhead(1))
+    block = kernels("route").Block(kernels("route").Slot(entry), "r", lambda func: func)
+    with pytest.raises(TypeError) as direct:
+        with entry:
+            pass
+    with pytest.raises(TypeError) as ruled:
+        with block:
+            pass
+    assert str(ruled.value) == str(direct.value)
+
+
+def test_rules_blocks_and_the_guards_own_blocks_close_in_any_order(twin):
+    rules = Rules(spec(a={"bulkhead": {"max_concurrent": 3}}))
+    guard, bulkhead = rules.guard("a"), rules.rule("a").bulkhead
+    guard.__enter__()
+    bulkhead.__enter__()
+    guard.__enter__()
+    assert bulkhead.in_flight == 3
+    assert guard.__exit__(None, None, None) is False   # the newest of guard's blocks
+    bulkhead.__exit__(Boom, Boom(), None)
+    assert bulkhead.in_flight == 1
+    with pytest.raises(RuntimeError, match="without a matching"):
+        bulkhead.__exit__(None, None, None)
+    guard.__exit__(None, None, None)
+    assert bulkhead.in_flight == 0
+    counters = bulkhead.snapshot()["counters"]
+    assert counters["successful"] == 2 and sum(counters.values()) == 3
+
+
+def test_rules_block_cannot_be_exited_from_another_thread(twin):
+    rules = Rules(spec(a={"bulkhead": {"max_concurrent": 1}}))
+    guard, bulkhead = rules.guard("a"), rules.rule("a").bulkhead
+    errors = []
+
+    def other():
+        try:
+            guard.__exit__(None, None, None)
+        except RuntimeError as exc:
+            errors.append(exc)
+    with guard:
+        t = threading.Thread(target=other)
+        t.start()
+        t.join(20)
+        assert not t.is_alive() and len(errors) == 1 and bulkhead.in_flight == 1
+    assert bulkhead.in_flight == 0
+
+
+def test_task_started_inside_a_rules_block_has_its_own_blocks(twin):
+    rules = Rules(spec(a={"bulkhead": {"max_concurrent": 2}}))
+    guard, bulkhead = rules.guard("a"), rules.rule("a").bulkhead
+
+    async def child():
+        async with guard:
+            return bulkhead.in_flight
+
+    async def main():
+        async with guard:
+            assert await asyncio.wait_for(asyncio.ensure_future(child()), 20) == 2
+            assert bulkhead.in_flight == 1  # the child closed its own block, not this one
+    asyncio.run(main())
+    assert bulkhead.in_flight == 0
+
+
+def test_async_block_that_waits_exits_the_rule_it_waited_for(twin):
+    version = {"n": 1}
+    rules = Rules(lambda: spec(a={"bulkhead": {"max_concurrent": version["n"],
+                                               "max_wait": 20}}))
+    guard, old = rules.guard("a"), rules.rule("a").bulkhead
+
+    async def main():
+        order = []
+
+        async def waiter():
+            async with guard:  # waits for the old rule's one slot
+                order.append(("in", old.in_flight))
+                version["n"] = 5
+                rules.reload()
+            order.append(("out", old.in_flight))
+
+        async with guard:
+            task = asyncio.ensure_future(waiter())
+            for _ in range(100):
+                if old.snapshot().get("waiting", 0) or task.done():
+                    break
+                await asyncio.sleep(0)
+            assert not task.done() and old.in_flight == 1
+        await asyncio.wait_for(task, 20)
+        return order
+    assert asyncio.run(main()) == [("in", 1), ("out", 0)]
+    assert rules.rule("a").bulkhead is not old and rules.rule("a").bulkhead.in_flight == 0
+
+
+BLOCK_STEP = st.one_of(st.tuples(st.just("enter"), st.sampled_from("ab")),
+                       st.tuples(st.just("exit"), st.integers(0, 7)),
+                       st.tuples(st.just("reload"), st.integers(1, 3)))
+
+
+def _run_blocks(steps):
+    """Blocks opened, closed (any open one, by position) and rules reloaded; returns what
+    was seen after each step."""
+    version = {"n": 1}
+    rules = Rules(lambda: spec(a={"bulkhead": {"max_concurrent": version["n"]}},
+                               b={"bulkhead": {"max_concurrent": 2}}))
+    bulkheads, open_, seen = [], [], []
+    for op, arg in steps:
+        if op == "enter":
+            try:
+                rules.guard(arg).__enter__()
+                open_.append(arg)
+                seen.append(("entered", arg))
+            except BulkheadFullError:
+                seen.append(("full", arg))
+        elif op == "exit" and open_:
+            seen.append(("exit", rules.guard(open_.pop(arg % len(open_))).__exit__(
+                None, None, None)))
+        elif op == "reload":
+            version["n"] = arg
+            rules.reload()
+        bulkheads.extend(b for b in (rules.rule(r).bulkhead for r in "ab")
+                         if all(b is not known for known in bulkheads))
+        seen.append(tuple(b.in_flight for b in bulkheads))
+    while open_:
+        rules.guard(open_.pop()).__exit__(None, None, None)
+    seen.append(tuple(b.in_flight for b in bulkheads))
+    return seen
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(BLOCK_STEP, max_size=20))
+def test_route_twins_decide_blocks_alike(steps):
+    both_twins("route")
+    results = []
+    for which in ("fast", "pure"):
+        with _impl.use(which):
+            results.append(_run_blocks(steps))
+    assert results[0] == results[1]
+    assert set(results[0][-1]) <= {0}

@@ -18,7 +18,7 @@ from contextvars import ContextVar
 cimport cython
 
 from cpython.object cimport PyObject
-from cpython.ref cimport Py_INCREF, Py_DECREF
+from cpython.ref cimport Py_INCREF, Py_DECREF, Py_XINCREF, Py_XDECREF
 from cpython.exc cimport PyErr_SetObject
 from cpython.mem cimport PyMem_Realloc, PyMem_Free
 from cpython.contextvars cimport PyContextVar_Get, PyContextVar_Set
@@ -43,12 +43,6 @@ from gameguard._log import logger
 cdef extern from "Python.h":
     ctypedef struct DictSlots "PyTypeObject":
         PyObject *tp_dict
-    ctypedef struct PyMethodDef:
-        const char *ml_name
-        void *ml_meth
-        int ml_flags
-        const char *ml_doc
-    int METH_FASTCALL
     object PyDescr_NewMethod(type cls, PyMethodDef *method)
     void PyType_Modified(type cls)
     void PyErr_Fetch(PyObject **, PyObject **, PyObject **)
@@ -535,8 +529,24 @@ cdef PySendResult _raise_in_send(exc, PyObject **result) noexcept:
 
 
 # -- with / async with -------------------------------------------------------------------------
+cdef extern from *:
+    """
+    /* A weak reference's referent, borrowed: Py_None once the referent died (CPython clears
+       its weak references before freeing it, so a new object at its address never matches). */
+    static CYTHON_INLINE PyObject *gg_referent(PyObject *ref) {
+        return ((PyWeakReference *)ref)->wr_object;
+    }
+    """
+    PyObject *gg_referent(PyObject *ref)
+
+cdef extern from "Python.h":
+    PyObject *PyWeakref_NewRef(PyObject *ob, PyObject *callback) except NULL
+
+
 cdef struct Block:
     PyObject *owner              # a strong reference
+    PyObject *plan               # NULL: the owner's own plan; else (a strong reference) what
+                                 # the block entered: a Chain, another entry, or None
     double t0
     int n
     long long tokens[MAX_GUARDS]
@@ -546,17 +556,23 @@ cdef struct Block:
 cdef class PermitStack:
     """The open blocks of one context (thread or task), newest last. A ContextVar holds it;
     a copied context (a new task) shares the object, so it records the context it belongs
-    to and another context makes its own."""
+    to (weakly: the context holds the stack, and a strong reference back would make a cycle
+    per task, freed only by the cyclic GC) and another context makes its own."""
 
     cdef Block *blocks
     cdef int depth, cap
-    cdef object context
+    cdef object context_ref  # a weak reference to the context
 
     def __dealloc__(self):
         cdef int i
         for i in range(self.depth):
             Py_DECREF(<object>self.blocks[i].owner)
+            Py_XDECREF(self.blocks[i].plan)
         PyMem_Free(self.blocks)
+
+    cdef inline bint current(self) noexcept:
+        """Whether this is the running context's stack."""
+        return gg_referent(<PyObject *>self.context_ref) == PyThreadState_Get().context
 
     cdef inline int reserve(self) except -1:
         """Room for one more block."""
@@ -574,20 +590,24 @@ cdef class PermitStack:
         self.blocks, self.cap = grown, cap
         return 0
 
-    cdef void push(self, owner, long long *tokens, int n, double t0) noexcept:
-        """After :meth:`reserve`."""
+    cdef inline void push(self, owner, long long *tokens, int n, double t0,
+                          PyObject *plan) noexcept:
+        """After :meth:`reserve`; ``plan`` is held (NULL: the owner's own)."""
         cdef int i
         cdef Block *b = &self.blocks[self.depth]
         Py_INCREF(owner)
         b.owner = <PyObject *>owner
+        Py_XINCREF(plan)
+        b.plan = plan
         b.t0 = t0
         b.n = n
         for i in range(n):
             b.tokens[i] = tokens[i]
         self.depth += 1
 
-    cdef int pop(self, owner, long long *tokens, double *t0) except -1:
-        """Remove ``owner``'s newest block (blocks usually close in order: the top one)."""
+    cdef int pop(self, owner, long long *tokens, double *t0, PyObject **plan) except -1:
+        """Remove ``owner``'s newest block (blocks usually close in order: the top one);
+        its plan's reference passes to the caller."""
         cdef int i = self.depth - 1
         while i >= 0 and self.blocks[i].owner != <PyObject *>owner:
             i -= 1
@@ -597,6 +617,7 @@ cdef class PermitStack:
         for j in range(self.blocks[i].n):
             tokens[j] = self.blocks[i].tokens[j]
         t0[0] = self.blocks[i].t0
+        plan[0] = self.blocks[i].plan
         if i < self.depth - 1:  # closed out of order
             memmove(&self.blocks[i], &self.blocks[i + 1], (self.depth - i - 1) * sizeof(Block))
         self.depth -= 1
@@ -607,15 +628,15 @@ cdef class PermitStack:
 cdef object _stacks = ContextVar("gameguard_blocks")
 
 
-# The stack of the context used last: a strong reference, so that context stays alive and
-# no other context can have its address. Read and written only by C code that makes no
-# Python call in between, so under the GIL it is consistent.
+# The stack of the context used last (held: a context's stack can outlive the context, as the
+# value a copy of it inherited). Read and written only by C code that makes no Python call in
+# between, so under the GIL it is consistent.
 cdef PermitStack _last = None
 
 
 cdef inline PermitStack _stack(bint create):
     """This context's open blocks (``create``: made if there are none)."""
-    if _last is not None and <PyObject *>_last.context == PyThreadState_Get().context:
+    if _last is not None and _last.current():
         return _last
     return _find_stack(create)
 
@@ -626,14 +647,16 @@ cdef PermitStack _find_stack(bint create):
     PyContextVar_Get(_stacks, NULL, &value)  # a new reference, or NULL
     if value != NULL:
         Py_DECREF(<object>value)  # the ContextVar still holds it
-        if <PyObject *>(<PermitStack>value).context == PyThreadState_Get().context:
+        if (<PermitStack>value).current():
             _last = <PermitStack>value
             return _last
     if not create:
         return None
     cdef PermitStack s = PermitStack.__new__(PermitStack)
-    PyContextVar_Set(_stacks, s)
-    s.context = <object>PyThreadState_Get().context
+    PyContextVar_Set(_stacks, s)  # makes the thread's context if it had none
+    ref = <object>PyWeakref_NewRef(PyThreadState_Get().context, NULL)
+    Py_DECREF(ref)  # `ref` holds the new reference now
+    s.context_ref = ref
     _last = s
     return s
 
@@ -650,13 +673,13 @@ cdef class GuardBase:
         """Enter every guard (waiting where a guard waits), or raise the refusing guard's
         rejection with every permit given back."""
         cdef Chain c = _chain(self)
+        cdef double t0
         cdef int i
         if c is None:
             return _py.block_enter(self)
-        cdef double t0 = _open_block(c, self, True, &i)
+        i = _open_block(c, self, True, &t0, False)
         if i < c.n:
-            c.refused(i, False)
-            raise c.guards[i]._rejection(t0)
+            raise refusal(c, i, t0)
         return self
 
     # __exit__ is _guard_exit below, installed as a METH_FASTCALL method: a `def` with
@@ -667,15 +690,15 @@ cdef class GuardBase:
         """Admitted at once: a finished awaitable. A guard that waits: the Python
         protocol's coroutine."""
         cdef Chain c = _chain(self)
+        cdef double t0
         cdef int i
         if c is None:
             return _py.block_aenter(self)
-        cdef double t0 = _open_block(c, self, False, &i)
+        i = _open_block(c, self, False, &t0, False)
         if i < c.n:
             if c.guards[i]._waits:  # enter_async enters and counts again
-                return _aenter_waiting(c, self, t0)
-            c.refused(i, False)
-            raise c.guards[i]._rejection(t0)
+                return _aenter_waiting(c, self, t0, False)
+            raise refusal(c, i, t0)
         return c.ready
 
     @cython.binding(False)  # a method descriptor: CPython calls it directly
@@ -684,7 +707,7 @@ cdef class GuardBase:
         cdef Chain c = _chain(self)
         if c is None:
             return _py.block_aexit(self, exc_type, exc, tb)
-        _exit_block(c, self, exc_type, exc)
+        _close_block(c, self, exc_type, exc)
         return _DONE_FALSE
 
 
@@ -697,8 +720,15 @@ cdef object _guard_exit(GuardBase self, PyObject **args, Py_ssize_t nargs):
     cdef Chain c = _chain(self)
     if c is None:
         return _py.block_exit(self, exc_type, exc, <object>args[2])
-    _exit_block(c, self, exc_type, exc)
+    _close_block(c, self, exc_type, exc)
     return False
+
+
+cdef int install_method(type cls, PyMethodDef *method) except -1:
+    """Put ``method`` (static, e.g. a METH_FASTCALL ``__exit__``) in ``cls``'s dict."""
+    (<dict>(<DictSlots *>cls).tp_dict)[method.ml_name.decode()] = PyDescr_NewMethod(cls, method)
+    PyType_Modified(cls)
+    return 0
 
 
 cdef PyMethodDef _GUARD_EXIT
@@ -707,8 +737,7 @@ _GUARD_EXIT.ml_meth = <void *>_guard_exit
 _GUARD_EXIT.ml_flags = METH_FASTCALL
 _GUARD_EXIT.ml_doc = ("__exit__(exc_type, exc, tb)\n--\n\nRelease this block's permits with "
                       "the block's outcome; never suppresses.")
-(<dict>(<DictSlots *>GuardBase).tp_dict)["__exit__"] = PyDescr_NewMethod(GuardBase, &_GUARD_EXIT)
-PyType_Modified(GuardBase)
+install_method(GuardBase, &_GUARD_EXIT)
 
 
 cdef inline Chain _chain(GuardBase owner):
@@ -731,37 +760,113 @@ cdef Chain _new_plan(GuardBase owner):
     return None if owner._plan is False else <Chain>owner._plan
 
 
-cdef inline double _open_block(Chain c, owner, bint wait, int *refused) except? -1.0:
-    """Enter ``c``'s guards for a block of ``owner``; returns the entry reading. Admitted
-    (``refused`` set to ``n``): the permits go on this context's stack. Else ``refused``
-    is the refusing guard's index and nothing is held."""
+cdef object block_plan(entry):
+    """The compiled plan a block of ``entry`` runs, for another owner to enter in its
+    place (rules.guard): a GuardBase with the stock block methods and compiled guards;
+    else None (the entry's own methods serve it)."""
+    cls = type(entry)
+    if not isinstance(entry, GuardBase) or any([
+            getattr(cls, name) is not getattr(GuardBase, name)
+            for name in ("__enter__", "__exit__", "__aenter__", "__aexit__")]):
+        return None
+    return _chain(<GuardBase>entry)
+
+
+cdef inline int _open_block(Chain c, owner, bint wait, double *t0, bint record) except -1:
+    """Enter ``c``'s guards for a block of ``owner`` at ``t0[0]`` (set here). Admitted
+    (returns ``n``): the permits go on this context's stack, with ``c`` when ``record``
+    (an owner that enters another object's plan). Else the refusing guard's index,
+    nothing held."""
     cdef long long tokens[MAX_GUARDS]
-    cdef double t0 = c.now()
+    t0[0] = c.now()
     cdef PermitStack s = _stack(True)
     s.reserve()  # before entering: pushing afterwards cannot fail
-    cdef int i = c.admit(t0, tokens, wait)
+    cdef int i = c.admit(t0[0], tokens, wait)
     if i < c.n:
-        c.give_back(tokens, i, t0, not wait and c.guards[i]._waits)
+        c.give_back(tokens, i, t0[0], not wait and c.guards[i]._waits)
     else:
-        s.push(owner, tokens, c.n, t0)
-    refused[0] = i
-    return t0
+        s.push(owner, tokens, c.n, t0[0], <PyObject *>c if record else NULL)
+    return i
 
 
-cdef inline int _exit_block(Chain c, owner, exc_type, exc) except -1:
+cdef object refusal(Chain c, int i, double t0):
+    """``guards[i]`` refused a block for good: counted; its rejection, for the caller to
+    raise (from its own frame: each frame an exception passes through adds a traceback
+    entry)."""
+    c.refused(i, False)
+    return c.guards[i]._rejection(t0)
+
+
+cdef bint enter_plan(plan, owner) except -1:
+    """A block of ``owner`` enters ``plan`` when it is a compiled plan (a Chain, recorded
+    with the permits: :func:`close_block` exits it whatever a reload swaps meanwhile), or
+    raises its rejection. False, nothing entered, for anything else."""
+    cdef double t0
+    cdef int i
+    if type(plan) is not Chain:
+        return False
+    i = _open_block(<Chain>plan, owner, True, &t0, True)
+    if i < (<Chain>plan).n:
+        raise refusal(<Chain>plan, i, t0)
+    return True
+
+
+cdef object aenter_plan(plan, owner, done):
+    """:func:`enter_plan` for ``async with``: the awaitable (``done`` when admitted at once,
+    the waiting coroutine when a guard that waits refused), or None when ``plan`` is not
+    a compiled plan."""
+    cdef double t0
+    cdef int i
+    if type(plan) is not Chain:
+        return None
+    i = _open_block(<Chain>plan, owner, False, &t0, True)
+    if i < (<Chain>plan).n:
+        if (<Chain>plan).guards[i]._waits:
+            return _aenter_waiting(<Chain>plan, owner, t0, True)
+        raise refusal(<Chain>plan, i, t0)
+    return done
+
+
+cdef int push_entry(owner, entry) except -1:
+    """Record a block of ``owner`` that entered ``entry`` through its own methods (None:
+    nothing), for :func:`close_block` to hand back."""
+    cdef PermitStack s = _stack(True)
+    s.reserve()
+    s.push(owner, NULL, 0, 0.0, <PyObject *>entry)
+    return 0
+
+
+cdef inline object _close_block(Chain c, owner, exc_type, exc):
+    """Remove ``owner``'s newest block and release what it entered: its recorded Chain (or
+    ``c``, the owner's own plan) is exited here and None returned; another recorded entry
+    is returned for the caller to exit."""
     cdef long long tokens[MAX_GUARDS]
     cdef double t0
+    cdef PyObject *plan = NULL
     cdef PermitStack s = _stack(False)
     if s is None:
         raise RuntimeError(f"{owner!r}: __exit__ without a matching __enter__")
-    s.pop(owner, tokens, &t0)
+    s.pop(owner, tokens, &t0, &plan)
+    if plan != NULL:
+        recorded = <object>plan
+        Py_DECREF(recorded)  # `recorded` holds the block's reference now
+        if type(recorded) is not Chain:
+            return recorded
+        c = <Chain>recorded
     if exc is None and exc_type is None:
-        return c.exit_ok(tokens, t0)
-    exc = _py.exception_of(exc_type, exc)
-    return _surface(c.finish(tokens, t0, exc), exc)
+        c.exit_ok(tokens, t0)
+    else:
+        exc = _py.exception_of(exc_type, exc)
+        _surface(c.finish(tokens, t0, exc), exc)
+    return None
 
 
-async def _aenter_waiting(Chain c, owner, double t0):
+cdef object close_block(owner, exc_type, exc):
+    """:func:`_close_block` of a block whose plan was recorded (route.pyx)."""
+    return _close_block(None, owner, exc_type, exc)
+
+
+async def _aenter_waiting(Chain c, owner, double t0, bint record):
     cdef long long tokens[MAX_GUARDS]
     cdef int j
     taken = []
@@ -772,7 +877,7 @@ async def _aenter_waiting(Chain c, owner, double t0):
         tokens[j] = taken[j]
     cdef PermitStack s = _stack(True)
     s.reserve()
-    s.push(owner, tokens, c.n, t0)
+    s.push(owner, tokens, c.n, t0, <PyObject *>c if record else NULL)
     return owner
 
 

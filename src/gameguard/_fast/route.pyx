@@ -2,30 +2,20 @@
 """Calls and blocks that reach the rule in force through one swappable reference (compiled
 twin of ``gameguard._pure.route``). A call is forwarded through CPython's vectorcall
 protocol, the caller's argument vector handed on unchanged: no tuple or dict built, no
-Python frame; ``with`` enters the slot's entry from C."""
+Python frame. A block enters the rule's compiled plan itself (call.pyx's block protocol,
+the plan recorded with the block's permits): one slot read over the guard used directly."""
 import types
 
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF
-from cpython.contextvars cimport PyContextVar_Get, PyContextVar_Set
-from contextvars import ContextVar
 
 cimport cython
 
-cdef extern from *:
-    """
-    static CYTHON_INLINE PyObject *gg_route_propagate(void) { return NULL; }
-    """
-    object gg_route_propagate()
-
-cdef extern from "Python.h":
-    ctypedef PyObject *(*vectorcallfunc)(PyObject *, PyObject **, size_t, PyObject *)
-    unsigned long Py_TPFLAGS_HAVE_VECTORCALL
-    object PyVectorcall_Call(object callable, object args, object kwargs)
-    ctypedef struct TypeSlots "PyTypeObject":
-        Py_ssize_t tp_vectorcall_offset
-        unsigned long tp_flags
-    PyObject *vectorcall_raw "PyObject_Vectorcall" (PyObject *, PyObject **, size_t, PyObject *)
+from gameguard._fast.awaitable cimport Ready, ready
+from gameguard._fast.call cimport (PyMethodDef, METH_FASTCALL, block_plan, enter_plan,
+                                   aenter_plan, push_entry, close_block, install_method)
+from gameguard._fast.vector cimport (gg_propagate, vectorcallfunc, PyVectorcall_Call,
+                                     vectorcall_raw, enable_vectorcall)
 
 __all__ = ["Route", "Slot", "Block"]
 
@@ -63,110 +53,41 @@ cdef object _route_vectorcall(Route self, PyObject **args, size_t nargsf, PyObje
     cdef object target = self.target
     cdef PyObject *res = vectorcall_raw(<PyObject *>target, args, nargsf, kwnames)
     if res == NULL:  # the target's exception stays set, object and traceback
-        return gg_route_propagate()
+        return gg_propagate()
     result = <object>res
     Py_DECREF(result)
     return result
 
 
-cdef _install_slots():
+cdef _install_vectorcall():
     cdef Route probe = Route.__new__(Route)
-    cdef Py_ssize_t offset = <char *>&probe.vectorcall - <char *><PyObject *>probe
-    cdef TypeSlots *ts = <TypeSlots *><PyObject *>Route
-    ts.tp_vectorcall_offset = offset
-    ts.tp_flags |= Py_TPFLAGS_HAVE_VECTORCALL
+    enable_vectorcall(Route, <char *>&probe.vectorcall - <char *><PyObject *>probe)
 
-_install_slots()
+_install_vectorcall()
 
 
 # -- with / async with: the entry in force per resource ---------------------------------------
 cdef class Slot:
     """The entry in force for one resource; see the pure twin."""
 
-    # (entry, its bound __enter__, its bound __exit__) or None, swapped as one reference:
-    # a block reads it once, so it never enters one entry and exits another
-    cdef tuple parts
+    cdef object _entry
+    # what a block enters, one reference a reload swaps: the entry's compiled Chain, else
+    # the entry itself (its own methods; None: pass-through)
+    cdef object plan
 
     def __init__(self, entry=None):
         self.entry = entry
 
     @property
     def entry(self):
-        return None if self.parts is None else self.parts[0]
+        return self._entry
 
     @entry.setter
     def entry(self, entry):
-        self.parts = None if entry is None else (entry, entry.__enter__, entry.__exit__)
-
-
-cdef extern from "Python.h":
-    ctypedef struct ThreadState "PyThreadState":
-        PyObject *context   # the current contextvars.Context
-    ThreadState *PyThreadState_Get()
-
-
-cdef object _blocks = ContextVar("gameguard_rule_blocks")
-
-
-@cython.final
-cdef class _Stack:
-    """The open blocks of one context (thread or task): owner, entry, owner, entry...,
-    newest last. A ContextVar holds it; a copied context (a new task) shares the object,
-    so it records the context it belongs to and another context makes its own."""
-
-    cdef list items
-    cdef object context  # held: no other context can have its address meanwhile
-
-
-# The stack used last, held strongly: comparing its context with the thread's current one
-# skips the ContextVar lookup on the common path (consistent under the GIL: no Python call
-# between the comparison and the use).
-cdef _Stack _last = None
-
-
-cdef inline _Stack _stack():
-    if _last is not None and <PyObject *>_last.context == PyThreadState_Get().context:
-        return _last
-    return _find_stack()
-
-
-cdef _Stack _find_stack():
-    global _last
-    cdef PyObject *value = NULL
-    cdef _Stack s
-    PyContextVar_Get(_blocks, NULL, &value)  # a new reference, or NULL
-    if value != NULL:
-        s = <_Stack>value
-        Py_DECREF(s)  # the ContextVar still holds it
-        if <PyObject *>s.context == PyThreadState_Get().context:
-            _last = s
-            return s
-    s = _Stack.__new__(_Stack)
-    s.items = []
-    PyContextVar_Set(_blocks, s)
-    s.context = <object>PyThreadState_Get().context
-    _last = s
-    return s
-
-
-cdef inline int _push(owner, entry) except -1:
-    cdef list items = _stack().items
-    items.append(owner)
-    items.append(entry)
-    return 0
-
-
-cdef object _pop(owner):
-    """``owner``'s newest block's entry (blocks usually close in order: the top one)."""
-    cdef list items = _stack().items
-    cdef Py_ssize_t i = len(items) - 2
-    while i >= 0 and items[i] is not owner:
-        i -= 2
-    if i < 0:
-        raise RuntimeError(f"{owner!r}: __exit__ without a matching __enter__")
-    entry = items[i + 1]
-    del items[i:i + 2]
-    return entry
+        plan = block_plan(entry)
+        old = (self._entry, self.plan)  # freed on return, after both fields are set: no
+        self.plan = entry if plan is None else plan  # Python code (a __del__) runs between
+        self._entry = entry
 
 
 cdef class Block:
@@ -175,6 +96,7 @@ cdef class Block:
     cdef readonly Slot slot
     cdef readonly object resource
     cdef object _decorate
+    cdef Ready _ready   # __aenter__'s finished awaitable of self (made on first use)
 
     def __init__(self, Slot slot, resource, decorate):
         self.slot = slot
@@ -186,29 +108,77 @@ cdef class Block:
 
     @cython.binding(False)  # a method descriptor: CPython calls it directly
     def __enter__(self):
-        parts = self.slot.parts
-        if parts is None:
-            _push(self, None)
-        else:
-            (<tuple>parts)[1]()
-            _push(self, (<tuple>parts)[2])  # what this block exits, whatever reloads meanwhile
-        return self
+        plan = self.slot.plan  # read once: what this block enters and exits
+        if enter_plan(plan, self):
+            return self
+        return _enter_entry(self, plan)
+
+    # __exit__ is _block_exit below, installed as a METH_FASTCALL method (as GuardBase's)
 
     @cython.binding(False)
-    def __exit__(self, exc_type, exc, tb):
-        exit_ = _pop(self)
-        return False if exit_ is None else bool(exit_(exc_type, exc, tb))
+    def __aenter__(self):
+        plan = self.slot.plan
+        if self._ready is None:
+            self._ready = ready(self)
+        entered = aenter_plan(plan, self, self._ready)
+        return _aenter_entry(self, plan) if entered is None else entered
 
-    async def __aenter__(self):
-        entry = self.slot.entry
-        if entry is not None:
-            await entry.__aenter__()
-        _push(self, None if entry is None else entry.__aexit__)
-        return self
-
-    async def __aexit__(self, exc_type, exc, tb):
-        aexit = _pop(self)
-        return False if aexit is None else bool(await aexit(exc_type, exc, tb))
+    @cython.binding(False)
+    def __aexit__(self, exc_type, exc, tb):
+        entry = close_block(self, exc_type, exc)
+        if entry is None:
+            return _DONE_FALSE
+        return _aexit_entry(entry, exc_type, exc, tb)
 
     def __repr__(self):
         return f"<rules.guard({self.resource!r})>"
+
+
+cdef object _block_exit(Block self, PyObject **args, Py_ssize_t nargs):
+    """``Block.__exit__(exc_type, exc, tb)``: exits what the block entered."""
+    if nargs != 3:
+        raise TypeError(f"__exit__ takes 3 arguments ({nargs} given)")
+    entry = close_block(self, <object>args[0], <object>args[1])
+    if entry is None:
+        return False
+    return bool(entry.__exit__(<object>args[0], <object>args[1], <object>args[2]))
+
+
+cdef PyMethodDef _BLOCK_EXIT
+_BLOCK_EXIT.ml_name = "__exit__"
+_BLOCK_EXIT.ml_meth = <void *>_block_exit
+_BLOCK_EXIT.ml_flags = METH_FASTCALL
+_BLOCK_EXIT.ml_doc = "__exit__(exc_type, exc, tb)\n--\n\nExit what this block entered."
+install_method(Block, &_BLOCK_EXIT)
+
+cdef Ready _DONE_FALSE = ready(False)
+
+
+# An entry without a compiled plan (a guard on the pure twin, another kind of entry): its
+# own methods, the block recording it.
+cdef object _enter_entry(Block block, entry):
+    if entry is not None:
+        entry.__enter__()
+    try:
+        push_entry(block, entry)
+    except BaseException as exc:  # no room to record it (MemoryError): give it back
+        if entry is not None:
+            entry.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    return block
+
+
+async def _aenter_entry(Block block, entry):
+    if entry is not None:
+        await entry.__aenter__()
+    try:
+        push_entry(block, entry)
+    except BaseException as exc:
+        if entry is not None:
+            await entry.__aexit__(type(exc), exc, exc.__traceback__)
+        raise
+    return block
+
+
+async def _aexit_entry(entry, exc_type, exc, tb):
+    return bool(await entry.__aexit__(exc_type, exc, tb))

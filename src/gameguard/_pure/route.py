@@ -9,9 +9,9 @@ entirely under the old target or entirely under the new one.
 from __future__ import annotations
 
 import types
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, List, Optional, Tuple, TypeVar
 
-from .call import _permits, pop_permit
+from .call import _permits, clock_of, enter, enter_async, exception_of, finish, pop_permit
 
 __all__ = ["Route", "Slot", "Block"]
 
@@ -42,17 +42,42 @@ class Slot:
     """The entry in force for one resource (a guard, a pipeline, or ``None``: pass-through),
     replaced by a reload: what ``with rules.guard(resource):`` blocks enter."""
 
-    __slots__ = ("entry",)
+    __slots__ = ("_entry", "plan")
 
     def __init__(self, entry: Any = None) -> None:
         self.entry = entry
 
+    @property
+    def entry(self) -> Any:
+        return self._entry
+
+    @entry.setter
+    def entry(self, entry: Any) -> None:
+        # what a block enters, one reference a reload swaps: the entry's guards (a tuple)
+        # when its blocks are the stock protocol, else the entry itself (None: pass-through)
+        self.plan = _guards_of(entry) or entry
+        self._entry = entry
+
+
+def _guards_of(entry: Any) -> Optional[Tuple[Any, ...]]:
+    """``entry``'s guards when its blocks are the stock protocol over them (a ``Guard`` or
+    ``Pipeline`` that does not override them), for a block to enter in its place."""
+    from ..guard import Guard
+
+    cls = type(entry)
+    if entry is None or any(getattr(cls, name, None) is not getattr(Guard, name)
+                            for name in ("__enter__", "__exit__", "__aenter__", "__aexit__")):
+        return None
+    return tuple(entry._guards)
+
 
 class Block:
     """``rules.guard(resource)``: a decorator (``decorate(func)``) and a ``with`` / ``async
-    with`` block over ``slot.entry``. A block keeps the entry it entered (on the per-thread,
-    per-task stack of open blocks the pure protocol keeps), so a reload while it runs
-    changes nothing for it."""
+    with`` block over ``slot.plan``. A block enters the rule's guards itself, on the
+    per-thread, per-task stack of open blocks the protocol keeps, recording the guards it
+    entered with their permits: a reload while it runs changes nothing for it, and it costs
+    one slot read over the guard used directly. Another kind of entry is entered through
+    its own methods, the block recording it."""
 
     __slots__ = ("slot", "resource", "_decorate")
 
@@ -65,26 +90,58 @@ class Block:
         return self._decorate(func)  # type: ignore[no-any-return]
 
     def __enter__(self) -> "Block":
-        entry = self.slot.entry
-        if entry is not None:
-            entry.__enter__()
-        _permits.set((self, entry, 0.0, _permits.get()))
-        return self
+        plan: Any = self.slot.plan  # read once: what this block enters and exits
+        if type(plan) is not tuple:
+            if plan is not None:
+                plan.__enter__()
+            _permits.set((self, plan, 0.0, _permits.get()))
+            return self
+        now = clock_of(plan)()
+        tokens: List[int] = []
+        return self._admitted(plan, now, tokens, enter(plan, now, tokens))
 
     def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> bool:
-        entry: Any = pop_permit(self)[0]
-        return False if entry is None else bool(entry.__exit__(exc_type, exc, tb))
+        entered: Any
+        entered, t0 = pop_permit(self)  # the tokens slot holds what the block entered
+        if type(entered) is tuple or entered is None:
+            return _release(entered, t0, exc_type, exc)
+        return bool(entered.__exit__(exc_type, exc, tb))
 
     async def __aenter__(self) -> "Block":
-        entry = self.slot.entry
-        if entry is not None:
-            await entry.__aenter__()
-        _permits.set((self, entry, 0.0, _permits.get()))
-        return self
+        plan: Any = self.slot.plan
+        if type(plan) is not tuple:
+            if plan is not None:
+                await plan.__aenter__()
+            _permits.set((self, plan, 0.0, _permits.get()))
+            return self
+        now = clock_of(plan)()
+        tokens: List[int] = []
+        return self._admitted(plan, now, tokens, await enter_async(plan, now, tokens))
 
     async def __aexit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> bool:
-        entry: Any = pop_permit(self)[0]
-        return False if entry is None else bool(await entry.__aexit__(exc_type, exc, tb))
+        entered: Any
+        entered, t0 = pop_permit(self)
+        if type(entered) is tuple or entered is None:
+            return _release(entered, t0, exc_type, exc)
+        return bool(await entered.__aexit__(exc_type, exc, tb))
+
+    def _admitted(self, guards: Tuple[Any, ...], now: float, tokens: List[int],
+                  i: int) -> "Block":
+        """After entering ``guards``: refused (every permit given back), or opened."""
+        if i < len(guards):
+            raise guards[i]._rejection(now)
+        _permits.set((self, (guards, tokens), now, _permits.get()))
+        return self
 
     def __repr__(self) -> str:
         return f"<rules.guard({self.resource!r})>"
+
+
+def _release(entered: Optional[Tuple[Tuple[Any, ...], List[int]]], t0: float, exc_type: Any,
+             exc: Optional[BaseException]) -> bool:
+    """Close a block that entered guards itself (``(guards, tokens)``; None: nothing):
+    every permit released with the block's outcome; never suppresses."""
+    if entered is not None:
+        guards, tokens = entered
+        finish(guards, tokens, t0, clock_of(guards), exception_of(exc_type, exc))
+    return False
