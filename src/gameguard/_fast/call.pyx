@@ -707,7 +707,7 @@ cdef class GuardBase:
         cdef Chain c = _chain(self)
         if c is None:
             return _py.block_aexit(self, exc_type, exc, tb)
-        _close_block(c, self, exc_type, exc)
+        _close_block(c, self, exc_type, exc, NULL)
         return _DONE_FALSE
 
 
@@ -720,7 +720,7 @@ cdef object _guard_exit(GuardBase self, PyObject **args, Py_ssize_t nargs):
     cdef Chain c = _chain(self)
     if c is None:
         return _py.block_exit(self, exc_type, exc, <object>args[2])
-    _close_block(c, self, exc_type, exc)
+    _close_block(c, self, exc_type, exc, NULL)
     return False
 
 
@@ -836,10 +836,11 @@ cdef int push_entry(owner, entry) except -1:
     return 0
 
 
-cdef inline object _close_block(Chain c, owner, exc_type, exc):
+cdef inline int _close_block(Chain c, owner, exc_type, exc, PyObject **entry) except -1:
     """Remove ``owner``'s newest block and release what it entered: its recorded Chain (or
-    ``c``, the owner's own plan) is exited here and None returned; another recorded entry
-    is returned for the caller to exit."""
+    ``c``, the owner's own plan) is exited here; another recorded entry is handed to the
+    caller through ``entry`` (a new reference; NULL ``entry``: the caller records none),
+    for it to exit. A C int, not an object: the guard's own ``with`` pays no None."""
     cdef long long tokens[MAX_GUARDS]
     cdef double t0
     cdef PyObject *plan = NULL
@@ -848,22 +849,30 @@ cdef inline object _close_block(Chain c, owner, exc_type, exc):
         raise RuntimeError(f"{owner!r}: __exit__ without a matching __enter__")
     s.pop(owner, tokens, &t0, &plan)
     if plan != NULL:
-        recorded = <object>plan
-        Py_DECREF(recorded)  # `recorded` holds the block's reference now
-        if type(recorded) is not Chain:
-            return recorded
-        c = <Chain>recorded
+        if type(<object>plan) is not Chain:
+            if entry == NULL:  # cannot happen: only route blocks record other entries
+                Py_DECREF(<object>plan)
+                raise RuntimeError(f"{owner!r}: a block entered elsewhere")
+            entry[0] = plan  # the block's reference passes to the caller
+            return 0
+        c = <Chain>plan
+        Py_DECREF(c)  # `c` holds it now
     if exc is None and exc_type is None:
-        c.exit_ok(tokens, t0)
-    else:
-        exc = _py.exception_of(exc_type, exc)
-        _surface(c.finish(tokens, t0, exc), exc)
-    return None
+        return c.exit_ok(tokens, t0)
+    exc = _py.exception_of(exc_type, exc)
+    return _surface(c.finish(tokens, t0, exc), exc)
 
 
 cdef object close_block(owner, exc_type, exc):
-    """:func:`_close_block` of a block whose plan was recorded (route.pyx)."""
-    return _close_block(None, owner, exc_type, exc)
+    """:func:`_close_block` of a block whose plan was recorded (route.pyx): None, or the
+    entry the block entered through its own methods, for the caller to exit."""
+    cdef PyObject *entry = NULL
+    _close_block(None, owner, exc_type, exc, &entry)
+    if entry == NULL:
+        return None
+    recorded = <object>entry
+    Py_DECREF(recorded)  # `recorded` holds the reference now
+    return recorded
 
 
 async def _aenter_waiting(Chain c, owner, double t0, bint record):

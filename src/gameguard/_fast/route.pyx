@@ -73,7 +73,7 @@ cdef class Slot:
     cdef object _entry
     # what a block enters, one reference a reload swaps: the entry's compiled Chain, else
     # the entry itself (its own methods; None: pass-through)
-    cdef object plan
+    cdef object _plan
 
     def __init__(self, entry=None):
         self.entry = entry
@@ -85,8 +85,8 @@ cdef class Slot:
     @entry.setter
     def entry(self, entry):
         plan = block_plan(entry)
-        old = (self._entry, self.plan)  # freed on return, after both fields are set: no
-        self.plan = entry if plan is None else plan  # Python code (a __del__) runs between
+        old = (self._entry, self._plan)  # freed on return, after both fields are set: no
+        self._plan = entry if plan is None else plan  # Python code (a __del__) runs between
         self._entry = entry
 
 
@@ -108,7 +108,7 @@ cdef class Block:
 
     @cython.binding(False)  # a method descriptor: CPython calls it directly
     def __enter__(self):
-        plan = self.slot.plan  # read once: what this block enters and exits
+        plan = self.slot._plan  # read once: what this block enters and exits
         if enter_plan(plan, self):
             return self
         return _enter_entry(self, plan)
@@ -117,7 +117,7 @@ cdef class Block:
 
     @cython.binding(False)
     def __aenter__(self):
-        plan = self.slot.plan
+        plan = self.slot._plan
         if self._ready is None:
             self._ready = ready(self)
         entered = aenter_plan(plan, self, self._ready)

@@ -42,7 +42,7 @@ class Slot:
     """The entry in force for one resource (a guard, a pipeline, or ``None``: pass-through),
     replaced by a reload: what ``with rules.guard(resource):`` blocks enter."""
 
-    __slots__ = ("_entry", "plan")
+    __slots__ = ("_entry", "_plan")
 
     def __init__(self, entry: Any = None) -> None:
         self.entry = entry
@@ -55,7 +55,7 @@ class Slot:
     def entry(self, entry: Any) -> None:
         # what a block enters, one reference a reload swaps: the entry's guards (a tuple)
         # when its blocks are the stock protocol, else the entry itself (None: pass-through)
-        self.plan = _guards_of(entry) or entry
+        self._plan = _guards_of(entry) or entry
         self._entry = entry
 
 
@@ -73,7 +73,7 @@ def _guards_of(entry: Any) -> Optional[Tuple[Any, ...]]:
 
 class Block:
     """``rules.guard(resource)``: a decorator (``decorate(func)``) and a ``with`` / ``async
-    with`` block over ``slot.plan``. A block enters the rule's guards itself, on the
+    with`` block over ``slot._plan``. A block enters the rule's guards itself, on the
     per-thread, per-task stack of open blocks the protocol keeps, recording the guards it
     entered with their permits: a reload while it runs changes nothing for it, and it costs
     one slot read over the guard used directly. Another kind of entry is entered through
@@ -90,7 +90,7 @@ class Block:
         return self._decorate(func)  # type: ignore[no-any-return]
 
     def __enter__(self) -> "Block":
-        plan: Any = self.slot.plan  # read once: what this block enters and exits
+        plan: Any = self.slot._plan  # read once: what this block enters and exits
         if type(plan) is not tuple:
             if plan is not None:
                 plan.__enter__()
@@ -108,7 +108,7 @@ class Block:
         return bool(entered.__exit__(exc_type, exc, tb))
 
     async def __aenter__(self) -> "Block":
-        plan: Any = self.slot.plan
+        plan: Any = self.slot._plan
         if type(plan) is not tuple:
             if plan is not None:
                 await plan.__aenter__()
