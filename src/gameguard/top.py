@@ -94,9 +94,9 @@ def _rows(reading: Reading) -> Dict[Tuple[str, str], _Row]:
         if name == "gameguard_circuit_breaker_state" and value == 1.0:
             # the family has no type label: a bulkhead named as its breaker (a rules
             # resource's guards share its name) has no state of its own
-            row = rows.get(("circuit_breaker", labels["guard"]))
-            if row is not None:
-                row.state = labels["state"]
+            breaker = rows.get(("circuit_breaker", labels["guard"]))
+            if breaker is not None:
+                breaker.state = labels["state"]
     return rows
 
 
