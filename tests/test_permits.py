@@ -538,3 +538,26 @@ def test_a_dead_contexts_stack_is_not_found_at_its_address(twin):
     assert (g.in_flight, other.in_flight) == (1, 1)
     new.run(other.__exit__, None, None, None)
     assert other.in_flight == 0
+
+
+@pytest.mark.parametrize("impl", ["fast", "pure"])
+def test_a_task_cannot_close_the_block_its_parent_opened(impl: str) -> None:
+    """A task inherits a copy of its parent's context, open blocks included; closing one of
+    them from the child is refused on both twins, so the permit is released once, by the
+    parent."""
+    with _impl.use(impl):
+        bulkhead = Bulkhead(1, name=f"inherit-{impl}")
+
+    async def child() -> None:
+        with pytest.raises(RuntimeError, match="__exit__"):
+            bulkhead.__exit__(None, None, None)
+
+    async def parent() -> None:
+        with bulkhead:
+            await asyncio.create_task(child())
+            assert bulkhead.snapshot()["in_flight"] == 1  # still the parent's
+        assert bulkhead.snapshot()["in_flight"] == 0
+
+    asyncio.run(parent())
+    with bulkhead:  # the one slot is free again, exactly once
+        assert bulkhead.snapshot()["in_flight"] == 1

@@ -332,28 +332,47 @@ def wrap_async(func: Callable[..., Any], guards: Guards, clock: Optional[Clock],
 
 # -- with / async with -------------------------------------------------------------------------
 # The permits of open blocks, per thread and per task (a ContextVar is both): a guard object
-# is shared, so its __exit__ must find *this* block's tokens. A cons list (owner, tokens, t0,
-# rest): push and the usual in-order pop are O(1).
-_permits: ContextVar[Optional[Tuple[Any, ...]]] = ContextVar("gameguard_permits", default=None)
+# is shared, so its __exit__ must find *this* block's tokens. A cons list of nodes
+# [owner, held, t0, rest, token]: push and the usual in-order pop are O(1). ``token`` is what
+# ContextVar.set returned when the node was pushed: resetting it is refused in any other
+# context, so a task that inherited its parent's open blocks (a copied context) cannot close
+# them and release their permits a second time.
+_permits: ContextVar[Optional[List[Any]]] = ContextVar("gameguard_permits", default=None)
 
 
-def pop_permit(owner: Any) -> Tuple[List[int], float]:
-    """Remove ``owner``'s newest open block; return its (tokens, t0)."""
+def push_permit(owner: Any, held: Any, t0: float) -> None:
+    """Record an open block of ``owner`` in this context: ``held`` (its tokens, or what it
+    entered) and its entry reading ``t0``."""
+    node: List[Any] = [owner, held, t0, _permits.get(), None]
+    node[4] = _permits.set(node)
+
+
+def pop_permit(owner: Any) -> Tuple[Any, float]:
+    """Remove ``owner``'s newest open block in this context; return its (held, t0)."""
     top = _permits.get()
-    if top is not None and top[0] is owner:  # blocks close in the order they opened
-        _permits.set(top[3])
-        return top[1], top[2]
-    skipped = []
     node = top
-    while node is not None and node[0] is not owner:
-        skipped.append(node)
+    while node is not None and node[0] is not owner:  # usually the top: in-order closes
         node = node[3]
     if node is None:
         raise RuntimeError(f"{owner!r}: __exit__ without a matching __enter__")
+    try:
+        _permits.reset(node[4])  # refused unless this context pushed the node
+    except ValueError:
+        raise RuntimeError(f"{owner!r}: __exit__ of a block another context opened "
+                           f"(a task inherits its parent's blocks; it cannot close "
+                           f"them)") from None
     rest = node[3]
-    for entry in reversed(skipped):
-        rest = (entry[0], entry[1], entry[2], rest)
-    _permits.set(rest)
+    if node is not top:  # closed out of order: the newer nodes above it, rebuilt
+        skipped = []
+        above: Any = top
+        while above is not node:
+            skipped.append(above)
+            above = above[3]
+        for entry in reversed(skipped):
+            rest = [entry[0], entry[1], entry[2], rest, entry[4]]
+        _permits.set(rest)
+    elif node[4].old_value is not rest:  # reset restored what was below it at push time,
+        _permits.set(rest)               # which an out-of-order close has since rebuilt
     return node[1], node[2]
 
 
@@ -365,7 +384,7 @@ def block_enter(owner: Any) -> Any:
     i = enter(guards, now, tokens)
     if i < len(guards):
         raise guards[i]._rejection(now)
-    _permits.set((owner, tokens, now, _permits.get()))
+    push_permit(owner, tokens, now)
     return owner
 
 
@@ -377,7 +396,7 @@ async def block_aenter(owner: Any) -> Any:
     i = await enter_async(guards, now, tokens)
     if i < len(guards):
         raise guards[i]._rejection(now)
-    _permits.set((owner, tokens, now, _permits.get()))
+    push_permit(owner, tokens, now)
     return owner
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import types
 from typing import Any, Callable, List, Optional, Tuple, TypeVar
 
-from .call import _permits, clock_of, enter, enter_async, exception_of, finish, pop_permit
+from .call import clock_of, enter, enter_async, exception_of, finish, pop_permit, push_permit
 
 __all__ = ["Route", "Slot", "Block"]
 
@@ -94,7 +94,7 @@ class Block:
         if type(plan) is not tuple:
             if plan is not None:
                 plan.__enter__()
-            _permits.set((self, plan, 0.0, _permits.get()))
+            push_permit(self, plan, 0.0)
             return self
         now = clock_of(plan)()
         tokens: List[int] = []
@@ -112,7 +112,7 @@ class Block:
         if type(plan) is not tuple:
             if plan is not None:
                 await plan.__aenter__()
-            _permits.set((self, plan, 0.0, _permits.get()))
+            push_permit(self, plan, 0.0)
             return self
         now = clock_of(plan)()
         tokens: List[int] = []
@@ -130,7 +130,7 @@ class Block:
         """After entering ``guards``: refused (every permit given back), or opened."""
         if i < len(guards):
             raise guards[i]._rejection(now)
-        _permits.set((self, (guards, tokens), now, _permits.get()))
+        push_permit(self, (guards, tokens), now)
         return self
 
     def __repr__(self) -> str:
